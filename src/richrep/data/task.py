@@ -1,0 +1,124 @@
+"""Tasks: labelled train / validation / test splits with a content hash.
+
+A :class:`Task` holds tensors in their natural units (images in [0, 1], signals as generated);
+encoders standardize their own input with statistics of the task they were trained on, so a
+shift that moves the input distribution is never hidden by re-standardizing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from richrep.errors import DataError
+
+
+def hash_tensors(*tensors: torch.Tensor | None, extra: str = "") -> str:
+    """Short content hash (blake2b) of tensors' dtype, shape and bytes."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(extra.encode())
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: inputs ``x`` (N, ...), integer labels ``y`` (N,), optional ``groups`` (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    groups: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise DataError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        if self.groups is not None and self.groups.shape[0] != self.y.shape[0]:
+            raise DataError(f"groups has {self.groups.shape[0]} rows but y has {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, index: torch.Tensor | np.ndarray) -> Split:
+        index = torch.as_tensor(index, dtype=torch.long)
+        g = None if self.groups is None else self.groups[index]
+        return Split(self.x[index], self.y[index], g)
+
+    @cached_property
+    def hash(self) -> str:
+        return hash_tensors(self.x, self.y, self.groups)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A classification task: three splits, the class ids it holds, and where it came from.
+
+    ``classes[i]`` is the dataset's original id of label ``i``; ``recipe`` records the dataset,
+    its arguments and the shifts applied, so any task can be rebuilt.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    classes: tuple[int, ...]
+    class_names: tuple[str, ...]
+    kind: str  # "image" (N, C, H, W) or "signal" (N, C, L) or "vector" (N, D)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @cached_property
+    def hash(self) -> str:
+        return hash_tensors(
+            extra=f"{self.classes}|{self.train.hash}|{self.val.hash}|{self.test.hash}"
+        )
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def with_splits(self, name: str | None = None, **splits: Split) -> Task:
+        out = replace(self, **splits, name=name or self.name)
+        out.__dict__.pop("hash", None)
+        return out
+
+    def check(self) -> Task:
+        """Validate shapes, finiteness and labels; raise :class:`DataError` naming the problem."""
+        for sname, s in self.splits().items():
+            if len(s) == 0:
+                raise DataError(f"task {self.name!r}: the {sname} split is empty")
+            if s.x.shape[1:] != self.train.x.shape[1:]:
+                raise DataError(
+                    f"task {self.name!r}: {sname} inputs have shape {tuple(s.x.shape[1:])}, "
+                    f"train inputs {tuple(self.train.x.shape[1:])}"
+                )
+            if not torch.is_floating_point(s.x):
+                raise DataError(f"task {self.name!r}: {sname} inputs must be floating point")
+            bad = (~torch.isfinite(s.x)).sum().item()
+            if bad:
+                raise DataError(f"task {self.name!r}: {sname} inputs hold {bad} NaN/inf values")
+            if s.y.dtype != torch.long:
+                raise DataError(f"task {self.name!r}: {sname} labels must be int64, got {s.y.dtype}")
+            lo, hi = int(s.y.min()), int(s.y.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise DataError(
+                    f"task {self.name!r}: {sname} labels span [{lo}, {hi}] but the task has "
+                    f"{self.num_classes} classes (labels must be in [0, {self.num_classes - 1}])"
+                )
+        return self

@@ -1,0 +1,24 @@
+"""richrep's own exceptions: every user-facing failure is one of these, with a message that
+names what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class RichrepError(Exception):
+    """Base class of every error richrep raises on purpose."""
+
+
+class ConfigError(RichrepError, ValueError):
+    """An experiment file or argument is invalid (the message names the field)."""
+
+
+class DataError(RichrepError, ValueError):
+    """A dataset file or array is missing, corrupt or inconsistent."""
+
+
+class StoreError(RichrepError, OSError):
+    """The run store cannot be read or written (permissions, full disk, corrupt file, busy run)."""
+
+
+class TrainingError(RichrepError, RuntimeError):
+    """Training failed in a way the user should know about (e.g. a non-finite loss)."""

@@ -1,0 +1,6 @@
+"""Models: encoder families with a width multiplier, the joint K-tower wrapper, heads."""
+
+from richrep.models.encoders import ENCODERS, Encoder, build_encoder, count_params
+from richrep.models.heads import Classifier, JointEncoder
+
+__all__ = ["ENCODERS", "Classifier", "Encoder", "JointEncoder", "build_encoder", "count_params"]

@@ -1,0 +1,111 @@
+"""Encoder families. Each maps a batch of inputs to features ``(B, feature_dim)`` and takes a
+``width`` multiplier that scales every layer, features included (as widening a ResNet does),
+so a "wide" baseline of equal parameter count is one argument away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from richrep.errors import ConfigError
+from richrep.registry import Registry
+
+
+class Standardize(nn.Module):
+    """Fixed input standardization with the training task's statistics (saved as buffers)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Encoder(nn.Module):
+    """An input standardization followed by a body; exposes ``feature_dim``."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.standardize = Standardize()
+        self.body = body
+        self.feature_dim = int(feature_dim)
+        self.input_shape = tuple(input_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.standardize(x))
+
+    def set_input_stats(self, x: torch.Tensor) -> None:
+        self.standardize.mean.fill_(float(x.float().mean()))
+        self.standardize.std.fill_(max(float(x.float().std()), 1e-6))
+
+
+ENCODERS: Registry[Callable[..., Encoder]] = Registry("encoder", skip=1)
+Width = Annotated[float, Field(gt=0, le=64)]
+
+
+def scaled(n: int, width: float) -> int:
+    return max(1, int(round(n * width)))
+
+
+@ENCODERS.register("mlp")
+def mlp(
+    input_shape: Sequence[int],
+    width: Width = 1.0,
+    hidden: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=0)] = [512, 512],  # noqa: B006
+    feature_dim: Annotated[int, Field(ge=1)] = 128,
+) -> Encoder:
+    """Multi-layer perceptron on flattened inputs: hidden ReLU layers, then a ReLU feature layer."""
+    d_in = 1
+    for s in input_shape:
+        d_in *= int(s)
+    layers: list[nn.Module] = [nn.Flatten()]
+    for h in [*hidden, feature_dim]:
+        layers += [nn.Linear(d_in, scaled(h, width)), nn.ReLU()]
+        d_in = scaled(h, width)
+    return Encoder(nn.Sequential(*layers), d_in, input_shape)
+
+
+@ENCODERS.register("cnn")
+def cnn(
+    input_shape: Sequence[int],
+    width: Width = 1.0,
+    channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [32, 64],  # noqa: B006
+    kernel_size: Annotated[int, Field(ge=1, le=15)] = 3,
+    feature_dim: Annotated[int, Field(ge=1)] = 128,
+) -> Encoder:
+    """Convolutional encoder for images (C, H, W) or 1-D signals (C, L): per block a same-padded
+    convolution, ReLU and 2× max-pool; then a ReLU fully connected feature layer."""
+    if len(input_shape) not in (2, 3):
+        raise ConfigError(f"encoder 'cnn' needs (C, L) signals or (C, H, W) images, got input shape {tuple(input_shape)}")
+    two_d = len(input_shape) == 3
+    conv, pool = (nn.Conv2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.MaxPool1d)
+    c_in, spatial = int(input_shape[0]), [int(s) for s in input_shape[1:]]
+    layers: list[nn.Module] = []
+    for c in channels:
+        c_out = scaled(c, width)
+        layers += [conv(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+        if min(spatial) >= 2:
+            layers.append(pool(2))
+            spatial = [s // 2 for s in spatial]
+        c_in = c_out
+    flat = c_in
+    for s in spatial:
+        flat *= s
+    d = scaled(feature_dim, width)
+    layers += [nn.Flatten(), nn.Linear(flat, d), nn.ReLU()]
+    return Encoder(nn.Sequential(*layers), d, input_shape)
+
+
+def build_encoder(name: str, input_shape: Sequence[int], width: float = 1.0, **params: object) -> Encoder:
+    return ENCODERS.build(name, tuple(input_shape), where="model.encoder", width=width, **params)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "data": {"dataset": "mnist1d", "params": {"num_samples": 1000}, "source": [{"classes": {"keep": [0, 1, 2, 3, 4]}}]},
+    "model": {"encoder": "mlp", "params": {"hidden": [32], "feature_dim": 16}},
+    "training": {"seeds": 2, "epochs": 2, "batch_size": 64, "lr": 0.05, "precision": "fp32"},
+}
+
+
+@pytest.fixture
+def tiny() -> dict[str, Any]:
+    """A small, fast experiment (MNIST-1D, one-hidden-layer MLP, 2 seeds, 2 epochs)."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    from richrep.data import load_task
+
+    return load_task("fashion_mnist", {"download": False})
