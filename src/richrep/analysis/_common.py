@@ -2,10 +2,12 @@
 
 Every measure sees its inputs through :func:`as_features` / :func:`check_pair` (numpy arrays
 or torch tensors, on any device; a 1-d array is one unit) and computes on the device of ``X``.
-Sums over the rows (the samples) are accumulated in float64, chunk by chunk: the d×d products
-of one chunk run in the inputs' precision (float32 for float32/float16/bfloat16 inputs, float64
-for float64 inputs), then are added in float64. Data are shifted (centered) before the
-products, so large means cost no precision.
+Sums over the rows (the samples) are accumulated in float64 chunk by chunk: the d×d products
+of one chunk (at most ``CHUNK_ELEMENTS`` values per matrix) run in the inputs' precision —
+float32 for float32/float16/bfloat16 inputs, float64 for float64 inputs — and are added in
+float64. Data are shifted (centered) before the products, so large means cost no precision.
+(On GPUs, TF32 matmuls — ``torch.backends.cuda.matmul.allow_tf32`` — would lower the precision
+of the chunk products; leave it off for these measures.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from richrep.errors import DataError
 Array: TypeAlias = np.ndarray | torch.Tensor
 """A (samples × units) feature matrix: a numpy array or a torch tensor (any device)."""
 
-CHUNK_ROWS = 8192  # rows per product; bounds the temporary float64 copies to CHUNK_ROWS × d
+CHUNK_ELEMENTS = 2**24  # values per matrix in one chunk product (64 MB in float32)
+MIN_CHUNK_ROWS = 1024
+
+
+def chunk_rows(*widths: int) -> int:
+    """Rows per chunk for matrices of these widths (large chunks keep matmuls efficient)."""
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(widths))
 
 
 def as_features(a: Array, name: str = "X") -> torch.Tensor:
@@ -44,6 +52,8 @@ def as_features(a: Array, name: str = "X") -> torch.Tensor:
         )
     if t.shape[1] == 0:
         raise DataError(f"{name} has no columns (units); shape {tuple(t.shape)}")
+    if t.numel() and _all_finite(t):
+        return t
     bad = ~torch.isfinite(t)
     if bool(bad.any()):
         r, c = (int(i) for i in bad.nonzero()[0])
@@ -52,6 +62,12 @@ def as_features(a: Array, name: str = "X") -> torch.Tensor:
             f"the first at row {r}, column {c}"
         )
     return t
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Cheap test: min and max are finite iff there is no NaN or ±inf (NaN propagates)."""
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def check_pair(
@@ -86,7 +102,7 @@ class Moments:
     ``syy`` only their diagonals when ``full_self`` is false) and, when ``rows`` is true, the
     row-norm sums the unbiased HSIC estimator needs (with ``a_i = |x_i|²``, ``b_i = |y_i|²``):
     ``sa, sb, saa, sbb, sab`` and the vectors ``xa = Σ x_i a_i``, ``xb``, ``ya``, ``yb``.
-    The shift is the first batch's mean unless given (exact means give the best precision).
+    The shift is the first batch's mean unless given (the column means are best).
     """
 
     def __init__(self, rows: bool = False, full_self: bool = True) -> None:
@@ -103,9 +119,7 @@ class Moments:
 
     def _init(self, x: torch.Tensor, y: torch.Tensor | None) -> None:
         if self.shift_x is None:
-            self.set_shift(
-                x.mean(0, dtype=torch.float64), None if y is None else y.mean(0, dtype=torch.float64)
-            )
+            self.set_shift(column_mean(x), None if y is None else column_mean(y))
         assert self.shift_x is not None
         dev, f64 = x.device, torch.float64
         d1, d2 = x.shape[1], (0 if y is None else y.shape[1])
@@ -124,19 +138,23 @@ class Moments:
     def update(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         if self.n == 0:
             self._init(x, y)
+        assert self.shift_x is not None
         cd = compute_dtype(x) if y is None else compute_dtype(x, y)
         f64 = torch.float64
-        for lo in range(0, x.shape[0], CHUNK_ROWS):
-            xc = (x[lo : lo + CHUNK_ROWS].to(cd) - self.shift_x.to(cd)).contiguous()
+        shift_x = self.shift_x.to(cd)
+        shift_y = None if self.shift_y is None else self.shift_y.to(cd)
+        step = chunk_rows(x.shape[1], 0 if y is None else y.shape[1])
+        for lo in range(0, x.shape[0], step):
+            xc = x[lo : lo + step].to(cd) - shift_x
             yc = None
             if y is not None:
-                assert self.shift_y is not None
-                yc = (y[lo : lo + CHUNK_ROWS].to(cd) - self.shift_y.to(cd)).contiguous()
+                assert shift_y is not None
+                yc = y[lo : lo + step].to(cd) - shift_y
             self.n += xc.shape[0]
-            self.sx += xc.sum(0, dtype=f64)
+            self.sx += xc.sum(0).to(f64)
             self._self_products(xc, yc)
             if yc is not None:
-                self.sy += yc.sum(0, dtype=f64)
+                self.sy += yc.sum(0).to(f64)
                 self.sxy += (xc.T @ yc).to(f64)
             if self.rows:
                 self._row_terms(xc, yc)
@@ -148,23 +166,25 @@ class Moments:
             if yc is not None:
                 self.syy += (yc.T @ yc).to(f64)
         else:
-            self.sxx += xc.to(f64).square().sum(0)
+            self.sxx += xc.square().sum(0).to(f64)
             if yc is not None:
-                self.syy += yc.to(f64).square().sum(0)
+                self.syy += yc.square().sum(0).to(f64)
 
     def _row_terms(self, xc: torch.Tensor, yc: torch.Tensor | None) -> None:
-        x64 = xc.to(torch.float64)
-        y64 = x64 if yc is None else yc.to(torch.float64)
-        a, b = x64.square().sum(1), y64.square().sum(1)
-        self.sa += float(a.sum())
-        self.sb += float(b.sum())
-        self.saa += float(a @ a)
-        self.sbb += float(b @ b)
-        self.sab += float(a @ b)
-        self.xa += x64.T @ a
-        self.xb += x64.T @ b
-        self.ya += y64.T @ a
-        self.yb += y64.T @ b
+        f64 = torch.float64
+        yc = xc if yc is None else yc
+        a = torch.linalg.vector_norm(xc, dim=1).square()  # compute precision
+        b = torch.linalg.vector_norm(yc, dim=1).square()
+        a64, b64 = a.to(f64), b.to(f64)
+        self.sa += float(a64.sum())
+        self.sb += float(b64.sum())
+        self.saa += float(a64 @ a64)
+        self.sbb += float(b64 @ b64)
+        self.sab += float(a64 @ b64)
+        self.xa += (xc.T @ a).to(f64)
+        self.xb += (xc.T @ b).to(f64)
+        self.ya += (yc.T @ a).to(f64)
+        self.yb += (yc.T @ b).to(f64)
 
     # centered second moments (sums, not divided by n)
     def cxx(self) -> torch.Tensor:
@@ -184,15 +204,40 @@ class Moments:
         assert self.shift_x is not None and self.shift_y is not None
         return self.shift_x + self.sx / self.n, self.shift_y + self.sy / self.n
 
+    def dead(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks of the constant units of x and y (see :func:`dead_mask`)."""
+        cxx, cyy = self.cxx(), self.cyy()
+        if self.full_self:
+            cxx, cyy = torch.diagonal(cxx), torch.diagonal(cyy)
+        mx, my = self.means()
+        return (
+            dead_mask(cxx / self.n, mx, self.dtype_x),
+            dead_mask(cyy / self.n, my, self.dtype_y),
+        )
+
+    def clean(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Centered ``cxx, cyy, cxy`` (full) with the rows and columns of dead units zeroed, so
+        that rounding noise in a constant unit cannot pass for signal."""
+        cxx, cyy, cxy = self.cxx(), self.cyy(), self.cxy()
+        dx, dy = self.dead()
+        if bool(dx.any()) or bool(dy.any()):
+            cxx, cyy, cxy = cxx.clone(), cyy.clone(), cxy.clone()
+            cxx[dx, :], cxx[:, dx], cyy[dy, :], cyy[:, dy] = 0.0, 0.0, 0.0, 0.0
+            cxy[dx, :], cxy[:, dy] = 0.0, 0.0
+        return cxx, cyy, cxy
+
+
+def column_mean(x: torch.Tensor) -> torch.Tensor:
+    """Column means in float64, summed in the compute precision (a shift, not a result)."""
+    return x.mean(0, dtype=compute_dtype(x)).to(torch.float64)
+
 
 def centered_moments(
     x: torch.Tensor, y: torch.Tensor | None = None, rows: bool = False, full_self: bool = True
 ) -> Moments:
-    """Moments of ``x`` (and ``y``) shifted by their exact (float64) column means."""
+    """Moments of ``x`` (and ``y``) shifted by their column means (a two-pass algorithm)."""
     m = Moments(rows=rows, full_self=full_self)
-    m.set_shift(
-        x.mean(0, dtype=torch.float64), None if y is None else y.mean(0, dtype=torch.float64)
-    )
+    m.set_shift(column_mean(x), None if y is None else column_mean(y))
     m.update(x, y)
     return m
 
