@@ -144,3 +144,16 @@ def test_failed_member_is_recorded_and_others_continue(tiny, tmp_path, monkeypat
     out = train_local(exp, task, plan_members(exp, task.input_shape), store)
     assert "failed" in out["single-s0"] and "val_acc" in out["single-s1"]
     assert (store.checkpoints / "single-s0.failed.json").exists()
+
+
+def test_ray_engine_without_ray_says_how_to_install(tiny, monkeypatch):
+    import sys
+
+    from richrep.errors import ConfigError
+    from richrep.training.ray_engine import train_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    tiny["training"]["engine"] = "ray"
+    exp = parse_experiment(tiny)
+    with pytest.raises(ConfigError, match=r"pip install 'richrep\[ray\]'"):
+        train_ray(exp, source_task(exp), [], RunStore("/nonexistent"))

@@ -95,6 +95,112 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)  # fmt: skip
 
 
+class Format(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+
+
+@app.command()
+def results(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
+    fmt: Annotated[Format, typer.Option("--format", help="table, markdown or csv (the tidy rows).")] = Format.table,
+    entry: Annotated[Optional[list[str]], typer.Option("--entry", help="Only these suite entries.")] = None,  # noqa: UP007
+) -> None:
+    """Print the comparison table: targets × representations, mean ± std, with catK's gains."""
+    from richrep.evaluation.suite import read_results
+    from richrep.pipeline import load_run
+    from richrep.report.tables import build_comparison, to_markdown
+
+    try:
+        exp, store = load_run(run_dir)
+        rows = read_results(store)
+    except RichrepError as e:
+        _fail(e)
+    if entry:
+        unknown = sorted(set(entry) - {r["entry"] for r in rows})
+        if unknown:
+            _fail(RichrepError(f"no suite entry {unknown} in {run_dir}; it has {sorted({r['entry'] for r in rows})}"))
+        rows = [r for r in rows if r["entry"] in entry]
+    if fmt == Format.csv:
+        import csv
+
+        keys = sorted({k for r in rows for k in r})
+        w = csv.DictWriter(sys.stdout, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in keys})
+        return
+    comp = build_comparison(rows, [e.name for e in exp.evaluation.suite])
+    if fmt == Format.markdown:
+        print(to_markdown(comp))
+        return
+    table = Table(title=f"{exp.name}: test accuracy (mean ± std)", show_lines=False)
+    table.add_column("target", style="bold")
+    for c in comp.columns:
+        table.add_column(c, justify="right")
+    if comp.cat_max:
+        table.add_column(f"{comp.cat_max}−single", justify="right")
+        if comp.wide_col:
+            table.add_column(f"{comp.cat_max}−{comp.wide_col}", justify="right")
+    for (label, cells), (_, gs, gw) in zip(comp.rows, comp.gains, strict=True):
+        best = max((cells[c].mean for c in comp.columns if c in cells), default=None)
+        vals = [(f"[bold green]{cells[c].text()}[/]" if cells[c].mean == best else cells[c].text()) if c in cells else ""
+                for c in comp.columns]  # fmt: skip
+        if comp.cat_max:
+            vals.append(_gain(gs))
+            if comp.wide_col:
+                vals.append(_gain(gw))
+        table.add_row(label, *vals)
+    table.add_row("[dim]dim / params[/]", *[f"[dim]{comp.meta[c]['dim']} / {comp.meta[c]['params']:,}[/]" for c in comp.columns])
+    console.print(table)
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    split: Annotated[str, typer.Option("--split", help="Source-task split to compare on: train, val or test.")] = "test",
+    measure: Annotated[Optional[list[str]], typer.Option("--measure", help="Measures (repeatable); default: all.")] = None,  # noqa: UP007
+    max_samples: Annotated[int, typer.Option("--max-samples", help="Subsample the split to this many examples.")] = 5000,
+    permutations: Annotated[int, typer.Option("--permutations", help="Permutations of the CKA test.")] = 200,
+) -> None:
+    """Are the seeds different? CKA/CCA matrices, unit matching, sparse prediction, clustering."""
+    from richrep.analysis.run import DEFAULT_MEASURES, analyze_run
+    from richrep.pipeline import load_run
+    from richrep.report.html import write_report
+
+    try:
+        _, store = load_run(run_dir)
+        with console.status("analyzing seeds…"):
+            s = analyze_run(store, split=split, measures=measure or DEFAULT_MEASURES, max_samples=max_samples,
+                            n_permutations=permutations, log=console.print)  # fmt: skip
+        if store.results.exists():
+            write_report(store, log=console.print)
+    except RichrepError as e:
+        _fail(e)
+    import numpy as np
+
+    table = Table(title=f"seed vs seed on {s['n']} {s['split']} examples")
+    for c in ("measure", "self", "seed vs seed", "untrained seed vs seed"):
+        table.add_column(c, justify="right")
+    for name, mat in s["measures"].items():
+        m, r = np.asarray(mat), np.asarray(s["random_measures"][name])
+        off = m[~np.eye(len(m), dtype=bool)]
+        roff = r[~np.eye(len(r), dtype=bool)]
+        table.add_row(name, f"{s['self'][name]:.3f}", f"{off.mean():.3f} ± {off.std():.3f}", f"{roff.mean():.3f}")
+    console.print(table)
+    console.print(f"one-to-one matched correlation (mean): {np.mean(s['matching']['one_to_one']):.3f}; "
+                  f"semi-matching: {np.mean(s['matching']['semi']):.3f}; "
+                  f"CKA permutation p = {s['permutation_test']['p_value']:.3g}")  # fmt: skip
+    console.print(f"plots: {store.plots}/seed_similarity.png, unit_matching.png")
+
+
+def _gain(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"[green]{v:+.3f}[/]" if v > 0 else f"[red]{v:+.3f}[/]"
+
+
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
     """Show a registry: datasets, shifts, encoders, protocols or measures."""

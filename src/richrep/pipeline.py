@@ -35,6 +35,19 @@ def source_task(exp: Experiment, base: Task | None = None) -> Task:
     return apply_shifts(base, [s.as_tuple() for s in exp.data.source], where="data.source")
 
 
+def preflight(exp: Experiment, base: Task) -> None:
+    """Apply the source and every suite entry's shifts to a miniature of the data, so a bad
+    class list, a shift that does not fit the data or a robustness target with other classes
+    fails before any training starts."""
+    from richrep.evaluation.protocols import check_target
+
+    mini = base.miniature()
+    source = apply_shifts(mini, [s.as_tuple() for s in exp.data.source], where="data.source")
+    for i, entry in enumerate(exp.evaluation.suite):
+        target = apply_shifts(mini, [s.as_tuple() for s in entry.shifts], where=f"evaluation.suite[{i}].shifts")
+        check_target(entry, source, target)
+
+
 def full_hash(exp: Experiment) -> str:
     return stable_hash(exp.model_dump(mode="json", exclude={"training": {"device", "threads", "engine", "ray"},
                                                             "evaluation": {"device"}}))  # fmt: skip
@@ -65,7 +78,9 @@ def run_experiment(
         write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
         device = resolve_device(exp.training.device)
         t0 = time.perf_counter()
-        task = source_task(exp)
+        base = base_task(exp)
+        preflight(exp, base)
+        task = source_task(exp, base)
         env = describe(device)
         env["source_task"] = {"name": task.name, "hash": task.hash, "train": len(task.train),
                               "val": len(task.val), "test": len(task.test)}  # fmt: skip
@@ -81,7 +96,7 @@ def run_experiment(
         if only in (None, "evaluate"):
             from richrep.evaluation.suite import evaluate_run
 
-            evaluate_run(exp, task, members, store, log=log)
+            evaluate_run(exp, task, members, store, log=log, base=base)
         if only in (None, "report"):
             from richrep.report.html import write_report
 

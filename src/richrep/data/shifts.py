@@ -196,6 +196,8 @@ def _regenerate(task: Task, shift: str, **override: Any) -> Task:
     r = task.recipe
     if r.get("dataset") != "mnist1d":
         raise ConfigError(f"shift {shift!r} applies to mnist1d tasks; task {task.name!r} comes from {r.get('dataset')!r}")
+    if r.get("preflight"):  # a dry run on a miniature task: the checks above are the point
+        return task
     params = dict(r["params"], **override)
     base = load_task("mnist1d", params, val_fraction=r["val_fraction"],
                      max_train_per_class=r["max_train_per_class"], seed=r["seed"])  # fmt: skip

@@ -98,6 +98,17 @@ class Task:
         out.__dict__.pop("hash", None)
         return out
 
+    def miniature(self, per_class: int = 2) -> Task:
+        """The same task with at most ``per_class`` examples of each class per split, marked
+        ``preflight`` in its recipe: shifts run on it to find config errors in milliseconds."""
+        out = {}
+        for name, s in self.splits().items():
+            idx = torch.cat([torch.nonzero(s.y == c).flatten()[:per_class] for c in range(self.num_classes)])
+            out[name] = s.subset(idx.sort().values)
+        mini = self.with_splits(**out)
+        object.__setattr__(mini, "recipe", {**self.recipe, "preflight": True})
+        return mini
+
     def check(self) -> Task:
         """Validate shapes, finiteness and labels; raise :class:`DataError` naming the problem."""
         for sname, s in self.splits().items():

@@ -1,0 +1,122 @@
+"""Evaluation protocols. Each fits a probe on frozen features and reports test accuracy; every
+row says which protocol made it.
+
+- ``transfer``: the target re-fits the head on its own training data (at several sizes per
+  class, since learned representations matter most when target labels are few).
+- ``robustness``: the head is fit on the source task and tested on the shifted test set.
+
+Regularization is always chosen on validation data carved from the training data the probe
+is given (the paper tuned on test; we do not): test data reaches a probe only through
+``score``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from richrep.config import ProbeConfig, SuiteEntry
+from richrep.data import Split, Task
+from richrep.data.splits import per_class_sample
+from richrep.errors import ConfigError
+from richrep.registry import Registry
+from richrep.representations import Featurizer, Representation
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Context:
+    """What a protocol needs besides the representation and the target."""
+
+    featurizer: Featurizer
+    source: Task
+    probe: ProbeConfig
+    seed: int
+    device: str = "cpu"
+    fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
+    _pools: dict[str, Split] = field(default_factory=dict)
+
+    def pool(self, task: Task) -> Split:
+        """All labelled training data of ``task`` (train and validation together), made once."""
+        if task.hash not in self._pools:
+            self._pools[task.hash] = pool(task)
+        return self._pools[task.hash]
+
+
+PROTOCOLS: Registry[Callable[..., list[Row]]] = Registry("protocol", skip=4)
+
+
+def make_probe(kind: str, cfg: ProbeConfig, seed: int, device: str) -> Any:
+    from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
+
+    if kind == "nearest_mean":
+        return NearestMeanProbe()
+    return LinearProbe(Cs=tuple(cfg.Cs), max_iter=cfg.max_iter, random_state=seed, device=device)
+
+
+def pool(task: Task) -> Split:
+    """All labelled target training data: the task's train and validation splits together."""
+    g = None
+    if task.train.groups is not None and task.val.groups is not None:
+        g = torch.cat([task.train.groups, task.val.groups])
+    return Split(torch.cat([task.train.x, task.val.x]), torch.cat([task.train.y, task.val.y]), g)
+
+
+def _row(rep: Representation, probe: Any, value: float, n: int, **extra: Any) -> Row:
+    return {
+        "representation": rep.kind, "k": rep.k, "seeds": list(rep.seeds), "dim": rep.dim,
+        "params": rep.params, "metric": "accuracy", "value": float(value), "n": n,
+        "C": float(getattr(probe, "C_", float("nan"))), **extra,
+    }  # fmt: skip
+
+
+@PROTOCOLS.register("transfer")
+def transfer(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> list[Row]:
+    """Fit the probe on the target's training data (per-class sizes, several draws), test on its test set."""
+    train = ctx.pool(target)
+    feats = ctx.featurizer(rep, train)
+    x_test = ctx.featurizer(rep, target.test)
+    rows = []
+    for size in entry.sizes:
+        draws = 1 if size == "all" else entry.draws
+        for draw in range(draws):
+            if size == "all":
+                idx = torch.arange(len(train))
+            else:
+                idx = torch.as_tensor(per_class_sample(train.y, int(size), ctx.seed, entry.name, size, draw))
+            probe = make_probe(entry.probe, ctx.probe, ctx.seed + draw, ctx.device)
+            probe.fit(feats[idx], train.y[idx])
+            acc = probe.score(x_test, target.test.y)
+            rows.append(_row(rep, probe, acc, len(target.test), protocol="transfer", size=size,
+                             draw=draw, train_n=len(idx)))  # fmt: skip
+    return rows
+
+
+def check_target(entry: SuiteEntry, source: Task, target: Task) -> None:
+    """A robustness target must hold the source's classes, in the source's order."""
+    if entry.protocol == "robustness" and target.classes != source.classes:
+        raise ConfigError(
+            f"suite entry {entry.name!r}: robustness tests the source head, so the target must keep "
+            f"the source classes {list(source.classes)}; it has {list(target.classes)} "
+            f"(add the source's `classes` shift to its shifts)"
+        )
+
+
+@PROTOCOLS.register("robustness")
+def robustness(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> list[Row]:
+    """Fit the probe on the source task's training data, test on the shifted test set."""
+    check_target(entry, ctx.source, target)
+    key = f"{rep.id}|{entry.probe}"
+    if key not in ctx.fitted:
+        train = ctx.pool(ctx.source)
+        probe = make_probe(entry.probe, ctx.probe, ctx.seed, ctx.device)
+        probe.fit(ctx.featurizer(rep, train), train.y)
+        ctx.fitted[key] = (probe, len(train))
+    probe, n_train = ctx.fitted[key]
+    acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
+    return [_row(rep, probe, acc, len(target.test), protocol="robustness", size="all", draw=0,
+                 train_n=n_train)]  # fmt: skip
