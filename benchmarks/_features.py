@@ -37,10 +37,16 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(),
-        )  # fmt: skip
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +75,11 @@ def train_one(seed: int, x: torch.Tensor, y: torch.Tensor, verbose: bool = True)
             loss.backward()
             opt.step()
     if verbose:
-        print(f"  seed {seed}: trained {EPOCHS} epoch(s) in {time.perf_counter() - t0:.1f} s, "
-              f"last batch loss {loss.item():.3f}", flush=True)
+        print(
+            f"  seed {seed}: trained {EPOCHS} epoch(s) in {time.perf_counter() - t0:.1f} s, "
+            f"last batch loss {loss.item():.3f}",
+            flush=True,
+        )
     return model
 
 

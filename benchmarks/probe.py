@@ -59,8 +59,11 @@ def run_sklearn(d: dict[str, np.ndarray], max_iter: int, warm: bool) -> dict:
             iters.append(int(model.n_iter_[0]))
             if iters[-1] >= max_iter:
                 unconverged.append(C)
-            print(f"  sklearn C={C:<6g} {iters[-1]:4d} iterations {time.perf_counter() - t:6.1f} s"
-                  f"  val {scores[-1]:.4f}", flush=True)
+            print(
+                f"  sklearn C={C:<6g} {iters[-1]:4d} iterations {time.perf_counter() - t:6.1f} s"
+                f"  val {scores[-1]:.4f}",
+                flush=True,
+            )
         best = int(np.argmax(scores))
         refit = LogisticRegression(C=GRID[best], max_iter=max_iter, tol=1e-4)
         refit.fit(np.concatenate([Xtr, Xva]), np.concatenate([d["y_train"], d["y_val"]]))
@@ -68,8 +71,14 @@ def run_sklearn(d: dict[str, np.ndarray], max_iter: int, warm: bool) -> dict:
         if refit_iter >= max_iter:
             unconverged.append("refit")
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "C": GRID[best], "scores": scores, "iters": iters + [refit_iter],
-            "unconverged": unconverged, "test": refit.score(Xte, d["y_test"])}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "C": GRID[best],
+        "scores": scores,
+        "iters": iters + [refit_iter],
+        "unconverged": unconverged,
+        "test": refit.score(Xte, d["y_test"]),
+    }
 
 
 def run_probe(d: dict[str, np.ndarray], device: str) -> dict:
@@ -85,17 +94,26 @@ def run_probe(d: dict[str, np.ndarray], device: str) -> dict:
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "C": probe.C_, "scores": probe.scores_.tolist(),
-            "iters": probe.n_iter_.tolist(), "stats": probe.solver_stats_,
-            "test": probe.score(x["x_test"], d["y_test"]), "device": probe.device_}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "C": probe.C_,
+        "scores": probe.scores_.tolist(),
+        "iters": probe.n_iter_.tolist(),
+        "stats": probe.solver_stats_,
+        "test": probe.score(x["x_test"], d["y_test"]),
+        "device": probe.device_,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", help="LinearProbe device: cpu, cuda or auto")
     ap.add_argument("--sklearn-max-iter", type=int, default=300)
-    ap.add_argument("--sklearn-warm-start", action="store_true",
-                    help="chain scikit-learn's grid with warm_start=True (cold starts by default)")
+    ap.add_argument(
+        "--sklearn-warm-start",
+        action="store_true",
+        help="chain scikit-learn's grid with warm_start=True (cold starts by default)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -103,34 +121,52 @@ def main() -> None:
     d = load_features()
     n, dim = d["x_train"].shape
     constant = int((d["x_train"].std(0) == 0).sum())
-    print(f"cat5 CNN features: train {n} x {dim} ({constant} constant columns: dead ReLUs), "
-          f"val {len(d['y_val'])}, test {len(d['y_test'])}; grid C = {list(GRID)}")
+    print(
+        f"cat5 CNN features: train {n} x {dim} ({constant} constant columns: dead ReLUs), "
+        f"val {len(d['y_val'])}, test {len(d['y_test'])}; grid C = {list(GRID)}"
+    )
 
     p = run_probe(d, args.device)
     st = p["stats"]
     mm = ", oneDNN bf16-fpmath matmuls" if st.get("fast_matmul") else ""
-    print(f"LinearProbe ({p['device']}, float32{mm}, preconditioned L-BFGS, warm starts): "
-          f"{p['seconds']:.2f} s, {st['evals']} function evaluations, iterations per C + refit "
-          f"{p['iters']}, chosen C={p['C']:g}, val {max(p['scores']):.4f}, test {p['test']:.4f}")
+    print(
+        f"LinearProbe ({p['device']}, float32{mm}, preconditioned L-BFGS, warm starts): "
+        f"{p['seconds']:.2f} s, {st['evals']} function evaluations, iterations per C + refit "
+        f"{p['iters']}, chosen C={p['C']:g}, val {max(p['scores']):.4f}, test {p['test']:.4f}"
+    )
     gflops = st["flops"] / p["seconds"] / 1e9
-    print(f"  probe matmul throughput: {st['flops'] / 1e9:.0f} GFLOP in {p['seconds']:.2f} s = "
-          f"{gflops:.0f} GFLOP/s ({100 * gflops / PEAK_GFLOPS:.0f}% of the {PEAK_GFLOPS:.0f} "
-          f"GFLOP/s fp32 peak; counted 4 n d k per evaluation on the {dim - constant} "
-          f"non-constant columns; everything else, softmax included, is overhead)")
+    print(
+        f"  probe matmul throughput: {st['flops'] / 1e9:.0f} GFLOP in {p['seconds']:.2f} s = "
+        f"{gflops:.0f} GFLOP/s ({100 * gflops / PEAK_GFLOPS:.0f}% of the {PEAK_GFLOPS:.0f} "
+        f"GFLOP/s fp32 peak; counted 4 n d k per evaluation on the {dim - constant} "
+        f"non-constant columns; everything else, softmax included, is overhead)"
+    )
 
     mode = "warm-started along the grid" if args.sklearn_warm_start else "cold start per C"
-    print(f"scikit-learn LogisticRegression(lbfgs, tol=1e-4, max_iter={args.sklearn_max_iter}, "
-          f"{mode}), 2 BLAS threads:", flush=True)
+    print(
+        f"scikit-learn LogisticRegression(lbfgs, tol=1e-4, max_iter={args.sklearn_max_iter}, "
+        f"{mode}), 2 BLAS threads:",
+        flush=True,
+    )
     s = run_sklearn(d, args.sklearn_max_iter, args.sklearn_warm_start)
-    conv = (f"did not converge within max_iter for C in {s['unconverged']}" if s["unconverged"]
-            else "converged for every C")  # fmt: skip
-    print(f"scikit-learn: {s['seconds']:.1f} s, iterations per C + refit {s['iters']} ({conv}), "
-          f"chosen C={s['C']:g}, val {max(s['scores']):.4f}, test {s['test']:.4f}")
-    print(f"LinearProbe:  {p['seconds']:.1f} s, chosen C={p['C']:g}, val {max(p['scores']):.4f}, "
-          f"test {p['test']:.4f}")
+    conv = (
+        f"did not converge within max_iter for C in {s['unconverged']}"
+        if s["unconverged"]
+        else "converged for every C"
+    )
+    print(
+        f"scikit-learn: {s['seconds']:.1f} s, iterations per C + refit {s['iters']} ({conv}), "
+        f"chosen C={s['C']:g}, val {max(s['scores']):.4f}, test {s['test']:.4f}"
+    )
+    print(
+        f"LinearProbe:  {p['seconds']:.1f} s, chosen C={p['C']:g}, val {max(p['scores']):.4f}, "
+        f"test {p['test']:.4f}"
+    )
     diff = 100 * (p["test"] - s["test"])
-    print(f"probe speedup vs sklearn lbfgs: {s['seconds'] / p['seconds']:.1f}x; "
-          f"accuracy difference: {diff:+.2f} points")
+    print(
+        f"probe speedup vs sklearn lbfgs: {s['seconds'] / p['seconds']:.1f}x; "
+        f"accuracy difference: {diff:+.2f} points"
+    )
 
 
 if __name__ == "__main__":

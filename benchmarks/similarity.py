@@ -75,25 +75,39 @@ def main() -> None:
     torch.set_num_threads(2)
     t_start = time.perf_counter()
     x, y = correlated(N, D)
-    print(f"linear CKA of X, Y: {N} x {D} float32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"linear CKA of X, Y: {N} x {D} float32, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     xty_flop = 2.0 * N * D * D
 
     t_xty, _ = best_time(lambda: float((x.T @ y)[0, 0]), repeat=2)
     gflops = xty_flop / t_xty / 1e9
-    line("X^T Y, the one product it needs (float32)", t_xty,
-         f"{gflops:6.1f} GFLOP/s ({100 * gflops / PEAK_GFLOPS:.0f}% of ~{PEAK_GFLOPS:.0f} peak)")
+    line(
+        "X^T Y, the one product it needs (float32)",
+        t_xty,
+        f"{gflops:6.1f} GFLOP/s ({100 * gflops / PEAK_GFLOPS:.0f}% of ~{PEAK_GFLOPS:.0f} peak)",
+    )
     t_cka, v_cka = best_time(lambda: linear_cka(x, y), repeat=2)
-    line("linear_cka, feature space", t_cka,
-         f"value {v_cka:.6f}  ({3 * xty_flop / t_cka / 1e9:.1f} GFLOP/s over its 3 d x d products)")
+    line(
+        "linear_cka, feature space",
+        t_cka,
+        f"value {v_cka:.6f}  ({3 * xty_flop / t_cka / 1e9:.1f} GFLOP/s over its 3 d x d products)",
+    )
     t_dcka, v_dcka = best_time(lambda: debiased_cka(x, y), repeat=1)
     line("debiased_cka, feature space", t_dcka, f"value {v_dcka:.6f}")
     t_str, v_str = best_time(lambda: streaming(x, y), repeat=2)
-    line(f"StreamingCKA, {-(-N // BATCH)} batches of {BATCH}", t_str,
-         f"value {v_str:.6f}  (|diff| vs full {abs(v_str - v_cka):.1e})")
+    line(
+        f"StreamingCKA, {-(-N // BATCH)} batches of {BATCH}",
+        t_str,
+        f"value {v_str:.6f}  (|diff| vs full {abs(v_str - v_cka):.1e})",
+    )
     t64, v_ref = best_time(lambda: linear_cka(x.double(), y.double()), repeat=1)
-    line("linear_cka on float64 copies (precision check)", t64,
-         f"value {v_ref:.10f}  (float32 path |diff| {abs(v_cka - v_ref):.1e})")
+    line(
+        "linear_cka on float64 copies (precision check)",
+        t64,
+        f"value {v_ref:.10f}  (float32 path |diff| {abs(v_cka - v_ref):.1e})",
+    )
 
     xs, ys = x[:N_SUB].contiguous(), y[:N_SUB].contiguous()
     t_sub, v_sub = best_time(lambda: linear_cka(xs, ys), repeat=3)
@@ -103,14 +117,19 @@ def main() -> None:
     line(f"n={N_SUB} subsample: Gram, explicit H (float32)", t_gram, f"value {v_gram:.6f}")
     line(f"n={N_SUB} subsample: cka_gram (float64)", t_lib, f"value {v_lib:.6f}")
     scale = (N / N_SUB) ** 2
-    line(f"Gram, explicit H, extrapolated to n={N} (n^2)", t_gram * scale,
-         f"(n^3, as its H products scale: {t_gram * (N / N_SUB) ** 3:.0f} s; "
-         f"{N * N * 4 / 1e9:.1f} GB per Gram matrix)")
+    line(
+        f"Gram, explicit H, extrapolated to n={N} (n^2)",
+        t_gram * scale,
+        f"(n^3, as its H products scale: {t_gram * (N / N_SUB) ** 3:.0f} s; "
+        f"{N * N * 4 / 1e9:.1f} GB per Gram matrix)",
+    )
     print(f"total benchmark time {time.perf_counter() - t_start:.1f} s")
     print(f"ratio Gram (explicit H) / feature space, n={N_SUB}:            {t_gram / t_sub:8.1f}x")
     print(f"ratio cka_gram (float64) / feature space, n={N_SUB}:           {t_lib / t_sub:8.1f}x")
-    print(f"ratio Gram (explicit H, n^2-extrapolated) / feature, n={N}: "
-          f"{t_gram * scale / t_cka:8.1f}x")  # fmt: skip
+    print(
+        f"ratio Gram (explicit H, n^2-extrapolated) / feature, n={N}: "
+        f"{t_gram * scale / t_cka:8.1f}x"
+    )
     print(f"ratio feature space / one X^T Y product, n={N} (ideal 3x): {t_cka / t_xty:8.2f}x")
     print(f"ratio streaming / feature space, n={N}:                    {t_str / t_cka:8.2f}x")
 

@@ -11,7 +11,11 @@ torch.set_num_threads(2)
 TINY: dict[str, Any] = {
     "name": "tiny",
     "seed": 0,
-    "data": {"dataset": "mnist1d", "params": {"num_samples": 1000}, "source": [{"classes": {"keep": [0, 1, 2, 3, 4]}}]},
+    "data": {
+        "dataset": "mnist1d",
+        "params": {"num_samples": 1000},
+        "source": [{"classes": {"keep": [0, 1, 2, 3, 4]}}],
+    },
     "model": {"encoder": "mlp", "params": {"hidden": [32], "feature_dim": 16}},
     "training": {"seeds": 2, "epochs": 2, "batch_size": 64, "lr": 0.05, "precision": "fp32"},
 }

@@ -294,8 +294,13 @@ def test_validation_errors_name_the_problem():
 
 def test_registry():
     assert MEASURES.names() == [
-        "debiased_cka", "linear_cka", "mean_cca", "procrustes", "rbf_cka", "svcca"
-    ]  # fmt: skip
+        "debiased_cka",
+        "linear_cka",
+        "mean_cca",
+        "procrustes",
+        "rbf_cka",
+        "svcca",
+    ]
     assert MEASURES.entry("linear_cka").fn is linear_cka
     assert is_similarity("linear_cka") and not is_similarity("procrustes")
     assert MEASURES.validate("rbf_cka", {"sigma_frac": "0.5"})["sigma_frac"] == 0.5

@@ -11,7 +11,11 @@ runner = CliRunner()
 
 
 def test_list_registries():
-    for kind, name in [("datasets", "fashion_mnist"), ("shifts", "gaussian_blur"), ("encoders", "cnn")]:
+    for kind, name in [
+        ("datasets", "fashion_mnist"),
+        ("shifts", "gaussian_blur"),
+        ("encoders", "cnn"),
+    ]:
         r = runner.invoke(app, ["list", kind])
         assert r.exit_code == 0 and name in r.output
 
@@ -22,11 +26,17 @@ def test_run_train_then_nothing_twice(tiny, tmp_path):
     r = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "runs"), "--only", "train"])
     assert r.exit_code == 0, r.output
     (run,) = (tmp_path / "runs").iterdir()
-    assert {p.name for p in (run / "checkpoints").iterdir()} >= {"single-s0.safetensors", "single-s1.json"}
+    assert {p.name for p in (run / "checkpoints").iterdir()} >= {
+        "single-s0.safetensors",
+        "single-s1.json",
+    }
     assert (run / "config.yaml").exists() and (run / "env.json").exists()
     mtime = (run / "checkpoints" / "single-s0.safetensors").stat().st_mtime_ns
     r = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path / "runs"), "--only", "train"])
-    assert r.exit_code == 0 and (run / "checkpoints" / "single-s0.safetensors").stat().st_mtime_ns == mtime
+    assert (
+        r.exit_code == 0
+        and (run / "checkpoints" / "single-s0.safetensors").stat().st_mtime_ns == mtime
+    )
 
 
 def test_invalid_file_is_one_clean_error(tiny, tmp_path):

@@ -21,27 +21,69 @@ def test_examples_parse(path):
 @pytest.mark.parametrize(
     ("patch", "match"),
     [
-        ({"training": {"optimizer": "adam"}}, r"training\.optimizer: Input should be 'sgd' or 'adamw' \(got 'adam'\)"),
+        (
+            {"training": {"optimizer": "adam"}},
+            r"training\.optimizer: Input should be 'sgd' or 'adamw' \(got 'adam'\)",
+        ),
         ({"training": {"seeds": 0}}, r"training\.seeds: .*between 1 and 10000"),
         ({"training": {"seeds": [1, 1]}}, r"training\.seeds: .*repeat"),
-        ({"training": {"epochs": 0}}, r"training\.epochs: Input should be greater than or equal to 1"),
+        (
+            {"training": {"epochs": 0}},
+            r"training\.epochs: Input should be greater than or equal to 1",
+        ),
         ({"training": {"lr": -1}}, r"training\.lr"),
-        ({"training": {"baselines": [{"kind": "wider", "k": 2}]}}, r"training\.baselines\.0\.kind: Input should be 'wide', 'wide_dim' or 'joint'"),
+        (
+            {"training": {"baselines": [{"kind": "wider", "k": 2}]}},
+            r"training\.baselines\.0\.kind: Input should be 'wide', 'wide_dim' or 'joint'",
+        ),
         ({"training": {"baselines": [{"kind": "wide", "k": 1}]}}, r"training\.baselines\.0\.k"),
         ({"trainig": {}}, r"trainig: unknown field"),
-        ({"data": {"dataset": "mnist"}}, r"data\.dataset.*unknown dataset 'mnist'; choose one of: digits, fashion_mnist, mnist1d, npz"),
-        ({"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}}, r"dataset 'mnist1d' has no argument 'num_sample'"),
-        ({"data": {"dataset": "mnist1d", "params": {"max_translation": 0}}}, r"'max_translation'=0 is invalid"),
+        (
+            {"data": {"dataset": "mnist"}},
+            r"data\.dataset.*unknown dataset 'mnist'; choose one of: digits, fashion_mnist, mnist1d, npz",
+        ),
+        (
+            {"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}},
+            r"dataset 'mnist1d' has no argument 'num_sample'",
+        ),
+        (
+            {"data": {"dataset": "mnist1d", "params": {"max_translation": 0}}},
+            r"'max_translation'=0 is invalid",
+        ),
         ({"data": {"dataset": "mnist1d", "val_fraction": 1.5}}, r"data\.val_fraction"),
-        ({"data": {"dataset": "mnist1d", "source": [{"classes": {"keep": []}}]}}, r"data\.source\[0\]: shift 'classes' argument 'keep'"),
-        ({"data": {"dataset": "mnist1d", "source": ["blurr"]}}, r"data\.source\[0\]: unknown shift 'blurr'; choose one of: classes"),
-        ({"model": {"encoder": "resnet"}}, r"model\.encoder.*unknown encoder 'resnet'; choose one of: cnn, mlp"),
-        ({"model": {"encoder": "mlp", "width": 0}}, r"model\.width: Input should be greater than 0"),
-        ({"model": {"encoder": "mlp", "params": {"width": 2}}}, r"set the width multiplier as model\.width"),
+        (
+            {"data": {"dataset": "mnist1d", "source": [{"classes": {"keep": []}}]}},
+            r"data\.source\[0\]: shift 'classes' argument 'keep'",
+        ),
+        (
+            {"data": {"dataset": "mnist1d", "source": ["blurr"]}},
+            r"data\.source\[0\]: unknown shift 'blurr'; choose one of: classes",
+        ),
+        (
+            {"model": {"encoder": "resnet"}},
+            r"model\.encoder.*unknown encoder 'resnet'; choose one of: cnn, mlp",
+        ),
+        (
+            {"model": {"encoder": "mlp", "width": 0}},
+            r"model\.width: Input should be greater than 0",
+        ),
+        (
+            {"model": {"encoder": "mlp", "params": {"width": 2}}},
+            r"set the width multiplier as model\.width",
+        ),
         ({"name": "../../etc"}, r"name: String should match pattern"),
-        ({"evaluation": {"suite": [{"name": "a", "shifts": [{"gaussian_noise": {"severity": 7}}]}]}},
-         r"evaluation\.suite\[0\]\.shifts\[0\]: shift 'gaussian_noise' argument 'severity'=7 is invalid: Input should be less than or equal to 5"),
-        ({"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}}, r"evaluation\.suite\.0\.protocol: Input should be 'transfer' or 'robustness'"),
+        (
+            {
+                "evaluation": {
+                    "suite": [{"name": "a", "shifts": [{"gaussian_noise": {"severity": 7}}]}]
+                }
+            },
+            r"evaluation\.suite\[0\]\.shifts\[0\]: shift 'gaussian_noise' argument 'severity'=7 is invalid: Input should be less than or equal to 5",
+        ),
+        (
+            {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
+            r"evaluation\.suite\.0\.protocol: Input should be 'transfer' or 'robustness'",
+        ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],
 )
@@ -84,4 +126,6 @@ def test_resolved_config_round_trips_and_hash_ignores_how(tiny, tmp_path):
     assert parse_experiment(tiny).run_id() == exp.run_id()  # how and what-to-evaluate: same models
     tiny["training"]["epochs"] = 3
     assert parse_experiment(tiny).run_id() != exp.run_id()
-    assert parse_experiment({**tiny, "training": {**tiny["training"], "seeds": 2}}).training.seed_list == [0, 1]
+    assert parse_experiment(
+        {**tiny, "training": {**tiny["training"], "seeds": 2}}
+    ).training.seed_list == [0, 1]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from richrep.data import load_task
 from richrep.data import fashion_mnist as fm
+from richrep.data import load_task
 from richrep.data.splits import per_class_sample, stratified_split
 from richrep.errors import DataError
 
@@ -108,7 +108,9 @@ def test_download_is_checked_and_cached(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="checksum"):
         load_task("fashion_mnist")
     cached = sorted(p.name for p in (tmp_path / "cache" / "richrep" / "fashion-mnist").iterdir())
-    assert "t10k-labels-idx1-ubyte.gz" not in cached and not any(p.endswith(".part") for p in cached)
+    assert "t10k-labels-idx1-ubyte.gz" not in cached and not any(
+        p.endswith(".part") for p in cached
+    )
     assert served[0].startswith("train-images")
 
 
@@ -166,7 +168,10 @@ def test_npz_round_trip_and_groups(tmp_path):
         ({"x": np.full((10, 3), np.nan), "y": np.arange(10) % 2}, "NaN"),
         ({"x": np.zeros((10, 3)), "y": np.arange(10) - 1}, "non-negative"),
         ({"x": np.zeros((10, 3)), "y": np.linspace(0, 1, 10)}, "integers"),
-        ({"x": np.zeros((10, 3)), "y": np.arange(10) % 2, "x_test": np.zeros((2, 3))}, "both x_test and y_test"),
+        (
+            {"x": np.zeros((10, 3)), "y": np.arange(10) % 2, "x_test": np.zeros((2, 3))},
+            "both x_test and y_test",
+        ),
     ],
 )
 def test_npz_bad_input(tmp_path, arrays, match):
@@ -186,4 +191,8 @@ def test_npz_missing_or_garbage(tmp_path):
 
 def test_digits_resized():
     t = load_task("digits", {"size": 28})
-    assert t.input_shape == (1, 28, 28) and 0.0 <= float(t.train.x.min()) and float(t.train.x.max()) <= 1.0
+    assert (
+        t.input_shape == (1, 28, 28)
+        and float(t.train.x.min()) >= 0.0
+        and float(t.train.x.max()) <= 1.0
+    )

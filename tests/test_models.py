@@ -38,7 +38,9 @@ def test_features_are_non_negative_and_standardized_input():
     e = build_encoder("mlp", (1, 40), hidden=[8], feature_dim=4)
     x = torch.randn(50, 1, 40) * 5 + 3
     e.set_input_stats(x)
-    assert abs(float(e.standardize(x).mean())) < 1e-5 and abs(float(e.standardize(x).std()) - 1) < 1e-4
+    assert (
+        abs(float(e.standardize(x).mean())) < 1e-5 and abs(float(e.standardize(x).std()) - 1) < 1e-4
+    )
     assert float(e(x).detach().min()) >= 0.0
 
 
@@ -63,11 +65,21 @@ def test_wide_matches_catk_parameters(tiny):
 
 def test_plan_members(tiny):
     tiny["training"]["seeds"] = [3, 7, 9]
-    tiny["training"]["baselines"] = [{"kind": "wide", "k": 3}, {"kind": "wide_dim", "k": 3},
-                                     {"kind": "joint", "k": 3, "seeds": 2}]  # fmt: skip
+    tiny["training"]["baselines"] = [
+        {"kind": "wide", "k": 3},
+        {"kind": "wide_dim", "k": 3},
+        {"kind": "joint", "k": 3, "seeds": 2},
+    ]
     exp = parse_experiment(tiny)
     names = [m.name for m in plan_members(exp, (1, 40))]
-    assert names == ["single-s3", "single-s7", "single-s9", "wide3-s3", "wide_dim3-s3",
-                     "joint3-s3", "joint3-s7"]  # fmt: skip
+    assert names == [
+        "single-s3",
+        "single-s7",
+        "single-s9",
+        "wide3-s3",
+        "wide_dim3-s3",
+        "joint3-s3",
+        "joint3-s7",
+    ]
     wd = plan_members(exp, (1, 40))[4]
     assert wd.feature_dim == 48  # 3 × 16

@@ -26,8 +26,14 @@ def digits() -> dict[str, np.ndarray]:
     X, y = load_digits(return_X_y=True)
     order = np.random.RandomState(0).permutation(len(y))
     X, y = X[order].astype(np.float32), y[order]
-    return {"X": X[:1000], "y": y[:1000], "Xv": X[1000:1300], "yv": y[1000:1300],
-            "Xt": X[1300:], "yt": y[1300:]}  # fmt: skip
+    return {
+        "X": X[:1000],
+        "y": y[:1000],
+        "Xv": X[1000:1300],
+        "yv": y[1000:1300],
+        "Xt": X[1300:],
+        "yt": y[1300:],
+    }
 
 
 def sk_fit(X: np.ndarray, y: np.ndarray, C: float, **kw) -> object:
@@ -40,8 +46,9 @@ def test_single_C_solves_sklearns_objective(digits):
     C = 0.1
     probe = LinearProbe(Cs=C, tol=1e-6, max_iter=1000, device="cpu").fit(digits["X"], digits["y"])
     ref = sk_fit(digits["X"], digits["y"], C)
-    np.testing.assert_allclose(probe.predict_proba(digits["Xt"]), ref.predict_proba(digits["Xt"]),
-                               atol=2e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        probe.predict_proba(digits["Xt"]), ref.predict_proba(digits["Xt"]), atol=2e-3
+    )
     assert probe.C_ == C and np.isnan(probe.scores_).all()
     # coef_ lives in the original feature space: decision_function is an affine map of X
     Z = digits["Xt"].astype(np.float64) @ probe.coef_.T + probe.intercept_
@@ -50,12 +57,14 @@ def test_single_C_solves_sklearns_objective(digits):
 
 def test_grid_accuracy_matches_sklearn_within_half_a_point(digits):
     """The validation-chosen, refit probe against scikit-learn doing the same by hand."""
-    probe = LinearProbe(Cs=GRID, device="cpu").fit(digits["X"], digits["y"], digits["Xv"],
-                                                     digits["yv"])  # fmt: skip
+    probe = LinearProbe(Cs=GRID, device="cpu").fit(
+        digits["X"], digits["y"], digits["Xv"], digits["yv"]
+    )
     val = [sk_fit(digits["X"], digits["y"], C).score(digits["Xv"], digits["yv"]) for C in GRID]
     C = GRID[int(np.argmax(val))]
-    ref = sk_fit(np.concatenate([digits["X"], digits["Xv"]]),
-                 np.concatenate([digits["y"], digits["yv"]]), C)  # fmt: skip
+    ref = sk_fit(
+        np.concatenate([digits["X"], digits["Xv"]]), np.concatenate([digits["y"], digits["yv"]]), C
+    )
     np.testing.assert_allclose(probe.scores_, val, atol=2 / 300)  # at most 2 examples differ
     assert probe.Cs_[np.argmax(probe.scores_)] == probe.C_  # first maximum: the strongest
     ours, theirs = probe.score(digits["Xt"], digits["yt"]), ref.score(digits["Xt"], digits["yt"])
@@ -94,8 +103,9 @@ def test_C_is_chosen_on_the_validation_data_only(digits):
     # without refit, validation data enter only through the choice of C: the model is the one
     # of that C trained on X alone
     alone = LinearProbe(Cs=1.0, device="cpu", tol=1e-6, max_iter=1000).fit(digits["X"], digits["y"])
-    np.testing.assert_allclose(alone.predict_proba(digits["Xt"]), p_hi.predict_proba(digits["Xt"]),
-                               atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        alone.predict_proba(digits["Xt"]), p_hi.predict_proba(digits["Xt"]), atol=1e-3
+    )
     # data never passed to fit change nothing: fitting again gives a bit-identical model
     again = LinearProbe(**kw).fit(digits["X"], digits["y"], Xv, y_hi)
     np.testing.assert_array_equal(again.coef_, p_hi.coef_)
@@ -104,12 +114,14 @@ def test_C_is_chosen_on_the_validation_data_only(digits):
 def test_warm_started_grid_matches_cold_start(digits):
     """Solving the grid from strong to weak with warm starts reaches the cold-start solution."""
     Xv, _, y_hi = adversarial_val(digits, 1e-3, 1.0)
-    grid = LinearProbe(Cs=(1e-3, 1e-2, 0.1, 1.0), tol=1e-7, max_iter=1000, refit=False,
-                       device="cpu").fit(digits["X"], digits["y"], Xv, y_hi)  # fmt: skip
+    grid = LinearProbe(
+        Cs=(1e-3, 1e-2, 0.1, 1.0), tol=1e-7, max_iter=1000, refit=False, device="cpu"
+    ).fit(digits["X"], digits["y"], Xv, y_hi)
     assert grid.C_ == 1.0  # the last value: reached through three warm starts
     cold = LinearProbe(Cs=1.0, tol=1e-7, max_iter=1000, device="cpu").fit(digits["X"], digits["y"])
-    np.testing.assert_allclose(grid.predict_proba(digits["Xt"]), cold.predict_proba(digits["Xt"]),
-                               atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        grid.predict_proba(digits["Xt"]), cold.predict_proba(digits["Xt"]), atol=1e-3
+    )
     assert grid.n_iter_[-1] == 0  # no refit
     assert (grid.n_iter_[:-1] >= 1).all()
 
@@ -117,8 +129,9 @@ def test_warm_started_grid_matches_cold_start(digits):
 def test_warm_starts_save_iterations(digits):
     grid = (1e-3, 1e-2, 0.1, 1.0)
     kw = {"device": "cpu", "max_iter": 1000}
-    warm = LinearProbe(Cs=grid, refit=False, **kw).fit(digits["X"], digits["y"], digits["Xv"],
-                                                       digits["yv"])  # fmt: skip
+    warm = LinearProbe(Cs=grid, refit=False, **kw).fit(
+        digits["X"], digits["y"], digits["Xv"], digits["yv"]
+    )
     cold = [LinearProbe(Cs=C, **kw).fit(digits["X"], digits["y"]).n_iter_[0] for C in grid]
     assert warm.n_iter_[0] == cold[0]  # the first value starts from zero either way
     assert warm.n_iter_[:-1].sum() < 0.8 * sum(cold)  # measured 40 vs 69
@@ -202,8 +215,9 @@ def test_other_input_errors(digits):
 
 def test_torch_and_numpy_inputs_agree(digits):
     a = LinearProbe(Cs=(0.01, 0.1), device="cpu").fit(digits["X"], digits["y"])
-    b = LinearProbe(Cs=(0.01, 0.1), device="cpu").fit(torch.from_numpy(digits["X"]),
-                                                      torch.from_numpy(digits["y"]))  # fmt: skip
+    b = LinearProbe(Cs=(0.01, 0.1), device="cpu").fit(
+        torch.from_numpy(digits["X"]), torch.from_numpy(digits["y"])
+    )
     np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-6, atol=1e-8)
     assert b.score(torch.from_numpy(digits["Xt"]), torch.from_numpy(digits["yt"])) == a.score(
         digits["Xt"], digits["yt"]
@@ -214,8 +228,9 @@ def test_float64_solver_agrees_with_float32(digits):
     kw = {"Cs": 0.1, "tol": 1e-6, "max_iter": 1000, "device": "cpu"}
     a = LinearProbe(dtype="float32", **kw).fit(digits["X"], digits["y"])
     b = LinearProbe(dtype="float64", **kw).fit(digits["X"], digits["y"])
-    np.testing.assert_allclose(a.predict_proba(digits["Xt"]), b.predict_proba(digits["Xt"]),
-                               atol=1e-3)  # fmt: skip
+    np.testing.assert_allclose(
+        a.predict_proba(digits["Xt"]), b.predict_proba(digits["Xt"]), atol=1e-3
+    )
 
 
 def test_nearest_mean_probe_by_hand():

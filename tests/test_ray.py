@@ -29,7 +29,9 @@ def ray_session():
 
 
 def _exp(tiny, **training):
-    tiny["training"].update({"threads": 1, "engine": "ray", "ray": {"cpus_per_task": 1}, **training})
+    tiny["training"].update(
+        {"threads": 1, "engine": "ray", "ray": {"cpus_per_task": 1}, **training}
+    )
     return parse_experiment(tiny)
 
 

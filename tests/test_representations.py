@@ -7,7 +7,13 @@ import torch
 from richrep.config import parse_experiment
 from richrep.data import Split
 from richrep.models import count_params
-from richrep.representations import FeatureCache, Featurizer, extract, plan_representations, seed_subsets
+from richrep.representations import (
+    FeatureCache,
+    Featurizer,
+    extract,
+    plan_representations,
+    seed_subsets,
+)
 from richrep.training.members import build_model, plan_members
 
 
@@ -17,19 +23,32 @@ def test_seed_subsets_disjoint_first_then_distinct():
     assert set(subs[0]).isdisjoint(subs[1])  # a partition comes first
     assert seed_subsets([0, 1, 2, 3, 4], 5, 3) == [(0, 1, 2, 3, 4)]
     assert len(seed_subsets(range(10), 3, 3)) == 3 and all(
-        set(a).isdisjoint(b) for a, b in [(x, y) for x in seed_subsets(range(10), 3, 3)
-                                          for y in seed_subsets(range(10), 3, 3) if x != y])  # fmt: skip
-    assert seed_subsets(range(6), 2, 4, seed=0) == seed_subsets(range(6), 2, 4, seed=0)  # deterministic
+        set(a).isdisjoint(b)
+        for a, b in [
+            (x, y)
+            for x in seed_subsets(range(10), 3, 3)
+            for y in seed_subsets(range(10), 3, 3)
+            if x != y
+        ]
+    )
+    assert seed_subsets(range(6), 2, 4, seed=0) == seed_subsets(
+        range(6), 2, 4, seed=0
+    )  # deterministic
     assert len(seed_subsets([0, 1, 2], 2, 10)) == 3  # only three pairs exist
 
 
 def test_plan_dims_and_params(tiny):
     tiny["training"]["seeds"] = 3
-    tiny["training"]["baselines"] = [{"kind": "wide", "k": 3}, {"kind": "wide_dim", "k": 3}, {"kind": "joint", "k": 3}]
+    tiny["training"]["baselines"] = [
+        {"kind": "wide", "k": 3},
+        {"kind": "wide_dim", "k": 3},
+        {"kind": "joint", "k": 3},
+    ]
     exp = parse_experiment(tiny)
     members = plan_members(exp, (1, 40))
     meta = {}
     for m in members:
+
         class T:  # a task stand-in with what build_model needs
             input_shape = (1, 40)
             num_classes = 5
@@ -77,8 +96,12 @@ def test_cache_never_extracts_twice_and_concat(tmp_path):
 
     from richrep.representations import Representation
 
-    f = Featurizer({"a": Counting(1.0), "b": Counting(2.0)}, device=torch.device("cpu"),
-                   dtype=torch.float32, cache=FeatureCache(directory=tmp_path))  # fmt: skip
+    f = Featurizer(
+        {"a": Counting(1.0), "b": Counting(2.0)},
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        cache=FeatureCache(directory=tmp_path),
+    )
     s = Split(torch.randn(10, 1, 5), torch.zeros(10, dtype=torch.long))
     cat = Representation("cat", 2, (0, 1), ("a", "b"), 6, 0)
     single = Representation("single", 1, (0,), ("a",), 3, 0)
@@ -87,7 +110,9 @@ def test_cache_never_extracts_twice_and_concat(tmp_path):
     f(single, s)
     f(cat, s)
     assert calls == [1.0, 2.0]  # each part once
-    f2 = Featurizer({}, device=torch.device("cpu"), dtype=torch.float32, cache=FeatureCache(directory=tmp_path))
+    f2 = Featurizer(
+        {}, device=torch.device("cpu"), dtype=torch.float32, cache=FeatureCache(directory=tmp_path)
+    )
     assert torch.equal(f2(cat, s), out)  # from disk, no encoder needed
     tiny_budget = FeatureCache(budget_bytes=1)
     tiny_budget.put(("a", "h1"), torch.zeros(10))

@@ -69,8 +69,10 @@ def test_corruption_changes_pixels_only(images, name):
 
 @pytest.mark.parametrize("name", ["gaussian_noise", "gaussian_blur", "contrast", "rotation"])
 def test_severity_is_monotone(images, name):
-    dist = [float((apply_shift(images, name, {"severity": s}).test.x - images.test.x).pow(2).mean())
-            for s in (1, 3, 5)]  # fmt: skip
+    dist = [
+        float((apply_shift(images, name, {"severity": s}).test.x - images.test.x).pow(2).mean())
+        for s in (1, 3, 5)
+    ]
     assert dist[0] < dist[1] < dist[2]
 
 
@@ -83,15 +85,22 @@ def test_specific_corruptions(images):
     con = apply_shift(images, "contrast", {"severity": 2})
     m0, m1 = images.test.x.mean((1, 2, 3)), con.test.x.mean((1, 2, 3))
     assert torch.allclose(m0, m1, atol=1e-5)  # per-image mean kept
-    assert float(con.test.x.std((1, 2, 3)).mean()) < 0.5 * float(images.test.x.std((1, 2, 3)).mean())
+    assert float(con.test.x.std((1, 2, 3)).mean()) < 0.5 * float(
+        images.test.x.std((1, 2, 3)).mean()
+    )
     blur = apply_shift(images, "gaussian_blur", {"severity": 3})
     assert abs(float(blur.test.x.mean()) - float(images.test.x.mean())) < 0.01
     noise = apply_shift(images, "gaussian_noise", {"severity": 1})
     assert 0.03 < float((noise.test.x - images.test.x).std()) < 0.09
     x = torch.zeros(1, 1, 28, 28)
     x[0, 0, 2:5, 10:18] = 1.0  # a bar near the top rotates away from the top
-    bar = Task("bar", *(Split(x, torch.zeros(1, dtype=torch.long)) for _ in range(3)),
-               classes=(0,), class_names=("bar",), kind="image")  # fmt: skip
+    bar = Task(
+        "bar",
+        *(Split(x, torch.zeros(1, dtype=torch.long)) for _ in range(3)),
+        classes=(0,),
+        class_names=("bar",),
+        kind="image",
+    )
     rot = apply_shift(bar, "rotation", {"severity": 5})  # ±90°
     assert float(rot.test.x[0, 0, :6].sum()) < 1.0 and float(rot.test.x.sum()) > 15
 
@@ -109,13 +118,18 @@ def test_mnist1d_generator_shifts(signals):
     noisy = apply_shift(signals, "mnist1d_noise", {"scale": 0.3})
     assert torch.equal(noisy.test.y, signals.test.y)
     assert float(noisy.test.x.std()) > float(signals.test.x.std())  # not re-standardized
-    for name, params in [("mnist1d_shear", {"scale": 3.0}), ("mnist1d_translation", {"max_translation": 70})]:
+    for name, params in [
+        ("mnist1d_shear", {"scale": 3.0}),
+        ("mnist1d_translation", {"max_translation": 70}),
+    ]:
         t = apply_shift(signals, name, params)
         assert torch.equal(t.test.y, signals.test.y) and not torch.equal(t.test.x, signals.test.x)
 
 
 def test_mnist1d_shift_keeps_earlier_class_subset(signals):
-    sub = apply_shifts(signals, [("classes", {"keep": [5, 6, 7]}), ("mnist1d_noise", {"scale": 0.2})])
+    sub = apply_shifts(
+        signals, [("classes", {"keep": [5, 6, 7]}), ("mnist1d_noise", {"scale": 0.2})]
+    )
     assert sub.classes == (5, 6, 7) and set(sub.test.y.tolist()) == {0, 1, 2}
     ref = apply_shift(signals, "classes", {"keep": [5, 6, 7]})
     assert torch.equal(sub.test.y, ref.test.y)

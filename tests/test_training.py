@@ -17,12 +17,17 @@ from richrep.training.members import Member, build_model, plan_members
 
 def _train(exp, task, seed, **kw):
     m = build_model(Member(f"single-s{seed}", "single", 1, seed), exp, task)
-    train_member(m, task.train, exp.training, seed, device=torch.device("cpu"), dtype=torch.float32, **kw)
+    train_member(
+        m, task.train, exp.training, seed, device=torch.device("cpu"), dtype=torch.float32, **kw
+    )
     return m
 
 
 def _same(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    return all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 @pytest.fixture
@@ -94,8 +99,15 @@ def test_non_finite_loss_names_seed_and_epoch(tiny):
     task = source_task(exp)
     with pytest.raises(TrainingError, match=r"seed 3\).*epoch 1"):
         m = build_model(Member("single-s3", "single", 1, 3), exp, task)
-        train_member(m, task.train, exp.training, 3, device=torch.device("cpu"), dtype=torch.float32,
-                     member="single-s3")  # fmt: skip
+        train_member(
+            m,
+            task.train,
+            exp.training,
+            3,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            member="single-s3",
+        )
 
 
 def test_checkpoint_round_trip_and_tamper(setup, tmp_path):
@@ -127,16 +139,20 @@ def test_engine_reuses_finished_and_retrains_tampered(setup, tmp_path):
     assert "single-s1" in seen and load_tensors(ck)[1]["member"]["seed"] == 1
 
 
-def test_failed_member_is_recorded_and_others_continue(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["sequential", "threads"])
+def test_failed_member_is_recorded_and_others_continue(tiny, tmp_path, monkeypatch, strategy):
+    tiny["training"]["strategy"] = strategy
     exp = parse_experiment(tiny)
     task = source_task(exp)
-    import richrep.training.engine as engine
+    import richrep.training.multiseed as engine
 
     real = engine.train_member
 
     def flaky(model, train, cfg, seed, **kw):
         if seed == 0:
-            raise TrainingError("member single-s0 (seed 0): the training loss became nan in epoch 1")
+            raise TrainingError(
+                "member single-s0 (seed 0): the training loss became nan in epoch 1"
+            )
         return real(model, train, cfg, seed, **kw)
 
     monkeypatch.setattr(engine, "train_member", flaky)

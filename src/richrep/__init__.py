@@ -12,7 +12,19 @@ from richrep.pipeline import load_run, run_experiment
 
 __version__ = "0.1.0"
 __all__ = [
-    "ConfigError", "DataError", "Experiment", "RichrepError", "Split", "StoreError", "Task",
-    "TrainingError", "apply_shift", "apply_shifts", "load_experiment", "load_run", "load_task",
-    "parse_experiment", "run_experiment",
-]  # fmt: skip
+    "ConfigError",
+    "DataError",
+    "Experiment",
+    "RichrepError",
+    "Split",
+    "StoreError",
+    "Task",
+    "TrainingError",
+    "apply_shift",
+    "apply_shifts",
+    "load_experiment",
+    "load_run",
+    "load_task",
+    "parse_experiment",
+    "run_experiment",
+]

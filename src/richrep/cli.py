@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from richrep.errors import RichrepError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Learn rich representations (catK: K seeds, concatenated) and test them under shift.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Learn rich representations (catK: K seeds, concatenated) and test them under shift.",
+)
 console = Console()
 err = Console(stderr=True)
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     train = "train"
     evaluate = "evaluate"
     report = "report"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     datasets = "datasets"
     shifts = "shifts"
     encoders = "encoders"
@@ -43,11 +54,22 @@ def _fail(e: Exception) -> None:
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder holding run folders.")] = Path("runs"),
-    only: Annotated[Optional[Stage], typer.Option("--only", help="Rerun one stage from the store.")] = None,  # noqa: UP007
-    engine: Annotated[Optional[str], typer.Option("--engine", help="local or ray (overrides training.engine).")] = None,  # noqa: UP007
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (with --engine ray).")] = None,  # noqa: UP007
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 … (overrides the file).")] = None,  # noqa: UP007
-    wait: Annotated[bool, typer.Option("--wait", help="If another process holds the run, wait for it.")] = False,
+    only: Annotated[
+        Stage | None, typer.Option("--only", help="Rerun one stage from the store.")
+    ] = None,  # noqa: UP007
+    engine: Annotated[
+        str | None, typer.Option("--engine", help="local or ray (overrides training.engine).")
+    ] = None,  # noqa: UP007
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (with --engine ray).")
+    ] = None,  # noqa: UP007
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="auto, cpu, cuda, cuda:1 … (overrides the file)."),
+    ] = None,  # noqa: UP007
+    wait: Annotated[
+        bool, typer.Option("--wait", help="If another process holds the run, wait for it.")
+    ] = False,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any earlier work."""
     from richrep.config import load_experiment
@@ -65,8 +87,14 @@ def run(
                     tasks[member] = bar.add_task(member, total=total)
                 bar.update(tasks[member], completed=done, total=total)
 
-            store = run_experiment(exp, out, only=only.value if only else None, wait=wait,
-                                   log=lambda m: bar.console.print(m), progress=tick)  # fmt: skip
+            store = run_experiment(
+                exp,
+                out,
+                only=only.value if only else None,
+                wait=wait,
+                log=lambda m: bar.console.print(m),
+                progress=tick,
+            )
         console.print(f"[green]done[/]: {store.root}")
         if store.report.exists():
             console.print(f"report: {store.report}")
@@ -91,11 +119,18 @@ def _override(exp, engine, address, device):  # noqa: ANN001, ANN202
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     markdown = "markdown"
     csv = "csv"
@@ -104,8 +139,12 @@ class Format(str, Enum):
 @app.command()
 def results(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
-    fmt: Annotated[Format, typer.Option("--format", help="table, markdown or csv (the tidy rows).")] = Format.table,
-    entry: Annotated[Optional[list[str]], typer.Option("--entry", help="Only these suite entries.")] = None,  # noqa: UP007
+    fmt: Annotated[
+        Format, typer.Option("--format", help="table, markdown or csv (the tidy rows).")
+    ] = Format.table,
+    entry: Annotated[
+        list[str] | None, typer.Option("--entry", help="Only these suite entries.")
+    ] = None,  # noqa: UP007
 ) -> None:
     """Print the comparison table: targets × representations, mean ± std, with catK's gains."""
     from richrep.evaluation.suite import read_results
@@ -120,7 +159,11 @@ def results(
     if entry:
         unknown = sorted(set(entry) - {r["entry"] for r in rows})
         if unknown:
-            _fail(RichrepError(f"no suite entry {unknown} in {run_dir}; it has {sorted({r['entry'] for r in rows})}"))
+            _fail(
+                RichrepError(
+                    f"no suite entry {unknown} in {run_dir}; it has {sorted({r['entry'] for r in rows})}"
+                )
+            )
         rows = [r for r in rows if r["entry"] in entry]
     if fmt == Format.csv:
         import csv
@@ -145,24 +188,39 @@ def results(
             table.add_column(f"{comp.cat_max}−{comp.wide_col}", justify="right")
     for (label, cells), (_, gs, gw) in zip(comp.rows, comp.gains, strict=True):
         best = max((cells[c].mean for c in comp.columns if c in cells), default=None)
-        vals = [(f"[bold green]{cells[c].text()}[/]" if cells[c].mean == best else cells[c].text()) if c in cells else ""
-                for c in comp.columns]  # fmt: skip
+        vals = [
+            (f"[bold green]{cells[c].text()}[/]" if cells[c].mean == best else cells[c].text())
+            if c in cells
+            else ""
+            for c in comp.columns
+        ]
         if comp.cat_max:
             vals.append(_gain(gs))
             if comp.wide_col:
                 vals.append(_gain(gw))
         table.add_row(label, *vals)
-    table.add_row("[dim]dim / params[/]", *[f"[dim]{comp.meta[c]['dim']} / {comp.meta[c]['params']:,}[/]" for c in comp.columns])
+    table.add_row(
+        "[dim]dim / params[/]",
+        *[f"[dim]{comp.meta[c]['dim']} / {comp.meta[c]['params']:,}[/]" for c in comp.columns],
+    )
     console.print(table)
 
 
 @app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    split: Annotated[str, typer.Option("--split", help="Source-task split to compare on: train, val or test.")] = "test",
-    measure: Annotated[Optional[list[str]], typer.Option("--measure", help="Measures (repeatable); default: all.")] = None,  # noqa: UP007
-    max_samples: Annotated[int, typer.Option("--max-samples", help="Subsample the split to this many examples.")] = 5000,
-    permutations: Annotated[int, typer.Option("--permutations", help="Permutations of the CKA test.")] = 200,
+    split: Annotated[
+        str, typer.Option("--split", help="Source-task split to compare on: train, val or test.")
+    ] = "test",
+    measure: Annotated[
+        list[str] | None, typer.Option("--measure", help="Measures (repeatable); default: all.")
+    ] = None,  # noqa: UP007
+    max_samples: Annotated[
+        int, typer.Option("--max-samples", help="Subsample the split to this many examples.")
+    ] = 5000,
+    permutations: Annotated[
+        int, typer.Option("--permutations", help="Permutations of the CKA test.")
+    ] = 200,
 ) -> None:
     """Are the seeds different? CKA/CCA matrices, unit matching, sparse prediction, clustering."""
     from richrep.analysis.run import DEFAULT_MEASURES, analyze_run
@@ -172,8 +230,14 @@ def analyze(
     try:
         _, store = load_run(run_dir)
         with console.status("analyzing seeds…"):
-            s = analyze_run(store, split=split, measures=measure or DEFAULT_MEASURES, max_samples=max_samples,
-                            n_permutations=permutations, log=console.print)  # fmt: skip
+            s = analyze_run(
+                store,
+                split=split,
+                measures=measure or DEFAULT_MEASURES,
+                max_samples=max_samples,
+                n_permutations=permutations,
+                log=console.print,
+            )
         if store.results.exists():
             write_report(store, log=console.print)
     except RichrepError as e:
@@ -187,12 +251,70 @@ def analyze(
         m, r = np.asarray(mat), np.asarray(s["random_measures"][name])
         off = m[~np.eye(len(m), dtype=bool)]
         roff = r[~np.eye(len(r), dtype=bool)]
-        table.add_row(name, f"{s['self'][name]:.3f}", f"{off.mean():.3f} ± {off.std():.3f}", f"{roff.mean():.3f}")
+        table.add_row(
+            name,
+            f"{s['self'][name]:.3f}",
+            f"{off.mean():.3f} ± {off.std():.3f}",
+            f"{roff.mean():.3f}",
+        )
     console.print(table)
-    console.print(f"one-to-one matched correlation (mean): {np.mean(s['matching']['one_to_one']):.3f}; "
-                  f"semi-matching: {np.mean(s['matching']['semi']):.3f}; "
-                  f"CKA permutation p = {s['permutation_test']['p_value']:.3g}")  # fmt: skip
+    console.print(
+        f"one-to-one matched correlation (mean): {np.mean(s['matching']['one_to_one']):.3f}; "
+        f"semi-matching: {np.mean(s['matching']['semi']):.3f}; "
+        f"CKA permutation p = {s['permutation_test']['p_value']:.3g}"
+    )
     console.print(f"plots: {store.plots}/seed_similarity.png, unit_matching.png")
+
+
+@app.command()
+def runs(
+    out: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Compare runs on targets containing this text."),
+    ] = None,  # noqa: UP007
+) -> None:
+    """List the runs of a folder, with catK's gain over single and wide per target."""
+    from richrep.index import list_runs
+
+    if not out.is_dir():
+        _fail(RichrepError(f"{out} is not a folder of runs"))
+    try:
+        listed = list_runs(out)
+    except (RichrepError, OSError) as e:
+        _fail(e)
+    table = Table(title=f"runs in {out}")
+    for c in (
+        "run",
+        "finished",
+        "data / encoder",
+        "seeds",
+        "epochs",
+        "target",
+        "catK",
+        "−single",
+        "−wide",
+    ):
+        table.add_column(c)
+    for r in listed:
+        first = True
+        for label, h in r["headline"].items():
+            if target and target not in label:
+                continue
+            fmt = lambda v: "" if v is None else f"{v:+.3f}"  # noqa: E731
+            table.add_row(
+                r["run_id"] if first else "",
+                (r["finished"] or "") if first else "",
+                f"{r['dataset']} / {r['encoder']}" if first else "",
+                str(r["seeds"]) if first else "",
+                str(r["epochs"]) if first else "",
+                label,
+                "" if h["cat"] is None else f"{h['cat']:.3f}",
+                fmt(h["gain_single"]),
+                fmt(h["gain_wide"]),
+            )
+            first = False
+    console.print(table)
 
 
 def _gain(v: float | None) -> str:

@@ -37,11 +37,13 @@ class ShiftSpec(Strict):
         if isinstance(v, str):
             return {"name": v}
         if isinstance(v, dict) and len(v) == 1 and "name" not in v:
-            (k, p), = v.items()
+            ((k, p),) = v.items()
             if p is None:
                 p = {}
             if not isinstance(p, dict):
-                raise ValueError(f"arguments of shift {k!r} must be a mapping like {{severity: 3}}, got {p!r}")
+                raise ValueError(
+                    f"arguments of shift {k!r} must be a mapping like {{severity: 3}}, got {p!r}"
+                )
             return {"name": k, "params": p}
         return v
 
@@ -55,7 +57,12 @@ class ShiftSpec(Strict):
 
 
 def _short(v: Any) -> str:
-    if isinstance(v, list) and len(v) > 2 and all(isinstance(i, int) for i in v) and v == list(range(v[0], v[-1] + 1)):
+    if (
+        isinstance(v, list)
+        and len(v) > 2
+        and all(isinstance(i, int) for i in v)
+        and v == list(range(v[0], v[-1] + 1))
+    ):
         return f"{v[0]}-{v[-1]}"
     return str(v).replace(" ", "")
 
@@ -98,13 +105,18 @@ class TrainingConfig(Strict):
     device: str = "auto"
     threads: Annotated[int, Field(ge=0)] = 0  # 0: all available cores
     engine: Literal["local", "ray"] = "local"
+    strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
+        "auto"
+    )
     ray: dict[str, Any] = {}
 
     @field_validator("seeds")
     @classmethod
     def _distinct(cls, v: int | list[int]) -> int | list[int]:
         if isinstance(v, int) and not 1 <= v <= 10_000:
-            raise ValueError(f"seeds must be a count between 1 and 10000 or a list of seeds, got {v}")
+            raise ValueError(
+                f"seeds must be a count between 1 and 10000 or a list of seeds, got {v}"
+            )
         if isinstance(v, list) and not v:
             raise ValueError("seeds must not be an empty list")
         if isinstance(v, list) and len(set(v)) != len(v):
@@ -118,8 +130,15 @@ class TrainingConfig(Strict):
 
 class ProbeConfig(Strict):
     Cs: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [
-        1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0,
-    ]  # fmt: skip
+        1e-3,
+        3e-3,
+        1e-2,
+        3e-2,
+        1e-1,
+        3e-1,
+        1.0,
+        3.0,
+    ]
     max_iter: Annotated[int, Field(ge=1)] = 100
 
 
@@ -164,7 +183,9 @@ class Experiment(Strict):
 
     def identity(self) -> dict[str, Any]:
         """What determines the trained models: the run folder's hash covers exactly this."""
-        t = self.training.model_dump(mode="json", exclude={"device", "threads", "engine", "ray"})
+        t = self.training.model_dump(
+            mode="json", exclude={"device", "threads", "engine", "strategy", "ray"}
+        )
         t["seeds"] = self.training.seed_list
         return {
             "seed": self.seed,
@@ -194,7 +215,13 @@ def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check its spelling)"
         got = e.get("input")
-        shown = "" if e["type"] in ("missing",) else f" (got {got!r})" if not isinstance(got, dict) else ""
+        shown = (
+            ""
+            if e["type"] in ("missing",)
+            else f" (got {got!r})"
+            if not isinstance(got, dict)
+            else ""
+        )
         lines.append(f"  {loc}: {msg}{shown}")
     head = f"invalid experiment{f' {source}' if source else ''}:"
     return "\n".join([head, *dict.fromkeys(lines)])
@@ -203,7 +230,9 @@ def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
 def parse_experiment(raw: Any, source: str = "") -> Experiment:
     """Validate a mapping (e.g. parsed YAML) into an :class:`Experiment`, registries included."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"experiment{f' {source}' if source else ''} must be a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"experiment{f' {source}' if source else ''} must be a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         exp = Experiment.model_validate(raw)
     except pydantic.ValidationError as e:
@@ -222,19 +251,30 @@ def resolve(exp: Experiment) -> Experiment:
         for i, s in enumerate(exp.data.source)
     ]
     if "width" in exp.model.params:
-        raise ConfigError("model.params.width: set the width multiplier as model.width, not in params")
-    enc_params = ENCODERS.validate(exp.model.encoder, exp.model.params, where="model.encoder/params")
+        raise ConfigError(
+            "model.params.width: set the width multiplier as model.width, not in params"
+        )
+    enc_params = ENCODERS.validate(
+        exp.model.encoder, exp.model.params, where="model.encoder/params"
+    )
     enc_params.pop("width", None)
     suite = []
     for i, entry in enumerate(exp.evaluation.suite):
         shifts = [
-            ShiftSpec(name=s.name, params=SHIFTS.validate(s.name, s.params, where=f"evaluation.suite[{i}].shifts[{j}]"))
+            ShiftSpec(
+                name=s.name,
+                params=SHIFTS.validate(
+                    s.name, s.params, where=f"evaluation.suite[{i}].shifts[{j}]"
+                ),
+            )
             for j, s in enumerate(entry.shifts)
         ]
         suite.append(entry.model_copy(update={"shifts": shifts}))
     return exp.model_copy(
         update={
-            "data": exp.data.model_copy(update={"params": _jsonable(data_params), "source": source}),
+            "data": exp.data.model_copy(
+                update={"params": _jsonable(data_params), "source": source}
+            ),
             "model": exp.model.model_copy(update={"params": _jsonable(enc_params)}),
             "evaluation": exp.evaluation.model_copy(update={"suite": suite}),
         }

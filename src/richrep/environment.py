@@ -11,15 +11,34 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("richrep", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "pydantic", "mnist1d")
+PACKAGES = (
+    "richrep",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "safetensors",
+    "pydantic",
+    "mnist1d",
+)
 
 
 def git_commit(path: Path) -> dict[str, Any] | None:
     try:
-        top = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()  # fmt: skip
+        top = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": top, "dirty": bool(dirty)}

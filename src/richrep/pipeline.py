@@ -16,7 +16,7 @@ from richrep.environment import describe
 from richrep.errors import StoreError
 from richrep.store import RunStore, read_json, write_atomic, write_json
 from richrep.training.device import resolve_device
-from richrep.training.engine import Progress, train_local
+from richrep.training.engine import Progress
 from richrep.training.members import plan_members
 
 Stage = Literal["train", "evaluate", "report"]
@@ -25,8 +25,13 @@ Log = Callable[[str], None]
 
 def base_task(exp: Experiment) -> Task:
     d = exp.data
-    return load_task(d.dataset, d.params, val_fraction=d.val_fraction,
-                     max_train_per_class=d.max_train_per_class, seed=exp.seed)  # fmt: skip
+    return load_task(
+        d.dataset,
+        d.params,
+        val_fraction=d.val_fraction,
+        max_train_per_class=d.max_train_per_class,
+        seed=exp.seed,
+    )
 
 
 def source_task(exp: Experiment, base: Task | None = None) -> Task:
@@ -44,13 +49,22 @@ def preflight(exp: Experiment, base: Task) -> None:
     mini = base.miniature()
     source = apply_shifts(mini, [s.as_tuple() for s in exp.data.source], where="data.source")
     for i, entry in enumerate(exp.evaluation.suite):
-        target = apply_shifts(mini, [s.as_tuple() for s in entry.shifts], where=f"evaluation.suite[{i}].shifts")
+        target = apply_shifts(
+            mini, [s.as_tuple() for s in entry.shifts], where=f"evaluation.suite[{i}].shifts"
+        )
         check_target(entry, source, target)
 
 
 def full_hash(exp: Experiment) -> str:
-    return stable_hash(exp.model_dump(mode="json", exclude={"training": {"device", "threads", "engine", "ray"},
-                                                            "evaluation": {"device"}}))  # fmt: skip
+    return stable_hash(
+        exp.model_dump(
+            mode="json",
+            exclude={
+                "training": {"device", "threads", "engine", "strategy", "ray"},
+                "evaluation": {"device"},
+            },
+        )
+    )
 
 
 def open_run(exp: Experiment, out: Path) -> RunStore:
@@ -72,7 +86,11 @@ def run_experiment(
     """Run (or resume) ``exp`` under ``out``; return its store. Finished work is reused."""
     store = open_run(exp, out)
     with store.lock(wait=wait):
-        if only is None and store.done.exists() and store.done.read_text().strip() == full_hash(exp):
+        if (
+            only is None
+            and store.done.exists()
+            and store.done.read_text().strip() == full_hash(exp)
+        ):
             log(f"{store.root} is complete and up to date; nothing to do")
             return store
         write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
@@ -82,8 +100,13 @@ def run_experiment(
         preflight(exp, base)
         task = source_task(exp, base)
         env = describe(device)
-        env["source_task"] = {"name": task.name, "hash": task.hash, "train": len(task.train),
-                              "val": len(task.val), "test": len(task.test)}  # fmt: skip
+        env["source_task"] = {
+            "name": task.name,
+            "hash": task.hash,
+            "train": len(task.train),
+            "val": len(task.val),
+            "test": len(task.test),
+        }
         write_json(store.root / "env.json", env)
         members = plan_members(exp, task.input_shape)
         if only in (None, "train"):
@@ -91,8 +114,11 @@ def run_experiment(
 
             status = train_with_engine(exp, task, members, store, progress)
             failed = [m for m, s in status.items() if "failed" in s]
-            log(f"trained {len(members) - len(failed)}/{len(members)} members in "
-                f"{time.perf_counter() - t0:.1f} s" + (f"; failed: {', '.join(failed)}" if failed else ""))  # fmt: skip
+            log(
+                f"trained {len(members) - len(failed)}/{len(members)} members in "
+                f"{time.perf_counter() - t0:.1f} s"
+                + (f"; failed: {', '.join(failed)}" if failed else "")
+            )
         if only in (None, "evaluate"):
             from richrep.evaluation.suite import evaluate_run
 
@@ -103,6 +129,10 @@ def run_experiment(
             write_report(store, log=log)
         if only is None:
             write_atomic(store.done, (full_hash(exp) + "\n").encode())
+        if only in (None, "report"):
+            from richrep.index import record
+
+            record(store)
     return store
 
 

@@ -37,7 +37,9 @@ class Entry(Generic[F]):
     def signature(self) -> str:
         parts = []
         for p in self.params():
-            parts.append(p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}")
+            parts.append(
+                p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+            )
         return f"{self.name}({', '.join(parts)})"
 
 
@@ -92,7 +94,9 @@ class Registry(Generic[F]):
         for pname, p in accepted.items():
             if pname not in params:
                 if p.default is inspect.Parameter.empty:
-                    raise ConfigError(f"{at}{self.kind} {name!r} needs argument {pname!r}: {entry.signature()}")
+                    raise ConfigError(
+                        f"{at}{self.kind} {name!r} needs argument {pname!r}: {entry.signature()}"
+                    )
                 out[pname] = p.default
                 continue
             ann = p.annotation if p.annotation is not inspect.Parameter.empty else Any

@@ -99,8 +99,14 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def extract(encoder: nn.Module, x: torch.Tensor, *, device: torch.device, dtype: torch.dtype,
-            batch_size: int = 4096) -> torch.Tensor:  # fmt: skip
+def extract(
+    encoder: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int = 4096,
+) -> torch.Tensor:
     """Features ``(N, d)`` of ``x`` (float32, on CPU), eval mode, no gradients, batched."""
     encoder.eval().to(device)
     channels_last = uses_channels_last(encoder, x)
@@ -121,8 +127,14 @@ def extract(encoder: nn.Module, x: torch.Tensor, *, device: torch.device, dtype:
 class Featurizer:
     """Turns (representation, split) into features, through the cache."""
 
-    def __init__(self, encoders: dict[str, nn.Module], *, device: torch.device, dtype: torch.dtype,
-                 cache: FeatureCache | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache: FeatureCache | None = None,
+    ) -> None:
         self.encoders = encoders
         self.device = device
         self.dtype = dtype
@@ -143,7 +155,9 @@ class Featurizer:
         return torch.cat([self.part(p, split) for p in rep.parts], dim=1)
 
 
-def seed_subsets(seeds: Sequence[int], k: int, n_subsets: int, seed: int = 0) -> list[tuple[int, ...]]:
+def seed_subsets(
+    seeds: Sequence[int], k: int, n_subsets: int, seed: int = 0
+) -> list[tuple[int, ...]]:
     """Seed subsets of size ``k`` for catK: disjoint groups first (a shuffled partition), then
     distinct random subsets, up to ``n_subsets``; all of them when K equals the seed count."""
     seeds = list(seeds)
@@ -183,17 +197,35 @@ def plan_representations(
     if "input" in floors:
         reps.append(Representation("input", 0, (), (), input_dim, 0))
     if "random" in floors and seeds:
-        reps.append(Representation("random", len(seeds), tuple(seeds),
-                                   tuple(f"random-s{s}" for s in seeds),
-                                   sum(d.values()), sum(p.values())))  # fmt: skip
+        reps.append(
+            Representation(
+                "random",
+                len(seeds),
+                tuple(seeds),
+                tuple(f"random-s{s}" for s in seeds),
+                sum(d.values()),
+                sum(p.values()),
+            )
+        )
     for k in range(1, len(seeds) + 1):
         for sub in seed_subsets(seeds, k, len(seeds) if k == 1 else subsets, seed):
             kind = "single" if k == 1 else "cat"
-            reps.append(Representation(kind, k, sub, tuple(singles[s].name for s in sub),
-                                       sum(d[s] for s in sub), sum(p[s] for s in sub)))  # fmt: skip
+            reps.append(
+                Representation(
+                    kind,
+                    k,
+                    sub,
+                    tuple(singles[s].name for s in sub),
+                    sum(d[s] for s in sub),
+                    sum(p[s] for s in sub),
+                )
+            )
     for m in ok:
         if m.kind != "single":
             mm = meta[m.name]
-            reps.append(Representation(m.kind, m.k, (m.seed,), (m.name,), mm["feature_dim"],
-                                       mm["encoder_params"]))  # fmt: skip
+            reps.append(
+                Representation(
+                    m.kind, m.k, (m.seed,), (m.name,), mm["feature_dim"], mm["encoder_params"]
+                )
+            )
     return reps

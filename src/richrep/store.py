@@ -51,9 +51,12 @@ def _disk_errors(path: Path) -> Iterator[None]:
     except OSError as e:
         if isinstance(e, StoreError):
             raise
-        why = {errno.ENOSPC: "the disk is full", errno.EACCES: "permission denied",
-               errno.EROFS: "the file system is read-only", errno.EDQUOT: "disk quota exceeded"}.get(
-            e.errno or 0, e.strerror or str(e))  # fmt: skip
+        why = {
+            errno.ENOSPC: "the disk is full",
+            errno.EACCES: "permission denied",
+            errno.EROFS: "the file system is read-only",
+            errno.EDQUOT: "disk quota exceeded",
+        }.get(e.errno or 0, e.strerror or str(e))
         raise StoreError(f"cannot write {path}: {why}; earlier results are untouched") from None
 
 
@@ -102,7 +105,9 @@ def read_json(path: Path) -> Any:
         raise StoreError(f"{path} is unreadable or corrupt ({e})") from None
 
 
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> str:
+def save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None
+) -> str:
     """Save tensors as safetensors atomically, then a sidecar ``.json`` holding the file's
     sha256 and ``meta``; return the hash. The sidecar is written last: no sidecar, no file."""
     path = Path(path)
@@ -139,7 +144,9 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         meta = read_json(sidecar(path))
     except FileNotFoundError:
-        raise StoreError(f"{path} has no sidecar {sidecar(path).name}: it was never finished") from None
+        raise StoreError(
+            f"{path} has no sidecar {sidecar(path).name}: it was never finished"
+        ) from None
     if not path.exists():
         raise StoreError(f"{path} is missing (its sidecar exists)")
     if sha256_file(path) != meta.get("sha256"):
@@ -191,7 +198,9 @@ class RunStore:
         return self.root / "done"
 
     def checkpoint(self, member: str, partial: bool = False) -> Path:
-        return self.checkpoints / (f"{member}.partial.safetensors" if partial else f"{member}.safetensors")
+        return self.checkpoints / (
+            f"{member}.partial.safetensors" if partial else f"{member}.safetensors"
+        )
 
     def exists(self) -> bool:
         return (self.root / "config.yaml").exists()

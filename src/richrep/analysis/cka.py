@@ -67,9 +67,14 @@ def _debiased_cka(m: Moments) -> float:
     sx, sy = m.sx, m.sy
     ox, oy = float(sx @ sx) - m.sa, float(sy @ sy) - m.sb
     hxy = _u_hsic(
-        n, float(m.sxy.square().sum()), m.sab, float(sx @ m.sxy @ sy),
-        float(sx @ m.xb + sy @ m.ya), ox, oy,
-    )  # fmt: skip
+        n,
+        float(m.sxy.square().sum()),
+        m.sab,
+        float(sx @ m.sxy @ sy),
+        float(sx @ m.xb + sy @ m.ya),
+        ox,
+        oy,
+    )
     hxx = _u_hsic(
         n, float(m.sxx.square().sum()), m.saa, float(sx @ m.sxx @ sx), float(2 * sx @ m.xa), ox, ox
     )

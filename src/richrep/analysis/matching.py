@@ -96,9 +96,7 @@ class Matching:
         return out
 
 
-def match_units(
-    X: Array, Y: Array, method: str = "one_to_one", absolute: bool = False
-) -> Matching:
+def match_units(X: Array, Y: Array, method: str = "one_to_one", absolute: bool = False) -> Matching:
     """Match the units of X to the units of Y by correlation (Li et al. 2015).
 
     ``method="one_to_one"``: maximum-weight bipartite matching (Hungarian algorithm, scipy's
@@ -219,9 +217,15 @@ def sparse_prediction(
     nonzero = np.zeros((units.size, grid.size))
     for row, j in enumerate(units):
         _, coefs, _ = lasso_path(
-            zx, zy[:, j], alphas=grid, precompute=gram, Xy=xy[:, j],
-            copy_X=False, max_iter=max_iter, tol=tol,
-        )  # fmt: skip
+            zx,
+            zy[:, j],
+            alphas=grid,
+            precompute=gram,
+            Xy=xy[:, j],
+            copy_X=False,
+            max_iter=max_iter,
+            tol=tol,
+        )
         if ev is None:  # ||y − Xw||²/n from the Gram matrix (var y = 1)
             quad = np.einsum("ik,ij,jk->k", coefs, gram, coefs)
             err = 1.0 + (quad - 2.0 * (xy[:, j] @ coefs)) / n

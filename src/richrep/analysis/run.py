@@ -58,47 +58,83 @@ def analyze_run(
         raise ConfigError(f"--split must be one of train, val, test; got {split!r}")
     members = plan_members(exp, task.input_shape)
     status = member_status(store, members)
-    singles = [m for m in members if m.kind == "single" and m.name in status and "failed" not in status[m.name]]
+    singles = [
+        m
+        for m in members
+        if m.kind == "single" and m.name in status and "failed" not in status[m.name]
+    ]
     if len(singles) < 2:
-        raise ConfigError(f"{store.root} has {len(singles)} trained seed(s); the analysis compares at least two")
+        raise ConfigError(
+            f"{store.root} has {len(singles)} trained seed(s); the analysis compares at least two"
+        )
     data = task.splits()[split]
     if len(data) > max_samples:
-        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(exp.seed))[:max_samples]
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(exp.seed))[
+            :max_samples
+        ]
         data = data.subset(idx.sort().values)
     device = resolve_device(exp.evaluation.device)
     dtype = resolve_precision(exp.training.precision, device)
     encoders = load_encoders(exp, task, singles, store, status)
     trained = [extract(encoders[m.name], data.x, device=device, dtype=dtype) for m in singles]
-    random = [extract(encoders[f"random-s{m.seed}"], data.x, device=device, dtype=dtype) for m in singles]
+    random = [
+        extract(encoders[f"random-s{m.seed}"], data.x, device=device, dtype=dtype) for m in singles
+    ]
     names = [m.name for m in singles]
     log(f"analysis on {len(data)} {split} examples of {task.name}, {len(singles)} seeds")
 
-    summary: dict[str, Any] = {"split": split, "n": len(data), "seeds": [m.seed for m in singles],
-                               "members": names, "measures": {}, "random_measures": {}}  # fmt: skip
+    summary: dict[str, Any] = {
+        "split": split,
+        "n": len(data),
+        "seeds": [m.seed for m in singles],
+        "members": names,
+        "measures": {},
+        "random_measures": {},
+    }
     for name in measures:
         summary["measures"][name] = pairwise(trained, name).tolist()
         summary["random_measures"][name] = pairwise(random, name).tolist()
-        summary.setdefault("self", {})[name] = float(MEASURES.entry(name).fn(trained[0], trained[0]))
+        summary.setdefault("self", {})[name] = float(
+            MEASURES.entry(name).fn(trained[0], trained[0])
+        )
     a, b = trained[0], trained[1]
     one = match_units(a, b, method="one_to_one")
     semi = match_units(a, b, method="semi")
-    summary["matching"] = {"pair": names[:2], "one_to_one": one.correlations.tolist(),
-                           "semi": semi.correlations.tolist(),
-                           "random_one_to_one": match_units(random[0], random[1]).correlations.tolist()}  # fmt: skip
+    summary["matching"] = {
+        "pair": names[:2],
+        "one_to_one": one.correlations.tolist(),
+        "semi": semi.correlations.tolist(),
+        "random_one_to_one": match_units(random[0], random[1]).correlations.tolist(),
+    }
     half = len(data) // 2
-    with warnings.catch_warnings():  # the weakest λ of the path may stop short; its error is still reported
+    with (
+        warnings.catch_warnings()
+    ):  # the weakest λ of the path may stop short; its error is still reported
         warnings.simplefilter("ignore", ConvergenceWarning)
         sp = sparse_prediction(a[:half], b[:half], X_eval=a[half:], Y_eval=b[half:], n_alphas=12)
-    summary["sparse_prediction"] = {"pair": names[:2], "alphas": sp.alphas.tolist(), "nse": sp.nse.tolist(),
-                                    "nonzero": sp.nonzero.tolist()}  # fmt: skip
+    summary["sparse_prediction"] = {
+        "pair": names[:2],
+        "alphas": sp.alphas.tolist(),
+        "nse": sp.nse.tolist(),
+        "nonzero": sp.nonzero.tolist(),
+    }
     k = min(n_clusters, a.shape[1] // 2)
     cl = spectral_clusters(a, b, n_clusters=k, seed=exp.seed)
-    summary["spectral"] = {"pair": names[:2], "n_clusters": k, "n_mixed": int(cl.n_mixed),
-                           "sizes": np.asarray(cl.sizes).tolist()}  # fmt: skip
+    summary["spectral"] = {
+        "pair": names[:2],
+        "n_clusters": k,
+        "n_mixed": int(cl.n_mixed),
+        "sizes": np.asarray(cl.sizes).tolist(),
+    }
     pt = permutation_test("linear_cka", a, b, n_permutations=n_permutations, seed=exp.seed)
-    summary["permutation_test"] = {"pair": names[:2], "measure": "linear_cka", "observed": pt.observed,
-                                   "p_value": pt.p_value, "null_mean": float(pt.null.mean()),
-                                   "n_permutations": n_permutations}  # fmt: skip
+    summary["permutation_test"] = {
+        "pair": names[:2],
+        "measure": "linear_cka",
+        "observed": pt.observed,
+        "p_value": pt.p_value,
+        "null_mean": float(pt.null.mean()),
+        "n_permutations": n_permutations,
+    }
     summary["warnings"] = _warnings(store, singles, summary)
     out = store.root / "analysis"
     write_json(out / "summary.json", summary)
@@ -110,15 +146,19 @@ def analyze_run(
 
 def _warnings(store: RunStore, singles: Sequence[Any], summary: dict[str, Any]) -> list[str]:
     out = []
-    shas = {m.name: read_json(store.checkpoint(m.name).with_suffix(".json"))["sha256"] for m in singles}
+    shas = {
+        m.name: read_json(store.checkpoint(m.name).with_suffix(".json"))["sha256"] for m in singles
+    }
     for x, y in itertools.combinations(shas, 2):
         if shas[x] == shas[y]:
             out.append(f"{x} and {y} have byte-identical checkpoints: the seeds did not differ")
     cka = np.asarray(summary["measures"].get("linear_cka", []))
     for i, j in itertools.combinations(range(len(cka)), 2):
         if cka[i, j] > IDENTICAL_CKA:
-            out.append(f"{summary['members'][i]} and {summary['members'][j]} have linear CKA "
-                       f"{cka[i, j]:.4f}: (near-)identical representations")  # fmt: skip
+            out.append(
+                f"{summary['members'][i]} and {summary['members'][j]} have linear CKA "
+                f"{cka[i, j]:.4f}: (near-)identical representations"
+            )
     return out
 
 
@@ -150,7 +190,7 @@ def _plots(store: RunStore, s: dict[str, Any]) -> None:
             for j in range(len(m)):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
         fig.colorbar(im, ax=ax, fraction=0.046)
-    for ax in list(axes.flat)[len(ms):]:
+    for ax in list(axes.flat)[len(ms) :]:
         ax.axis("off")
     fig.suptitle("seed × seed similarity (trained encoders)")
     fig.tight_layout()
@@ -190,16 +230,21 @@ def report_section(store: RunStore) -> str:
     rows = []
     for name, mat in s["measures"].items():
         off, rnd = _off_diagonal(mat), _off_diagonal(s["random_measures"][name])
-        rows.append(f"<tr><td>{name}</td><td>{s['self'][name]:.3f}</td><td>{np.mean(off):.3f} ± {np.std(off):.3f}</td>"
-                    f"<td>{min(off):.3f} – {max(off):.3f}</td><td>{np.mean(rnd):.3f}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{name}</td><td>{s['self'][name]:.3f}</td><td>{np.mean(off):.3f} ± {np.std(off):.3f}</td>"
+            f"<td>{min(off):.3f} – {max(off):.3f}</td><td>{np.mean(rnd):.3f}</td></tr>"
+        )
     mt, sp, pt, sc = s["matching"], s["sparse_prediction"], s["permutation_test"], s["spectral"]
     warn = "".join(f"<p class=warn>⚠ {html.escape(w)}</p>" for w in s["warnings"])
     imgs = "".join(
         f"<img alt='{p}' src='data:image/png;base64,{base64.b64encode((store.plots / p).read_bytes()).decode()}'>"
-        for p in ("seed_similarity.png", "unit_matching.png") if (store.plots / p).exists())  # fmt: skip
+        for p in ("seed_similarity.png", "unit_matching.png")
+        if (store.plots / p).exists()
+    )
     return (
-        "<h2>Are the seeds different?</h2>" + warn +
-        f"<p>Penultimate features of {len(s['members'])} trained seeds on {s['n']} {s['split']} examples of the "
+        "<h2>Are the seeds different?</h2>"
+        + warn
+        + f"<p>Penultimate features of {len(s['members'])} trained seeds on {s['n']} {s['split']} examples of the "
         "source task. If seeds learned the same features, concatenating them would add nothing.</p>"
         "<table><tr><th>measure</th><th>seed vs itself</th><th>seed vs seed (mean ± std)</th><th>range</th>"
         "<th>untrained seed vs seed</th></tr>" + "".join(rows) + "</table>"

@@ -108,7 +108,11 @@ def _check_arrays(
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise DataError(f"{which} labels must have shape ({x.shape[0]},), got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        if (
+            np.issubdtype(y.dtype, np.floating)
+            and np.all(np.isfinite(y))
+            and np.all(y == np.round(y))
+        ):
             y = y.astype(np.int64)
         else:
             raise DataError(f"{which} labels must be integers, got dtype {y.dtype}")

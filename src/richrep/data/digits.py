@@ -24,9 +24,20 @@ def digits(
     d = load_digits()
     x = (d.images.astype(np.float32) / 16.0)[:, None]
     if size != 8:
-        x = F.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear",
-                          align_corners=False).clamp_(0, 1).numpy()  # fmt: skip
+        x = (
+            F.interpolate(
+                torch.from_numpy(x), size=(size, size), mode="bilinear", align_corners=False
+            )
+            .clamp_(0, 1)
+            .numpy()
+        )
     y = d.target.astype(np.int64)
     train, test = stratified_split(y, test_fraction, 0, "digits-test")
-    return RawData(x[train], y[train], x[test], y[test], kind="image",
-                   class_names=tuple(str(i) for i in range(10)))  # fmt: skip
+    return RawData(
+        x[train],
+        y[train],
+        x[test],
+        y[test],
+        kind="image",
+        class_names=tuple(str(i) for i in range(10)),
+    )

@@ -30,9 +30,17 @@ FILES = {  # name -> SHA-256 of the decompressed idx file
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -50,7 +58,9 @@ def cache_dir() -> Path:
     return Path(base) / "richrep" / "fashion-mnist"
 
 
-def read_idx(path: Path, expected_sha256: str | None = None, gzipped: bool | None = None) -> np.ndarray:
+def read_idx(
+    path: Path, expected_sha256: str | None = None, gzipped: bool | None = None
+) -> np.ndarray:
     """Parse an IDX file (gzipped if its name ends in .gz), checking its content hash."""
     gzipped = path.suffix == ".gz" if gzipped is None else gzipped
     try:
@@ -68,7 +78,9 @@ def read_idx(path: Path, expected_sha256: str | None = None, gzipped: bool | Non
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if len(raw) != header + int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: header says {shape}, file has {len(raw) - header} bytes")
+        raise DataError(
+            f"{path} is truncated: header says {shape}, file has {len(raw) - header} bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 

@@ -33,17 +33,29 @@ DEFAULTS = {
 
 @lru_cache(maxsize=8)
 def generate(
-    num_samples: int, seed: int, iid_noise_scale: float, corr_noise_scale: float,
-    shear_scale: float, max_translation: int, scale_coeff: float,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    num_samples: int,
+    seed: int,
+    iid_noise_scale: float,
+    corr_noise_scale: float,
+    shear_scale: float,
+    max_translation: int,
+    scale_coeff: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """(x, y): ``num_samples`` signals of length 40, balanced classes, shuffled; read-only."""
     from mnist1d.data import get_templates
     from mnist1d.transform import transform
     from mnist1d.utils import ObjectView
 
-    args = ObjectView(dict(DEFAULTS, iid_noise_scale=iid_noise_scale, shear_scale=shear_scale,
-                           corr_noise_scale=corr_noise_scale, max_translation=max_translation,
-                           scale_coeff=scale_coeff))  # fmt: skip
+    args = ObjectView(
+        dict(
+            DEFAULTS,
+            iid_noise_scale=iid_noise_scale,
+            shear_scale=shear_scale,
+            corr_noise_scale=corr_noise_scale,
+            max_translation=max_translation,
+            scale_coeff=scale_coeff,
+        )
+    )
     templates = get_templates()
     state = np.random.get_state()
     try:
@@ -77,10 +89,21 @@ def mnist1d(
     scale_coeff: Annotated[float, Field(ge=0)] = 0.4,
 ) -> RawData:
     """MNIST-1D: 10 classes of 40-sample 1-D signals from the ``mnist1d`` generator (offline)."""
-    x, y = generate(num_samples, seed, iid_noise_scale, corr_noise_scale, shear_scale,
-                    max_translation, scale_coeff)  # fmt: skip
+    x, y = generate(
+        num_samples,
+        seed,
+        iid_noise_scale,
+        corr_noise_scale,
+        shear_scale,
+        max_translation,
+        scale_coeff,
+    )
     n_test = int(round(test_fraction * len(y)))
     return RawData(
-        x_train=x[n_test:], y_train=y[n_test:], x_test=x[:n_test], y_test=y[:n_test],
-        kind="signal", class_names=tuple(str(i) for i in range(10)),
-    )  # fmt: skip
+        x_train=x[n_test:],
+        y_train=y[n_test:],
+        x_test=x[:n_test],
+        y_test=y[:n_test],
+        kind="signal",
+        class_names=tuple(str(i) for i in range(10)),
+    )

@@ -27,7 +27,9 @@ SHIFTS: Registry[Callable[..., Task]] = Registry("shift", skip=1)
 Severity = Annotated[int, Field(ge=1, le=5, description="1 (mild) to 5 (severe)")]
 
 
-def apply_shift(task: Task, name: str, params: dict[str, Any] | None = None, where: str = "") -> Task:
+def apply_shift(
+    task: Task, name: str, params: dict[str, Any] | None = None, where: str = ""
+) -> Task:
     """Apply the registered shift ``name`` and record it in the task's recipe."""
     params = SHIFTS.validate(name, params or {}, where=where)
     out = SHIFTS.entry(name).fn(task, **params)
@@ -60,7 +62,9 @@ def _generator(task: Task, *salt: object) -> torch.Generator:
 
 def _need_images(task: Task, shift: str) -> None:
     if task.kind != "image":
-        raise ConfigError(f"shift {shift!r} applies to image tasks; task {task.name!r} holds {task.kind}s")
+        raise ConfigError(
+            f"shift {shift!r} applies to image tasks; task {task.name!r} holds {task.kind}s"
+        )
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -73,7 +77,9 @@ def classes(task: Task, keep: Annotated[list[int], Field(min_length=1)]) -> Task
         raise ConfigError(f"shift 'classes': keep={keep} lists a class twice")
     missing = [c for c in keep if c not in task.classes]
     if missing:
-        raise ConfigError(f"shift 'classes': classes {missing} are not in task {task.name!r} (it has {list(task.classes)})")
+        raise ConfigError(
+            f"shift 'classes': classes {missing} are not in task {task.name!r} (it has {list(task.classes)})"
+        )
     old = torch.tensor([task.classes.index(c) for c in keep])
     lut = torch.full((task.num_classes,), -1, dtype=torch.long)
     lut[old] = torch.arange(len(keep))
@@ -81,7 +87,9 @@ def classes(task: Task, keep: Annotated[list[int], Field(min_length=1)]) -> Task
     for sname, s in task.splits().items():
         idx = torch.nonzero(lut[s.y] >= 0).flatten()
         if len(idx) == 0:
-            raise DataError(f"shift 'classes': keeping {keep} leaves the {sname} split of {task.name!r} empty")
+            raise DataError(
+                f"shift 'classes': keeping {keep} leaves the {sname} split of {task.name!r} empty"
+            )
         sub = s.subset(idx)
         out[sname] = Split(sub.x, lut[sub.y], sub.groups)
     names = tuple(task.class_names[task.classes.index(c)] for c in keep)
@@ -156,15 +164,24 @@ def rotation(task: Task, severity: Severity = 3) -> Task:
     deg = ROTATION_DEG[severity - 1]
 
     def f(x: torch.Tensor, split: str) -> torch.Tensor:
-        sign = torch.randint(0, 2, (x.shape[0],), generator=_generator(task, "rot", severity, split))
+        sign = torch.randint(
+            0, 2, (x.shape[0],), generator=_generator(task, "rot", severity, split)
+        )
         theta = math.radians(deg) * (2.0 * sign.float() - 1.0)
         cos, sin = torch.cos(theta), torch.sin(theta)
-        mats = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
-                            torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)  # fmt: skip
+        mats = torch.stack(
+            [
+                torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                torch.stack([sin, cos, torch.zeros_like(cos)], 1),
+            ],
+            1,
+        )
         out = []
         for xs, ms in zip(x.split(8192), mats.split(8192), strict=True):
             grid = F.affine_grid(ms, list(xs.shape), align_corners=False)
-            out.append(F.grid_sample(xs, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+            out.append(
+                F.grid_sample(xs, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            )
         return torch.cat(out).clamp_(0.0, 1.0)
 
     return _map_splits(task, f)
@@ -195,12 +212,19 @@ def _regenerate(task: Task, shift: str, **override: Any) -> Task:
 
     r = task.recipe
     if r.get("dataset") != "mnist1d":
-        raise ConfigError(f"shift {shift!r} applies to mnist1d tasks; task {task.name!r} comes from {r.get('dataset')!r}")
+        raise ConfigError(
+            f"shift {shift!r} applies to mnist1d tasks; task {task.name!r} comes from {r.get('dataset')!r}"
+        )
     if r.get("preflight"):  # a dry run on a miniature task: the checks above are the point
         return task
     params = dict(r["params"], **override)
-    base = load_task("mnist1d", params, val_fraction=r["val_fraction"],
-                     max_train_per_class=r["max_train_per_class"], seed=r["seed"])  # fmt: skip
+    base = load_task(
+        "mnist1d",
+        params,
+        val_fraction=r["val_fraction"],
+        max_train_per_class=r["max_train_per_class"],
+        seed=r["seed"],
+    )
     base = apply_shifts(base, [next(iter(s.items())) for s in r.get("shifts", [])])
     return base.with_splits(name=task.name)
 

@@ -39,7 +39,9 @@ def stratified_split(
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def per_class_sample(y: torch.Tensor | np.ndarray, n_per_class: int, seed: int, *salt: object) -> np.ndarray:
+def per_class_sample(
+    y: torch.Tensor | np.ndarray, n_per_class: int, seed: int, *salt: object
+) -> np.ndarray:
     """Indices of ``n_per_class`` examples of every class (all of a class if it has fewer)."""
     y = np.asarray(y)
     g = rng(seed, "sample", *salt)

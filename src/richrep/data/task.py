@@ -103,7 +103,9 @@ class Task:
         ``preflight`` in its recipe: shifts run on it to find config errors in milliseconds."""
         out = {}
         for name, s in self.splits().items():
-            idx = torch.cat([torch.nonzero(s.y == c).flatten()[:per_class] for c in range(self.num_classes)])
+            idx = torch.cat(
+                [torch.nonzero(s.y == c).flatten()[:per_class] for c in range(self.num_classes)]
+            )
             out[name] = s.subset(idx.sort().values)
         mini = self.with_splits(**out)
         object.__setattr__(mini, "recipe", {**self.recipe, "preflight": True})
@@ -125,7 +127,9 @@ class Task:
             if bad:
                 raise DataError(f"task {self.name!r}: {sname} inputs hold {bad} NaN/inf values")
             if s.y.dtype != torch.long:
-                raise DataError(f"task {self.name!r}: {sname} labels must be int64, got {s.y.dtype}")
+                raise DataError(
+                    f"task {self.name!r}: {sname} labels must be int64, got {s.y.dtype}"
+                )
             lo, hi = int(s.y.min()), int(s.y.max())
             if lo < 0 or hi >= self.num_classes:
                 raise DataError(

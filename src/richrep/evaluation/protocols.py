@@ -68,10 +68,17 @@ def pool(task: Task) -> Split:
 
 def _row(rep: Representation, probe: Any, value: float, n: int, **extra: Any) -> Row:
     return {
-        "representation": rep.kind, "k": rep.k, "seeds": list(rep.seeds), "dim": rep.dim,
-        "params": rep.params, "metric": "accuracy", "value": float(value), "n": n,
-        "C": float(getattr(probe, "C_", float("nan"))), **extra,
-    }  # fmt: skip
+        "representation": rep.kind,
+        "k": rep.k,
+        "seeds": list(rep.seeds),
+        "dim": rep.dim,
+        "params": rep.params,
+        "metric": "accuracy",
+        "value": float(value),
+        "n": n,
+        "C": float(getattr(probe, "C_", float("nan"))),
+        **extra,
+    }
 
 
 @PROTOCOLS.register("transfer")
@@ -87,12 +94,24 @@ def transfer(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry)
             if size == "all":
                 idx = torch.arange(len(train))
             else:
-                idx = torch.as_tensor(per_class_sample(train.y, int(size), ctx.seed, entry.name, size, draw))
+                idx = torch.as_tensor(
+                    per_class_sample(train.y, int(size), ctx.seed, entry.name, size, draw)
+                )
             probe = make_probe(entry.probe, ctx.probe, ctx.seed + draw, ctx.device)
             probe.fit(feats[idx], train.y[idx])
             acc = probe.score(x_test, target.test.y)
-            rows.append(_row(rep, probe, acc, len(target.test), protocol="transfer", size=size,
-                             draw=draw, train_n=len(idx)))  # fmt: skip
+            rows.append(
+                _row(
+                    rep,
+                    probe,
+                    acc,
+                    len(target.test),
+                    protocol="transfer",
+                    size=size,
+                    draw=draw,
+                    train_n=len(idx),
+                )
+            )
     return rows
 
 
@@ -118,5 +137,15 @@ def robustness(ctx: Context, rep: Representation, target: Task, entry: SuiteEntr
         ctx.fitted[key] = (probe, len(train))
     probe, n_train = ctx.fitted[key]
     acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
-    return [_row(rep, probe, acc, len(target.test), protocol="robustness", size="all", draw=0,
-                 train_n=n_train)]  # fmt: skip
+    return [
+        _row(
+            rep,
+            probe,
+            acc,
+            len(target.test),
+            protocol="robustness",
+            size="all",
+            draw=0,
+            train_n=n_train,
+        )
+    ]

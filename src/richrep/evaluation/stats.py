@@ -18,7 +18,9 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "n": n, "ci95": half}
 
 
-def aggregate(rows: Iterable[dict[str, Any]], keys: Sequence[str], metric: str = "accuracy") -> list[dict[str, Any]]:
+def aggregate(
+    rows: Iterable[dict[str, Any]], keys: Sequence[str], metric: str = "accuracy"
+) -> list[dict[str, Any]]:
     """Group rows by ``keys`` and summarize their ``value`` (only rows of ``metric``)."""
     groups: dict[tuple, list[float]] = {}
     first: dict[tuple, dict[str, Any]] = {}

@@ -38,17 +38,29 @@ def member_status(store: RunStore, members: Sequence[Member]) -> dict[str, dict[
     return out
 
 
-def representations(exp: Experiment, source: Task, members: Sequence[Member],
-                    status: dict[str, dict[str, Any]]) -> list[Representation]:  # fmt: skip
+def representations(
+    exp: Experiment, source: Task, members: Sequence[Member], status: dict[str, dict[str, Any]]
+) -> list[Representation]:
     input_dim = 1
     for s in source.input_shape:
         input_dim *= s
-    return plan_representations(members, status, input_dim=input_dim, subsets=exp.evaluation.subsets,
-                                floors=exp.evaluation.floors, seed=exp.seed)  # fmt: skip
+    return plan_representations(
+        members,
+        status,
+        input_dim=input_dim,
+        subsets=exp.evaluation.subsets,
+        floors=exp.evaluation.floors,
+        seed=exp.seed,
+    )
 
 
-def load_encoders(exp: Experiment, source: Task, members: Sequence[Member], store: RunStore,
-                  status: dict[str, dict[str, Any]]) -> dict[str, torch.nn.Module]:  # fmt: skip
+def load_encoders(
+    exp: Experiment,
+    source: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    status: dict[str, dict[str, Any]],
+) -> dict[str, torch.nn.Module]:
     """Trained encoders by member name, and ``random-s<seed>`` untrained encoders of each seed."""
     from richrep.training.checkpoint import load_checkpoint
 
@@ -64,26 +76,42 @@ def load_encoders(exp: Experiment, source: Task, members: Sequence[Member], stor
     return encoders
 
 
-def entry_hash(exp: Experiment, entry: SuiteEntry, reps: Sequence[Representation],
-               status: dict[str, dict[str, Any]]) -> str:  # fmt: skip
-    return stable_hash({
-        "entry": entry.model_dump(mode="json"),
-        "probe": exp.evaluation.probe.model_dump(mode="json"),
-        "reps": [r.id for r in reps],
-        "checkpoints": {k: v.get("sha256", v.get("failed")) for k, v in sorted(status.items())},
-        "run": exp.run_id(),
-        "version": 1,
-    })  # fmt: skip
+def entry_hash(
+    exp: Experiment,
+    entry: SuiteEntry,
+    reps: Sequence[Representation],
+    status: dict[str, dict[str, Any]],
+) -> str:
+    return stable_hash(
+        {
+            "entry": entry.model_dump(mode="json"),
+            "probe": exp.evaluation.probe.model_dump(mode="json"),
+            "reps": [r.id for r in reps],
+            "checkpoints": {k: v.get("sha256", v.get("failed")) for k, v in sorted(status.items())},
+            "run": exp.run_id(),
+            "version": 1,
+        }
+    )
 
 
-def evaluate_run(exp: Experiment, source: Task, members: Sequence[Member], store: RunStore,
-                 log: Log = print, base: Task | None = None) -> list[Row]:  # fmt: skip
+def evaluate_run(
+    exp: Experiment,
+    source: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    log: Log = print,
+    base: Task | None = None,
+) -> list[Row]:
     """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``."""
     from richrep.pipeline import base_task
 
     status = member_status(store, members)
-    if not any(m.kind == "single" and m.name in status and "failed" not in status[m.name] for m in members):
-        raise StoreError(f"{store.root} has no trained seeds to evaluate; run the train stage first")
+    if not any(
+        m.kind == "single" and m.name in status and "failed" not in status[m.name] for m in members
+    ):
+        raise StoreError(
+            f"{store.root} has no trained seeds to evaluate; run the train stage first"
+        )
     reps = representations(exp, source, members, status)
     device = resolve_device(exp.evaluation.device)
     dtype = resolve_precision(exp.training.precision, device)
@@ -98,11 +126,18 @@ def evaluate_run(exp: Experiment, source: Task, members: Sequence[Member], store
             continue
         if ctx is None:
             encoders = load_encoders(exp, source, members, store, status)
-            ctx = Context(Featurizer(encoders, device=device, dtype=dtype, cache=FeatureCache()),
-                          source, exp.evaluation.probe, exp.seed, device=str(device))  # fmt: skip
+            ctx = Context(
+                Featurizer(encoders, device=device, dtype=dtype, cache=FeatureCache()),
+                source,
+                exp.evaluation.probe,
+                exp.seed,
+                device=str(device),
+            )
             base = base if base is not None else base_task(exp)
         t0 = time.perf_counter()
-        target = apply_shifts(base, [s.as_tuple() for s in entry.shifts], where=f"evaluation.suite.{entry.name}")
+        target = apply_shifts(
+            base, [s.as_tuple() for s in entry.shifts], where=f"evaluation.suite.{entry.name}"
+        )
         protocol = PROTOCOLS.entry(entry.protocol).fn
         shift = "|".join(s.label() for s in entry.shifts) or "none"
         rows = []
@@ -112,11 +147,15 @@ def evaluate_run(exp: Experiment, source: Task, members: Sequence[Member], store
         write_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
         log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     all_rows = [json.loads(line) for f in files for line in f.read_text().splitlines() if line]
-    write_atomic(store.results, "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows).encode())
+    write_atomic(
+        store.results, "".join(json.dumps(r, sort_keys=True) + "\n" for r in all_rows).encode()
+    )
     return all_rows
 
 
 def read_results(store: RunStore) -> list[Row]:
     if not store.results.exists():
-        raise StoreError(f"{store.root} has no results.jsonl yet; run `richrep run` (or --only evaluate) first")
+        raise StoreError(
+            f"{store.root} has no results.jsonl yet; run `richrep run` (or --only evaluate) first"
+        )
     return [json.loads(line) for line in store.results.read_text().splitlines() if line.strip()]

@@ -6,7 +6,7 @@ so a "wide" baseline of equal parameter count is one argument away.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -79,21 +79,38 @@ def cnn(
     channels: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] = [32, 64],  # noqa: B006
     kernel_size: Annotated[int, Field(ge=1, le=15)] = 3,
     feature_dim: Annotated[int, Field(ge=1)] = 128,
+    padding: Literal["same", "valid"] = "same",
 ) -> Encoder:
-    """Convolutional encoder for images (C, H, W) or 1-D signals (C, L): per block a same-padded
-    convolution, ReLU and 2× max-pool; then a ReLU fully connected feature layer."""
+    """Convolutional encoder for images (C, H, W) or 1-D signals (C, L): per block a convolution
+    (``same`` padding keeps the size, ``valid`` shrinks it by ``kernel_size - 1``), 2× max-pool
+    and ReLU; then a ReLU fully connected feature layer. (ReLU after the pool computes exactly
+    what ReLU before it does, since both are monotone, on a quarter of the elements.)"""
     if len(input_shape) not in (2, 3):
-        raise ConfigError(f"encoder 'cnn' needs (C, L) signals or (C, H, W) images, got input shape {tuple(input_shape)}")
+        raise ConfigError(
+            f"encoder 'cnn' needs (C, L) signals or (C, H, W) images, got input shape {tuple(input_shape)}"
+        )
     two_d = len(input_shape) == 3
     conv, pool = (nn.Conv2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.MaxPool1d)
     c_in, spatial = int(input_shape[0]), [int(s) for s in input_shape[1:]]
     layers: list[nn.Module] = []
     for c in channels:
         c_out = scaled(c, width)
-        layers += [conv(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+        pad = kernel_size // 2 if padding == "same" else 0
+        if padding == "valid":
+            spatial = [s - kernel_size + 1 for s in spatial]
+            if min(spatial) < 1:
+                raise ConfigError(
+                    f"encoder 'cnn': input shape {tuple(input_shape)} is too "
+                    f"small for {len(channels)} valid {kernel_size}-wide "
+                    f"convolutions"
+                )
+        elif kernel_size % 2 == 0:
+            spatial = [s + 1 for s in spatial]  # padding k//2 on both sides adds one
+        layers.append(conv(c_in, c_out, kernel_size, padding=pad))
         if min(spatial) >= 2:
             layers.append(pool(2))
             spatial = [s // 2 for s in spatial]
+        layers.append(nn.ReLU())
         c_in = c_out
     flat = c_in
     for s in spatial:
@@ -103,7 +120,9 @@ def cnn(
     return Encoder(nn.Sequential(*layers), d, input_shape)
 
 
-def build_encoder(name: str, input_shape: Sequence[int], width: float = 1.0, **params: object) -> Encoder:
+def build_encoder(
+    name: str, input_shape: Sequence[int], width: float = 1.0, **params: object
+) -> Encoder:
     return ENCODERS.build(name, tuple(input_shape), where="model.encoder", width=width, **params)
 
 

@@ -59,14 +59,17 @@ def write_report(store: RunStore, log: Callable[[str], None] = print) -> None:
         "Regularization is chosen on validation data carved from the probe's training data.</p>",
         _table_html(comp),
         "<h2>Accuracy against K</h2><div class=figs>",
-        *[f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>" for p in figs],
+        *[
+            f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+            for p in figs
+        ],
         "</div>",
         _members_html(store),
         *[s(store) for s in sections()],
         "<h2>Reproduce</h2><p>Config (resolved) and environment:</p>",
         f"<details><summary>config.yaml</summary><pre>{html.escape((store.root / 'config.yaml').read_text())}</pre></details>",
         f"<details><summary>env.json</summary><pre>{html.escape(json.dumps(env, indent=2))}</pre></details>",
-    ]  # fmt: skip
+    ]
     page = f"<!doctype html><html><head><meta charset=utf-8><title>richrep · {html.escape(exp.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     write_atomic(store.report, page.encode())
     log(f"report: {store.report}")
@@ -104,8 +107,14 @@ def _table_html(c: Comparison) -> str:
             cls = "" if g is None else (" class=pos" if g > 0 else " class=neg")
             tds.append(f"<td{cls}>{'' if g is None else f'{g:+.3f}'}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
-    out.append("<tr><td class=muted>feature dim / encoder params</td>" + "".join(
-        f"<td class=muted>{c.meta[col]['dim']} / {c.meta[col]['params']:,}</td>" for col in c.columns) + "</tr>")  # fmt: skip
+    out.append(
+        "<tr><td class=muted>feature dim / encoder params</td>"
+        + "".join(
+            f"<td class=muted>{c.meta[col]['dim']} / {c.meta[col]['params']:,}</td>"
+            for col in c.columns
+        )
+        + "</tr>"
+    )
     out.append("</table>")
     return "".join(out)
 
@@ -118,13 +127,18 @@ def _members_html(store: RunStore) -> str:
         meta = read_json(side)
         if side.name.endswith(".failed.json"):
             m = meta["member"]
-            rows.append(f"<tr><td>{m['name']}</td><td>{m['seed']}</td><td colspan=5 class=neg>failed: {html.escape(meta['error'])}</td></tr>")
+            rows.append(
+                f"<tr><td>{m['name']}</td><td>{m['seed']}</td><td colspan=5 class=neg>failed: {html.escape(meta['error'])}</td></tr>"
+            )
             continue
         m = meta["member"]
         rows.append(
             f"<tr><td>{m['name']}</td><td>{m['seed']}</td><td>{meta['encoder_params']:,}</td><td>{meta['feature_dim']}</td>"
             f"<td>{meta['val_acc']:.3f}</td><td>{meta['train_seconds']:.1f}</td><td>{meta['precision']} / {meta['device']}</td></tr>"
-        )  # fmt: skip
-    return ("<h2>Trained members</h2><table><tr><th>member</th><th>seed</th><th>encoder params</th>"
-            "<th>feature dim</th><th>source val acc</th><th>train s</th><th>precision / device</th></tr>"
-            + "".join(rows) + "</table>")  # fmt: skip
+        )
+    return (
+        "<h2>Trained members</h2><table><tr><th>member</th><th>seed</th><th>encoder params</th>"
+        "<th>feature dim</th><th>source val acc</th><th>train s</th><th>precision / device</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )

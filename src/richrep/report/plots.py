@@ -22,28 +22,56 @@ def accuracy_vs_k(rows: Sequence[dict[str, Any]], entry: str, path: Path) -> Pat
     rows = [r for r in rows if r["entry"] == entry]
     agg = aggregate(rows, ("protocol", "size", "representation", "k"))
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    groups = sorted({(a["protocol"], str(a["size"])) for a in agg},
-                    key=lambda g: (g[0], 1e9 if g[1] == "all" else int(g[1])))  # fmt: skip
+    groups = sorted(
+        {(a["protocol"], str(a["size"])) for a in agg},
+        key=lambda g: (g[0], 1e9 if g[1] == "all" else int(g[1])),
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (proto, size) in enumerate(groups):
         color = colors[i % len(colors)]
         mine = [a for a in agg if a["protocol"] == proto and str(a["size"]) == size]
-        line = sorted((a for a in mine if a["representation"] in ("single", "cat")), key=lambda a: a["k"])
+        line = sorted(
+            (a for a in mine if a["representation"] in ("single", "cat")), key=lambda a: a["k"]
+        )
         label = f"{proto}, {size if size == 'all' else size + '/class'}"
-        ax.errorbar([a["k"] for a in line], [a["mean"] for a in line], yerr=[a["std"] for a in line],
-                    marker="o", color=color, capsize=3, label=f"catK ({label})")  # fmt: skip
+        ax.errorbar(
+            [a["k"] for a in line],
+            [a["mean"] for a in line],
+            yerr=[a["std"] for a in line],
+            marker="o",
+            color=color,
+            capsize=3,
+            label=f"catK ({label})",
+        )
         for a in mine:
             if a["representation"] in MARKERS:
                 m, _ = MARKERS[a["representation"]]
-                ax.errorbar([a["k"]], [a["mean"]], yerr=[a["std"]], marker=m, color=color, ms=8,
-                            mfc="white", capsize=2, linestyle="none")  # fmt: skip
+                ax.errorbar(
+                    [a["k"]],
+                    [a["mean"]],
+                    yerr=[a["std"]],
+                    marker=m,
+                    color=color,
+                    ms=8,
+                    mfc="white",
+                    capsize=2,
+                    linestyle="none",
+                )
             elif a["representation"] in ("input", "random"):
-                ax.axhline(a["mean"], color=color, lw=1,
-                           linestyle="--" if a["representation"] == "input" else ":")  # fmt: skip
+                ax.axhline(
+                    a["mean"],
+                    color=color,
+                    lw=1,
+                    linestyle="--" if a["representation"] == "input" else ":",
+                )
+    present = {a["representation"] for a in agg}
     for name, (m, _) in MARKERS.items():
-        ax.plot([], [], marker=m, mfc="white", color="0.3", linestyle="none", label=name)
-    ax.plot([], [], "--", color="0.3", label="input floor")
-    ax.plot([], [], ":", color="0.3", label="random floor")
+        if name in present:
+            ax.plot([], [], marker=m, mfc="white", color="0.3", linestyle="none", label=name)
+    if "input" in present:
+        ax.plot([], [], "--", color="0.3", label="input floor")
+    if "random" in present:
+        ax.plot([], [], ":", color="0.3", label="random floor")
     ax.set_xlabel("K (seeds concatenated)")
     ax.set_ylabel("test accuracy")
     ax.set_title(entry)

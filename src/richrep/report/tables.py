@@ -22,7 +22,11 @@ class Cell:
     params: int | None
 
     def text(self, digits: int = 3) -> str:
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
+        return (
+            f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
+            if self.n > 1
+            else f"{self.mean:.{digits}f}"
+        )
 
 
 @dataclass
@@ -43,7 +47,9 @@ def column(rep: str, k: int) -> str:
     return f"{rep}{k}"
 
 
-def build_comparison(rows: Sequence[dict[str, Any]], entries: Sequence[str] | None = None) -> Comparison:
+def build_comparison(
+    rows: Sequence[dict[str, Any]], entries: Sequence[str] | None = None
+) -> Comparison:
     """Aggregate tidy rows into the table (mean ± std over seed subsets and draws)."""
     agg = aggregate(rows, KEYS)
     cols: dict[str, tuple[int, int]] = {}
@@ -53,13 +59,21 @@ def build_comparison(rows: Sequence[dict[str, Any]], entries: Sequence[str] | No
         col = column(a["representation"], a["k"])
         cols[col] = (ORDER.get(a["representation"], 9), a["k"])
         key = (a["entry"], a["protocol"], a["size"])
-        table.setdefault(key, {})[col] = Cell(a["mean"], a["std"], a["n"], a["ci95"], a["dim"], a["params"])
+        table.setdefault(key, {})[col] = Cell(
+            a["mean"], a["std"], a["n"], a["ci95"], a["dim"], a["params"]
+        )
         meta[col] = {"dim": a["dim"], "params": a["params"]}
     columns = sorted(cols, key=lambda c: cols[c])
     entry_order = list(entries) if entries else list(dict.fromkeys(r["entry"] for r in rows))
     size_rank = lambda s: 10**9 if s == "all" else int(s)  # noqa: E731
-    keys = sorted(table, key=lambda k: (entry_order.index(k[0]) if k[0] in entry_order else 999,
-                                        k[1], size_rank(k[2])))  # fmt: skip
+    keys = sorted(
+        table,
+        key=lambda k: (
+            entry_order.index(k[0]) if k[0] in entry_order else 999,
+            k[1],
+            size_rank(k[2]),
+        ),
+    )
     cats = [c for c in columns if c.startswith("cat")]
     cat_max = max(cats, key=lambda c: cols[c][1]) if cats else None
     wides = [c for c in columns if c.startswith("wide") and not c.startswith("wide_dim")]
@@ -69,8 +83,16 @@ def build_comparison(rows: Sequence[dict[str, Any]], entries: Sequence[str] | No
         label = f"{key[0]} · {key[1]} · {key[2] if key[2] == 'all' else f'{key[2]}/class'}"
         cells = table[key]
         out_rows.append((label, cells))
-        g_single = cells[cat_max].mean - cells["single"].mean if cat_max in cells and "single" in cells else None
-        g_wide = cells[cat_max].mean - cells[wide_col].mean if cat_max in cells and wide_col in cells else None
+        g_single = (
+            cells[cat_max].mean - cells["single"].mean
+            if cat_max in cells and "single" in cells
+            else None
+        )
+        g_wide = (
+            cells[cat_max].mean - cells[wide_col].mean
+            if cat_max in cells and wide_col in cells
+            else None
+        )
         gains.append((label, g_single, g_wide))
     return Comparison(columns, out_rows, gains, cat_max, wide_col, meta)
 
@@ -87,7 +109,10 @@ def to_markdown(c: Comparison, digits: int = 3) -> str:
             if c.wide_col:
                 vals.append(_signed(gw))
         lines.append("| " + " | ".join([label, *vals]) + " |")
-    dims = ["dim / params", *[f"{c.meta[col]['dim']} / {_count(c.meta[col]['params'])}" for col in c.columns]]
+    dims = [
+        "dim / params",
+        *[f"{c.meta[col]['dim']} / {_count(c.meta[col]['params'])}" for col in c.columns],
+    ]
     lines.append("| " + " | ".join(dims + [""] * (len(head) - len(dims))) + " |")
     return "\n".join(lines)
 

@@ -24,9 +24,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device name (try 'auto', 'cpu', 'cuda', 'cuda:1')") from None
+        raise ConfigError(
+            f"device {name!r} is not a device name (try 'auto', 'cpu', 'cuda', 'cuda:1')"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available on this machine")
+        raise ConfigError(
+            f"device {name!r} was asked for but CUDA is not available on this machine"
+        )
     return dev
 
 
@@ -46,7 +50,9 @@ def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype
         return torch.bfloat16
     if precision == "fp16":
         if device.type == "cpu":
-            raise ConfigError("training.precision: fp16 autocast is for GPUs; use bf16 or fp32 on a CPU")
+            raise ConfigError(
+                "training.precision: fp16 autocast is for GPUs; use bf16 or fp32 on a CPU"
+            )
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

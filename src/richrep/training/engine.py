@@ -1,12 +1,12 @@
 """Train a run's members into its store, reusing every finished checkpoint.
 
-The local engine trains members one after another in this process; a member whose loss
-diverges is recorded as failed (``<member>.failed.json``) and the others go on.
+The local engine trains, in this process, the seeds of one architecture together (see
+:mod:`richrep.training.multiseed` for the strategies); a member whose loss diverges is recorded
+as failed (``<member>.failed.json``) and the others go on.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 
 from richrep.config import Experiment
 from richrep.data import Task
-from richrep.errors import StoreError, TrainingError
+from richrep.errors import StoreError
 from richrep.models import count_params
 from richrep.store import RunStore, load_tensors, remove, write_json
 from richrep.training.checkpoint import save_checkpoint
@@ -37,27 +37,49 @@ def finished(store: RunStore, member: str) -> dict[str, Any] | None:
         return None
 
 
-def train_one(exp: Experiment, task: Task, member: Member, store: RunStore,
-              progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train ``member`` (resuming from its epoch checkpoint) and save its final checkpoint."""
+def train_one(
+    exp: Experiment, task: Task, member: Member, store: RunStore, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train ``member`` alone (resuming from its epoch checkpoint) and save its final checkpoint."""
     device = resolve_device(exp.training.device)
     dtype = resolve_precision(exp.training.precision, device)
     model = build_model(member, exp, task)
-    t0 = time.perf_counter()
     out = train_member(
-        model, task.train, exp.training, member.seed, device=device, dtype=dtype,
-        partial_path=store.checkpoint(member.name, partial=True), member=member.name,
+        model,
+        task.train,
+        exp.training,
+        member.seed,
+        device=device,
+        dtype=dtype,
+        partial_path=store.checkpoint(member.name, partial=True),
+        member=member.name,
         on_step=(lambda d, t: progress(member.name, d, t)) if progress else None,
-    )  # fmt: skip
+    )
+    return finalize(exp, task, member, model, out["history"], store, device, dtype, "sequential")
+
+
+def finalize(
+    exp: Experiment,
+    task: Task,
+    member: Member,
+    model: torch.nn.Module,
+    history: list[dict[str, Any]],
+    store: RunStore,
+    device: torch.device,
+    dtype: torch.dtype,
+    strategy: str,
+) -> dict[str, Any]:
+    """Save a trained member's final checkpoint with its metrics; drop its epoch checkpoint."""
     meta = {
         "member": member.to_dict(),
         "encoder_params": count_params(model.encoder),
         "feature_dim": model.encoder.feature_dim,
         "val_acc": accuracy(model, task.val, device, dtype),
-        "history": out["history"],
-        "train_seconds": time.perf_counter() - t0,
+        "history": history,
+        "train_seconds": sum(h["seconds"] for h in history),
         "device": str(device),
         "precision": str(dtype).replace("torch.", ""),
+        "strategy": strategy,
         "task_hash": task.hash,
     }
     digest = save_checkpoint(store.checkpoint(member.name), model.cpu(), **meta)
@@ -65,25 +87,66 @@ def train_one(exp: Experiment, task: Task, member: Member, store: RunStore,
     return {"sha256": digest, **meta}
 
 
-def train_local(exp: Experiment, task: Task, members: Sequence[Member], store: RunStore,
-                progress: Progress | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Train every unfinished member in this process; return member name -> sidecar metadata."""
+def groups_of(members: Sequence[Member]) -> list[list[Member]]:
+    """Members of one architecture (same kind, K, width, feature size) train together."""
+    out: dict[tuple, list[Member]] = {}
+    for m in members:
+        out.setdefault((m.kind, m.k, m.width, m.feature_dim), []).append(m)
+    return list(out.values())
+
+
+def train_local(
+    exp: Experiment,
+    task: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train every unfinished member in this process, seeds of one architecture together
+    through :func:`~richrep.training.multiseed.train_group` (its strategy from
+    ``training.strategy``); return member name -> sidecar metadata. A member whose loss
+    diverges is recorded as failed and the others go on."""
+    from richrep.training.multiseed import train_group
+
     set_threads(exp.training.threads)
+    device = resolve_device(exp.training.device)
+    dtype = resolve_precision(exp.training.precision, device)
     results: dict[str, dict[str, Any]] = {}
+    todo = []
     for m in members:
         meta = finished(store, m.name)
         if meta is None:
-            try:
-                meta = train_one(exp, task, m, store, progress)
-                remove(failed_path(store, m.name))
-            except TrainingError as e:
-                write_json(failed_path(store, m.name), {"member": m.to_dict(), "error": str(e)})
-                results[m.name] = {"failed": str(e)}
-                continue
-        elif progress:
-            progress(m.name, 1, 1)
+            todo.append(m)
+            continue
         results[m.name] = meta
-    return results
+        if progress:
+            progress(m.name, 1, 1)
+    for group in groups_of(todo):
+        models = [build_model(m, exp, task) for m in group]
+        outs = train_group(
+            models,
+            task.train,
+            exp.training,
+            [m.seed for m in group],
+            device=device,
+            dtype=dtype,
+            partial_paths=[store.checkpoint(m.name, partial=True) for m in group],
+            members=[m.name for m in group],
+            strategy=exp.training.strategy,
+            on_step=(lambda k, d, t, g=group: progress(g[k].name, d, t)) if progress else None,
+        )
+        for m, model, out in zip(group, models, outs, strict=True):
+            if "failed" in out:
+                write_json(
+                    failed_path(store, m.name), {"member": m.to_dict(), "error": out["failed"]}
+                )
+                results[m.name] = {"failed": out["failed"]}
+                continue
+            remove(failed_path(store, m.name))
+            results[m.name] = finalize(
+                exp, task, m, model, out["history"], store, device, dtype, out["strategy"]
+            )
+    return {m.name: results[m.name] for m in members}
 
 
 def failed_path(store: RunStore, member: str):  # noqa: ANN201
@@ -99,8 +162,13 @@ def load_member(exp: Experiment, task: Task, member: Member, store: RunStore) ->
     return model.eval()
 
 
-def train_with_engine(exp: Experiment, task: Task, members: Sequence[Member], store: RunStore,
-                      progress: Progress | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def train_with_engine(
+    exp: Experiment,
+    task: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
     """Dispatch to the engine the experiment asks for (``training.engine``)."""
     if exp.training.engine == "ray":
         from richrep.training.ray_engine import train_ray

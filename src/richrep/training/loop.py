@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,17 +31,31 @@ from richrep.training.seeding import generator
 class Objective:
     """Cross-entropy ERM; plug-in objectives subclass and override :meth:`loss`."""
 
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of a batch."""
         logits = model(x)
         return F.cross_entropy(logits, y), logits
 
 
-def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module | Iterable[nn.Parameter], cfg: TrainingConfig
+) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` asks for over a model's parameters (or an iterable of them)."""
+    params = model.parameters() if isinstance(model, nn.Module) else model
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)  # fmt: skip
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def nonfinite_message(member: str, seed: int, loss: float, epoch: int) -> str:
+    return (
+        f"member {member or '?'} (seed {seed}): the training loss became {loss} in epoch "
+        f"{epoch + 1}; lower training.lr or check the data"
+    )
 
 
 def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
@@ -125,10 +139,15 @@ def train_member(
                 on_step(epoch * steps + i + 1, total)
         mean_loss = float(loss_sum) / n
         if not math.isfinite(mean_loss):
-            raise TrainingError(f"member {member or '?'} (seed {seed}): the training loss became "
-                                f"{mean_loss} in epoch {epoch + 1}; lower training.lr or check the data")  # fmt: skip
-        history.append({"epoch": epoch + 1, "loss": mean_loss, "train_acc": float(correct) / n,
-                        "seconds": time.perf_counter() - t0})  # fmt: skip
+            raise TrainingError(nonfinite_message(member, seed, mean_loss, epoch))
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": mean_loss,
+                "train_acc": float(correct) / n,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if partial_path is not None:
             save_checkpoint(partial_path, model, opt, epoch=epoch + 1, history=history)
     if channels_last:
@@ -137,7 +156,9 @@ def train_member(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split: Split, device: torch.device, dtype: torch.dtype, batch: int = 2048) -> float:
+def accuracy(
+    model: nn.Module, split: Split, device: torch.device, dtype: torch.dtype, batch: int = 2048
+) -> float:
     model.eval().to(device)
     correct = 0
     for xb, yb in zip(split.x.split(batch), split.y.split(batch), strict=True):

@@ -49,12 +49,18 @@ def plan_members(exp: Experiment, input_shape: tuple[int, ...]) -> list[Member]:
 
 def _feature_dim(exp: Experiment, input_shape: tuple[int, ...]) -> int:
     with torch.device("meta"):
-        return build_encoder(exp.model.encoder, input_shape, exp.model.width, **exp.model.params).feature_dim
+        return build_encoder(
+            exp.model.encoder, input_shape, exp.model.width, **exp.model.params
+        ).feature_dim
 
 
-def encoder_params(exp: Experiment, input_shape: tuple[int, ...], width: float, **override: Any) -> int:
+def encoder_params(
+    exp: Experiment, input_shape: tuple[int, ...], width: float, **override: Any
+) -> int:
     with torch.device("meta"):
-        enc = build_encoder(exp.model.encoder, input_shape, width, **{**exp.model.params, **override})
+        enc = build_encoder(
+            exp.model.encoder, input_shape, width, **{**exp.model.params, **override}
+        )
     return count_params(enc)
 
 
@@ -78,8 +84,10 @@ def build_model(member: Member, exp: Experiment, task: Task) -> Classifier:
     params = dict(exp.model.params)
     with seeded(member.seed, "init", member.kind, member.k):
         if member.kind == "joint":
-            towers = [build_encoder(exp.model.encoder, task.input_shape, exp.model.width, **params)
-                      for _ in range(member.k)]  # fmt: skip
+            towers = [
+                build_encoder(exp.model.encoder, task.input_shape, exp.model.width, **params)
+                for _ in range(member.k)
+            ]
             encoder: Any = JointEncoder(towers)
         else:
             if member.feature_dim is not None:

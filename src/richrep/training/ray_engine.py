@@ -34,7 +34,9 @@ RAY_DEFAULTS: dict[str, Any] = {
 def ray_options(exp: Experiment) -> dict[str, Any]:
     unknown = sorted(set(exp.training.ray) - set(RAY_DEFAULTS))
     if unknown:
-        raise ConfigError(f"training.ray: unknown option(s) {unknown}; allowed: {sorted(RAY_DEFAULTS)}")
+        raise ConfigError(
+            f"training.ray: unknown option(s) {unknown}; allowed: {sorted(RAY_DEFAULTS)}"
+        )
     return {**RAY_DEFAULTS, **exp.training.ray}
 
 
@@ -49,8 +51,14 @@ def _import_ray() -> Any:
     return ray
 
 
-def _worker(exp_json: dict[str, Any], task: Task, member: dict[str, Any], root: str,
-            threads: int, shared: bool) -> dict[str, Any]:  # fmt: skip
+def _worker(
+    exp_json: dict[str, Any],
+    task: Task,
+    member: dict[str, Any],
+    root: str,
+    threads: int,
+    shared: bool,
+) -> dict[str, Any]:
     """Runs inside a Ray worker: train one member; return its sidecar (and tensors if not shared)."""
     from richrep.config import Experiment
     from richrep.training.device import set_threads
@@ -77,16 +85,24 @@ def _worker(exp_json: dict[str, Any], task: Task, member: dict[str, Any], root: 
     return {"meta": meta, "tensors": load_file(store.checkpoint(m.name))}
 
 
-def train_ray(exp: Experiment, task: Task, members: Sequence[Member], store: RunStore,
-              progress: Progress | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def train_ray(
+    exp: Experiment,
+    task: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    progress: Progress | None = None,
+) -> dict[str, dict[str, Any]]:
     """Train every unfinished member as a Ray task; return member name -> sidecar metadata."""
     opts = ray_options(exp)
     ray = _import_ray()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = False
     if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                              "configure_logging": False}  # fmt: skip
+        kw: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if opts["address"]:
             ray.init(address=opts["address"], **kw)
         else:
@@ -99,8 +115,15 @@ def train_ray(exp: Experiment, task: Task, members: Sequence[Member], store: Run
             ray.shutdown()
 
 
-def _run(ray: Any, exp: Experiment, task: Task, members: Sequence[Member], store: RunStore,
-         opts: dict[str, Any], progress: Progress | None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _run(
+    ray: Any,
+    exp: Experiment,
+    task: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    opts: dict[str, Any],
+    progress: Progress | None,
+) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     todo = []
     for m in members:
@@ -113,13 +136,26 @@ def _run(ray: Any, exp: Experiment, task: Task, members: Sequence[Member], store
             todo.append(m)
     if not todo:
         return results
-    remote = ray.remote(_worker).options(num_cpus=opts["cpus_per_task"], num_gpus=opts["gpus_per_task"],
-                                         max_retries=opts["max_retries"], retry_exceptions=False)  # fmt: skip
+    remote = ray.remote(_worker).options(
+        num_cpus=opts["cpus_per_task"],
+        num_gpus=opts["gpus_per_task"],
+        max_retries=opts["max_retries"],
+        retry_exceptions=False,
+    )
     task_ref = ray.put(task)
     exp_json = exp.model_dump(mode="json")
     threads = max(1, int(opts["cpus_per_task"]))
-    pending = {remote.remote(exp_json, task_ref, m.to_dict(), str(store.root.resolve()), threads,
-                             opts["shared_storage"]): m for m in todo}  # fmt: skip
+    pending = {
+        remote.remote(
+            exp_json,
+            task_ref,
+            m.to_dict(),
+            str(store.root.resolve()),
+            threads,
+            opts["shared_storage"],
+        ): m
+        for m in todo
+    }
     lost: dict[str, str] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
