@@ -39,6 +39,9 @@ class Context:
     device: str = "cpu"
     fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
     _pools: dict[str, Split] = field(default_factory=dict)
+    _sets: dict[str, tuple[Split, list[tuple[Any, int, torch.Tensor]]]] = field(
+        default_factory=dict
+    )
 
     def pool(self, task: Task) -> Split:
         """All labelled training data of ``task`` (train and validation together), made once."""
@@ -46,8 +49,45 @@ class Context:
             self._pools[task.hash] = pool(task)
         return self._pools[task.hash]
 
+    def probe_sets(
+        self, target: Task, entry: SuiteEntry
+    ) -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
+        """The data a transfer entry's probes train on and the (size, draw, indices) sets into it.
+        Without an ``all`` size the data is only the examples some draw uses, so features of
+        the rest of the pool are never extracted. Made once per entry, shared by every
+        representation."""
+        key = f"{target.hash}|{entry.name}"
+        if key not in self._sets:
+            train = self.pool(target)
+            sets = draws(train.y, entry, self.seed)
+            if "all" not in entry.sizes:
+                used = torch.unique(torch.cat([idx for _, _, idx in sets]))
+                position = torch.full((len(train),), -1, dtype=torch.long)
+                position[used] = torch.arange(len(used))
+                train = train.subset(used)
+                sets = [(size, d, position[idx]) for size, d, idx in sets]
+            self._sets[key] = (train, sets)
+        return self._sets[key]
+
 
 PROTOCOLS: Registry[Callable[..., list[Row]]] = Registry("protocol", skip=4)
+
+
+def draws(
+    labels: torch.Tensor, entry: SuiteEntry, seed: int
+) -> list[tuple[Any, int, torch.Tensor]]:
+    """(size, draw, indices) of every probe training set of a transfer entry: ``entry.draws``
+    random draws of n examples per class for each size n, and all examples for ``all``. The
+    same draws serve every representation, so they are compared on identical data."""
+    out = []
+    for size in entry.sizes:
+        if size == "all":
+            out.append((size, 0, torch.arange(len(labels))))
+            continue
+        for d in range(entry.draws):
+            idx = per_class_sample(labels, int(size), seed, entry.name, size, d)
+            out.append((size, d, torch.as_tensor(idx)))
+    return out
 
 
 def make_probe(kind: str, cfg: ProbeConfig, seed: int, device: str) -> Any:
@@ -84,34 +124,26 @@ def _row(rep: Representation, probe: Any, value: float, n: int, **extra: Any) ->
 @PROTOCOLS.register("transfer")
 def transfer(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> list[Row]:
     """Fit the probe on the target's training data (per-class sizes, several draws), test on its test set."""
-    train = ctx.pool(target)
-    feats = ctx.featurizer(rep, train)
+    data, sets = ctx.probe_sets(target, entry)
+    feats = ctx.featurizer(rep, data)
     x_test = ctx.featurizer(rep, target.test)
     rows = []
-    for size in entry.sizes:
-        draws = 1 if size == "all" else entry.draws
-        for draw in range(draws):
-            if size == "all":
-                idx = torch.arange(len(train))
-            else:
-                idx = torch.as_tensor(
-                    per_class_sample(train.y, int(size), ctx.seed, entry.name, size, draw)
-                )
-            probe = make_probe(entry.probe, ctx.probe, ctx.seed + draw, ctx.device)
-            probe.fit(feats[idx], train.y[idx])
-            acc = probe.score(x_test, target.test.y)
-            rows.append(
-                _row(
-                    rep,
-                    probe,
-                    acc,
-                    len(target.test),
-                    protocol="transfer",
-                    size=size,
-                    draw=draw,
-                    train_n=len(idx),
-                )
+    for size, d, idx in sets:
+        probe = make_probe(entry.probe, ctx.probe, ctx.seed + d, ctx.device)
+        probe.fit(feats[idx], data.y[idx])
+        acc = probe.score(x_test, target.test.y)
+        rows.append(
+            _row(
+                rep,
+                probe,
+                acc,
+                len(target.test),
+                protocol="transfer",
+                size=size,
+                draw=d,
+                train_n=len(idx),
             )
+        )
     return rows
 
 

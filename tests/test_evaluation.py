@@ -1,0 +1,141 @@
+"""Protocols, statistics, the comparison table and the report, on a small real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import richrep.evaluation.protocols as protocols
+from richrep.cli import app
+from richrep.config import SuiteEntry, parse_experiment
+from richrep.data import Split, apply_shift, load_task
+from richrep.evaluation.stats import aggregate, summarize
+from richrep.pipeline import run_experiment
+from richrep.representations import Featurizer, Representation
+from richrep.report.tables import build_comparison, to_markdown
+
+
+def test_summarize_known_values():
+    s = summarize([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["std"] == 1.0 and s["n"] == 3
+    assert s["ci95"] == pytest.approx(4.302653 / 3**0.5, rel=1e-5)  # t(0.975, 2) · std / √n
+    one = summarize([0.5])
+    assert one["std"] == 0.0 and one["n"] == 1
+    rows = [{"metric": "accuracy", "value": v, "g": g} for v, g in [(1, "a"), (3, "a"), (5, "b")]]
+    agg = {a["g"]: a for a in aggregate(rows, ["g"])}
+    assert agg["a"]["mean"] == 2 and agg["b"]["n"] == 1
+
+
+@pytest.fixture(scope="module")
+def target():
+    task = load_task("mnist1d", {"num_samples": 1500})
+    return apply_shift(task, "classes", {"keep": [0, 1, 2]})
+
+
+def _ctx(task):
+    feats = Featurizer({}, device=torch.device("cpu"), dtype=torch.float32)
+    return protocols.Context(feats, task, parse_experiment(
+        {"name": "x", "data": {"dataset": "mnist1d"}, "model": {"encoder": "mlp"}}).evaluation.probe, seed=0)
+
+
+INPUT = Representation("input", 0, (), (), 40, 0)
+
+
+def test_probes_never_see_test_data(target, monkeypatch):
+    """Every array a probe is fit on is checked: no test example may be in it."""
+    test_rows = {tuple(r.tolist()) for r in target.test.x.flatten(1)}
+    seen = []
+    real = protocols.make_probe
+
+    def spy(*a, **k):
+        probe = real(*a, **k)
+        fit = probe.fit
+
+        def checked_fit(X, y, *rest, **kw):
+            assert not rest and not kw, "the probe was handed extra (validation/test) data"
+            rows = {tuple(r.tolist()) for r in torch.as_tensor(X)}
+            assert not rows & test_rows, "a test example reached probe.fit"
+            seen.append(len(rows))
+            return fit(X, y)
+
+        probe.fit = checked_fit
+        return probe
+
+    monkeypatch.setattr(protocols, "make_probe", spy)
+    entry = SuiteEntry(name="t", sizes=[5, "all"], draws=2)
+    rows = protocols.transfer(_ctx(target), INPUT, target, entry)
+    assert len(rows) == 3 and len(seen) == 3 and seen[0] == 15  # 5 per class × 3 classes
+
+
+def test_model_selection_ignores_test_labels(target):
+    """Scrambling the test labels changes the accuracy, never the chosen regularization."""
+    entry = SuiteEntry(name="t", sizes=[20, "all"], draws=2)
+    clean = protocols.transfer(_ctx(target), INPUT, target, entry)
+    g = torch.Generator().manual_seed(0)
+    scrambled_test = Split(target.test.x, target.test.y[torch.randperm(len(target.test), generator=g)])
+    noisy = protocols.transfer(_ctx(target), INPUT, target.with_splits(test=scrambled_test), entry)
+    assert [r["C"] for r in clean] == [r["C"] for r in noisy]
+    assert [r["train_n"] for r in clean] == [r["train_n"] for r in noisy]
+    assert all(a["value"] > b["value"] for a, b in zip(clean, noisy, strict=True))
+
+
+def test_transfer_without_all_extracts_only_what_draws_use(target):
+    calls = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return x.flatten(1)
+
+    ctx = _ctx(target)
+    ctx.featurizer = Featurizer({"m": Count()}, device=torch.device("cpu"), dtype=torch.float32)
+    rep = Representation("single", 1, (0,), ("m",), 40, 0)
+    protocols.transfer(ctx, rep, target, SuiteEntry(name="t", sizes=[4, 8], draws=2))
+    assert sum(calls) <= 3 * (2 * 4 + 2 * 8) + len(target.test)  # not the whole pool
+    protocols.transfer(ctx, rep, target, SuiteEntry(name="t", sizes=[4, 8], draws=2))
+    assert sum(calls) <= 3 * (2 * 4 + 2 * 8) + len(target.test)  # cached: nothing extracted twice
+
+
+def test_small_run_builds_table_and_report(tiny, tmp_path):
+    tiny["training"]["seeds"] = 3
+    tiny["training"]["baselines"] = [{"kind": "wide", "k": 3}, {"kind": "joint", "k": 3}]
+    tiny["evaluation"] = {"subsets": 2, "probe": {"Cs": [0.01, 1.0]}, "suite": [
+        {"name": "new", "shifts": [{"classes": {"keep": [5, 6, 7]}}], "sizes": [5, "all"], "draws": 2},
+        {"name": "noise", "shifts": [{"classes": {"keep": [0, 1, 2, 3, 4]}}, {"mnist1d_noise": {"scale": 0.3}}],
+         "protocol": "robustness"},
+    ]}  # fmt: skip
+    exp = parse_experiment(tiny)
+    store = run_experiment(exp, tmp_path, log=lambda m: None)
+    rows = [json.loads(line) for line in store.results.read_text().splitlines()]
+    keys = {"representation", "k", "seeds", "dim", "params", "shift", "protocol", "metric", "value"}
+    assert all(keys <= set(r) for r in rows)
+    kinds = {r["representation"] for r in rows}
+    assert kinds == {"input", "random", "single", "cat", "wide", "joint"}
+    # 6 reps... : input, random3, single×3, cat2×2, cat3, wide3, joint3 = 10; new: 3 fits; noise: 1
+    assert len(rows) == 10 * 3 + 10 * 1
+    comp = build_comparison(rows, ["new", "noise"])
+    assert comp.columns == ["input", "random3", "single", "cat2", "cat3", "wide3", "joint3"]
+    assert comp.cat_max == "cat3" and comp.wide_col == "wide3"
+    label, cells = comp.rows[0]
+    assert label.startswith("new · transfer · 5/class") and cells["single"].n == 6  # 3 seeds × 2 draws
+    assert cells["cat2"].n == 4 and cells["cat3"].n == 2
+    md = to_markdown(comp)
+    assert "cat3 − single" in md and "| dim / params |" in md
+    html = store.report.read_text()
+    assert "<table>" in html and html.count("data:image/png;base64,") == 2 and "new · transfer" in html
+    r = CliRunner().invoke(app, ["results", str(store.root)])
+    assert r.exit_code == 0 and "cat3" in r.output and "wide3" in r.output
+    r = CliRunner().invoke(app, ["results", str(store.root), "--format", "csv"])
+    assert r.output.count("\n") == len(rows) + 1
+    r = CliRunner().invoke(app, ["runs", str(tmp_path)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and exp.run_id()[:10] in r.output
+    # a changed suite reuses the training and the finished entries
+    tiny["evaluation"]["suite"].append({"name": "all10", "sizes": ["all"]})
+    exp2 = parse_experiment(tiny)
+    logs = []
+    run_experiment(exp2, tmp_path, log=logs.append)
+    assert exp2.run_id() == exp.run_id()
+    assert any("new: reused" in m for m in logs) and any(m.startswith("all10:") for m in logs)
