@@ -14,8 +14,8 @@ from richrep.config import SuiteEntry, parse_experiment
 from richrep.data import Split, apply_shift, load_task
 from richrep.evaluation.stats import aggregate, summarize
 from richrep.pipeline import run_experiment
-from richrep.representations import Featurizer, Representation
 from richrep.report.tables import build_comparison, to_markdown
+from richrep.representations import Featurizer, Representation
 
 
 def test_summarize_known_values():
@@ -37,8 +37,14 @@ def target():
 
 def _ctx(task):
     feats = Featurizer({}, device=torch.device("cpu"), dtype=torch.float32)
-    return protocols.Context(feats, task, parse_experiment(
-        {"name": "x", "data": {"dataset": "mnist1d"}, "model": {"encoder": "mlp"}}).evaluation.probe, seed=0)
+    return protocols.Context(
+        feats,
+        task,
+        parse_experiment(
+            {"name": "x", "data": {"dataset": "mnist1d"}, "model": {"encoder": "mlp"}}
+        ).evaluation.probe,
+        seed=0,
+    )
 
 
 INPUT = Representation("input", 0, (), (), 40, 0)
@@ -75,7 +81,9 @@ def test_model_selection_ignores_test_labels(target):
     entry = SuiteEntry(name="t", sizes=[20, "all"], draws=2)
     clean = protocols.transfer(_ctx(target), INPUT, target, entry)
     g = torch.Generator().manual_seed(0)
-    scrambled_test = Split(target.test.x, target.test.y[torch.randperm(len(target.test), generator=g)])
+    scrambled_test = Split(
+        target.test.x, target.test.y[torch.randperm(len(target.test), generator=g)]
+    )
     noisy = protocols.transfer(_ctx(target), INPUT, target.with_splits(test=scrambled_test), entry)
     assert [r["C"] for r in clean] == [r["C"] for r in noisy]
     assert [r["train_n"] for r in clean] == [r["train_n"] for r in noisy]
@@ -120,12 +128,16 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     assert comp.columns == ["input", "random3", "single", "cat2", "cat3", "wide3", "joint3"]
     assert comp.cat_max == "cat3" and comp.wide_col == "wide3"
     label, cells = comp.rows[0]
-    assert label.startswith("new · transfer · 5/class") and cells["single"].n == 6  # 3 seeds × 2 draws
+    assert (
+        label.startswith("new · transfer · 5/class") and cells["single"].n == 6
+    )  # 3 seeds × 2 draws
     assert cells["cat2"].n == 4 and cells["cat3"].n == 2
     md = to_markdown(comp)
     assert "cat3 − single" in md and "| dim / params |" in md
     html = store.report.read_text()
-    assert "<table>" in html and html.count("data:image/png;base64,") == 2 and "new · transfer" in html
+    assert (
+        "<table>" in html and html.count("data:image/png;base64,") == 2 and "new · transfer" in html
+    )
     r = CliRunner().invoke(app, ["results", str(store.root)])
     assert r.exit_code == 0 and "cat3" in r.output and "wide3" in r.output
     r = CliRunner().invoke(app, ["results", str(store.root), "--format", "csv"])

@@ -91,7 +91,8 @@ def test_cache_never_extracts_twice_and_concat(tmp_path):
             self.scale = scale
 
         def forward(self, x):
-            calls.append(self.scale)
+            if len(x) > 1:  # batch_size_for's one-example shape probe aside
+                calls.append(self.scale)
             return x.flatten(1)[:, :3] * self.scale
 
     from richrep.representations import Representation
@@ -118,3 +119,15 @@ def test_cache_never_extracts_twice_and_concat(tmp_path):
     tiny_budget.put(("a", "h1"), torch.zeros(10))
     tiny_budget.put(("a", "h2"), torch.zeros(10))
     assert tiny_budget.get(("a", "h1")) is None and tiny_budget.get(("a", "h2")) is not None
+
+
+def test_extraction_batch_size_follows_activation_size():
+    from richrep.models import build_encoder
+    from richrep.representations import batch_size_for
+
+    cpu = torch.device("cpu")
+    cnn = build_encoder("cnn", (1, 28, 28), channels=[32, 64], feature_dim=128)
+    mlp = build_encoder("mlp", (40,), hidden=[256, 256], feature_dim=64)
+    assert batch_size_for(cnn, torch.zeros(2, 1, 28, 28), cpu) == 128  # 100 KB per image
+    assert batch_size_for(mlp, torch.zeros(2, 40), cpu) == 4096  # 1 KB per example: the cap
+    assert batch_size_for(cnn, torch.zeros(2, 1, 28, 28), torch.device("meta")) == 2048

@@ -12,11 +12,13 @@ is given (the paper tuned on test; we do not): test data reaches a probe only th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from richrep.config import ProbeConfig, SuiteEntry
 from richrep.data import Split, Task
@@ -117,8 +119,17 @@ def _row(rep: Representation, probe: Any, value: float, n: int, **extra: Any) ->
         "value": float(value),
         "n": n,
         "C": float(getattr(probe, "C_", float("nan"))),
+        "converged": bool(getattr(probe, "solver_stats_", {}).get("converged", True)),
         **extra,
     }
+
+
+def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
+    """Fit ``probe`` on training data only; a solver that stops at ``max_iter`` is recorded in
+    the row (``converged``) rather than warned about once per probe."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return probe.fit(X, y)
 
 
 @PROTOCOLS.register("transfer")
@@ -130,7 +141,7 @@ def transfer(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry)
     rows = []
     for size, d, idx in sets:
         probe = make_probe(entry.probe, ctx.probe, ctx.seed + d, ctx.device)
-        probe.fit(feats[idx], data.y[idx])
+        fit(probe, feats[idx], data.y[idx])
         acc = probe.score(x_test, target.test.y)
         rows.append(
             _row(
@@ -165,7 +176,7 @@ def robustness(ctx: Context, rep: Representation, target: Task, entry: SuiteEntr
     if key not in ctx.fitted:
         train = ctx.pool(ctx.source)
         probe = make_probe(entry.probe, ctx.probe, ctx.seed, ctx.device)
-        probe.fit(ctx.featurizer(rep, train), train.y)
+        fit(probe, ctx.featurizer(rep, train), train.y)
         ctx.fitted[key] = (probe, len(train))
     probe, n_train = ctx.fitted[key]
     acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
