@@ -83,3 +83,22 @@ def test_plan_members(tiny):
     ]
     wd = plan_members(exp, (1, 40))[4]
     assert wd.feature_dim == 48  # 3 × 16
+
+
+def test_input_stats_do_not_depend_on_the_thread_count():
+    """A float32 mean of MNIST-1D's training inputs differs in its last bit between 1 and 2
+    threads; the standardization buffers (and so every trained weight) must not."""
+    from richrep.data import load_task
+
+    x = load_task("mnist1d", {"num_samples": 8000}).train.x
+    enc = build_encoder("mlp", (1, 40), hidden=[8], feature_dim=8)
+    before = torch.get_num_threads()
+    stats = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            enc.set_input_stats(x)
+            stats.append((enc.standardize.mean.clone(), enc.standardize.std.clone()))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(stats[0][0], stats[1][0]) and torch.equal(stats[0][1], stats[1][1])

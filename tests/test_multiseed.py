@@ -295,3 +295,16 @@ def test_cnn_valid_padding_is_the_225k_network():
     assert torch.equal(e.body[2](e.body[1](conv(x))), want)
     with pytest.raises(ConfigError, match="too small"):
         build_encoder("cnn", (1, 5, 5), padding="valid", channels=[4, 4, 4])
+
+
+def test_plan_units_is_fixed_by_count_strategy_and_budget():
+    from richrep.training.multiseed import Unit, plan_units
+
+    assert plan_units(3, "sequential", 2) == [Unit((i,), False, 2) for i in range(3)]
+    assert plan_units(3, "fused", 2) == [Unit((0, 1, 2), True, 2)]
+    # 5 seeds on 2 cores: two rounds of two one-thread workers, then the fifth on both cores
+    assert plan_units(5, "threads", 2) == [Unit((i,), False, 1) for i in range(4)] + [
+        Unit((4,), False, 2)
+    ]
+    assert plan_units(5, "fused-threads", 2) == [Unit((0, 1, 2), True, 1), Unit((3, 4), True, 1)]
+    assert plan_units(2, "threads", 4) == [Unit((0,), False, 2), Unit((1,), False, 2)]

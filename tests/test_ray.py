@@ -54,6 +54,30 @@ def test_ray_equals_local_bit_for_bit(tiny, tmp_path, ray_session):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), m.name
 
 
+def test_ray_runs_the_local_units_bit_for_bit_by_default(tiny, tmp_path, ray_session):
+    """Default settings: 2 threads, strategy auto (MLP seeds folded in two groups, one thread
+    each) and cpus_per_task unset: Ray runs the local engine's units, same weights."""
+    tiny["training"].update({"seeds": 3, "engine": "ray", "threads": 2})
+    exp = parse_experiment(tiny)
+    task = source_task(exp)
+    members = plan_members(exp, task.input_shape)
+    from richrep.training.engine import work_units
+
+    units = work_units(exp, task, members, 2)
+    assert [(len(u.members), u.strategy, u.threads) for u in units] == [
+        (2, "fused", 1),
+        (1, "fused", 1),
+    ]
+    local, remote = RunStore(tmp_path / "local"), RunStore(tmp_path / "ray")
+    train_local(exp, task, members, local)
+    from richrep.training.ray_engine import train_ray
+
+    train_ray(exp, task, members, remote)
+    for m in members:
+        a, b = _weights(local, m.name), _weights(remote, m.name)
+        assert all(torch.equal(a[k], b[k]) for k in a), m.name
+
+
 def test_ray_without_shared_storage_returns_checkpoints(tiny, tmp_path, ray_session):
     exp = _exp(tiny, ray={"cpus_per_task": 1, "shared_storage": False})
     task = source_task(exp)

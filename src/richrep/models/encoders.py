@@ -42,8 +42,12 @@ class Encoder(nn.Module):
         return self.body(self.standardize(x))
 
     def set_input_stats(self, x: torch.Tensor) -> None:
-        self.standardize.mean.fill_(float(x.float().mean()))
-        self.standardize.std.fill_(max(float(x.float().std()), 1e-6))
+        """Mean and standard deviation of ``x``, accumulated in float64 so that the stored
+        float32 values do not depend on how many threads summed them (a float32 sum does:
+        the buffers, and everything trained after, would differ between thread budgets)."""
+        x64 = x.double()
+        self.standardize.mean.fill_(float(x64.mean()))
+        self.standardize.std.fill_(max(float(x64.std()), 1e-6))
 
 
 ENCODERS: Registry[Callable[..., Encoder]] = Registry("encoder", skip=1)

@@ -8,6 +8,7 @@ as failed (``<member>.failed.json``) and the others go on.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,6 +94,43 @@ def groups_of(members: Sequence[Member]) -> list[list[Member]]:
     for m in members:
         out.setdefault((m.kind, m.k, m.width, m.feature_dim), []).append(m)
     return list(out.values())
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Members the local engine trains together: folded into one module (``strategy`` ``fused``)
+    or alone (``sequential``), on ``threads`` intra-op threads."""
+
+    members: tuple[Member, ...]
+    strategy: str
+    threads: int
+
+
+def work_units(
+    exp: Experiment, task: Task, members: Sequence[Member], budget: int
+) -> list[WorkUnit]:
+    """The units of work the local engine runs for ``members`` with ``budget`` threads (see
+    :func:`~richrep.training.multiseed.plan_units`). Each unit trained on its own with its
+    strategy and thread count does the same arithmetic as inside the local engine, which is
+    how the Ray engine gives bit-identical weights."""
+    from richrep.training.multiseed import choose_strategy, plan_units
+
+    device = resolve_device(exp.training.device)
+    out = []
+    for group in groups_of(members):
+        strategy = exp.training.strategy
+        if strategy == "auto":
+            models = [build_model(m, exp, task) for m in group]
+            strategy = choose_strategy(models, device, threads=budget)
+        for u in plan_units(len(group), strategy, budget):
+            out.append(
+                WorkUnit(
+                    tuple(group[i] for i in u.indices),
+                    "fused" if u.fused else "sequential",
+                    u.threads,
+                )
+            )
+    return out
 
 
 def train_local(

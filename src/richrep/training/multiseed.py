@@ -17,7 +17,7 @@ Strategies (``strategy=``):
     (CPU) the models are handed out to ``P`` Python threads of this process, each running
     :func:`train_member` with its own OpenMP/MKL budget of ``threads // P`` cores
     (``torch.set_num_threads`` is per calling thread); the GIL is released inside every kernel
-    and the backward pass. When a worker runs out of seeds the workers still busy take its
+    and the backward pass. Seeds left over after the full rounds (K mod P) then share all
     cores. Nothing is copied or pickled.
 ``processes``
     (CPU) the same split over spawned worker processes, the training tensors handed over once
@@ -35,6 +35,11 @@ Strategies (``strategy=``):
 ``fused-threads``
     (CPU) the seeds split into ``P`` groups, each group folded (``fused``) and trained in its own
     thread as in ``threads``.
+
+Which models train together, folded or not, and on how many threads is fixed in advance by
+:func:`plan_units` from (K, strategy, thread budget) alone, never by timing: a seed's arithmetic
+depends only on its unit, so reruns, and the Ray engine, which runs the same units as tasks,
+give bit-identical weights.
 
 ``auto`` picks with :func:`choose_strategy` (see there for the measurements behind it). On a
 CPU every strategy first calls :func:`tune_cpu_allocator` (``tune_allocator=False`` to skip).
@@ -160,9 +165,8 @@ def train_group(
     elif strategy == "processes":
         out = _train_processes(run, on_step, workers)
     else:
-        n = max(1, min(k, workers or torch.get_num_threads()))
-        groups = [[i] for i in idx] if strategy == "threads" else _split(idx, n)
-        out = _train_threads(run, groups, n, on_step, fused=strategy == "fused-threads")
+        budget = torch.get_num_threads()
+        out = _train_threads(run, plan_units(k, strategy, budget, workers), budget, on_step)
     for r in out:
         r["strategy"] = strategy
     return out
@@ -203,6 +207,36 @@ def choose_strategy(
         convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in models[0].modules())
         return "fused-threads" if foldable and not convolutional else "threads"
     return "fused" if len(models) >= 2 and foldable else "sequential"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Models trained together by one worker: ``indices`` into the group, folded into one
+    module if ``fused``, on ``threads`` intra-op threads."""
+
+    indices: tuple[int, ...]
+    fused: bool
+    threads: int
+
+
+def plan_units(k: int, strategy: str, budget: int, workers: int | None = None) -> list[Unit]:
+    """The work units of ``k`` models under ``strategy`` with ``budget`` threads: ``sequential``
+    one model at a time on all threads; ``fused`` all folded together; ``threads`` (and
+    ``processes``) ``P = min(k, workers or budget)`` one-model workers on ``budget // P``
+    threads, then the ``k mod P`` left over on ``budget // (k mod P)`` each; ``fused-threads``
+    the models split into ``P`` folded groups of ``budget // P`` threads."""
+    if strategy == "sequential":
+        return [Unit((i,), False, budget) for i in range(k)]
+    if strategy == "fused":
+        return [Unit(tuple(range(k)), True, budget)]
+    n = max(1, min(k, workers or budget))
+    if strategy == "fused-threads":
+        return [Unit(tuple(g), True, max(1, budget // n)) for g in _split(list(range(k)), n)]
+    full = k - k % n
+    tail = k - full
+    return [Unit((i,), False, max(1, budget // n)) for i in range(full)] + [
+        Unit((i,), False, max(1, budget // tail)) for i in range(full, k)
+    ]
 
 
 def _split(idx: list[int], n: int) -> list[list[int]]:
@@ -523,39 +557,32 @@ class _Stop(Exception):
 
 
 def _train_threads(
-    run: _Run, groups: list[list[int]], n: int, on_step: GroupProgress | None, *, fused: bool
+    run: _Run, units: list[Unit], budget: int, on_step: GroupProgress | None
 ) -> list[dict[str, Any]]:
-    budget = torch.get_num_threads()
+    """Run ``units`` in waves of equal thread counts, each wave on ``budget // threads``
+    Python threads that each keep their own OpenMP/MKL budget."""
     lock = threading.Lock()
-    todo = list(groups)
-    remaining = [len(groups)]  # groups not finished
     out: dict[int, dict[str, Any]] = {}
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def work() -> None:
-        current = max(1, budget // n)
-        torch.set_num_threads(current)  # this thread's OpenMP and MKL budget only
+    def hook(i: int, done: int, total: int) -> None:
+        if stop.is_set():
+            raise _Stop
+        if on_step:
+            with lock:
+                on_step(i, done, total)
 
-        def hook(i: int, done: int, total: int) -> None:
-            nonlocal current
-            if stop.is_set():
-                raise _Stop
-            want = max(1, budget // max(1, min(n, remaining[0])))
-            if want != current:  # a worker went idle: take its cores
-                current = want
-                torch.set_num_threads(want)
-            if on_step:
-                with lock:
-                    on_step(i, done, total)
-
+    def work(todo: list[Unit], threads: int) -> None:
+        torch.set_num_threads(threads)  # this thread's OpenMP and MKL budget only
         while not stop.is_set():
             with lock:
                 if not todo:
                     return
-                group = todo.pop(0)
+                unit = todo.pop(0)
+            group = list(unit.indices)
             try:
-                if fused:
+                if unit.fused:
                     results = _train_fused(run, group, hook)
                 else:
                     results = [_train_one(run, group[0], lambda d, t, i=group[0]: hook(i, d, t))]
@@ -567,17 +594,35 @@ def _train_threads(
                 return
             with lock:
                 out.update(zip(group, results, strict=True))
-                remaining[0] -= 1
 
-    pool = [threading.Thread(target=work, name=f"richrep-seeds-{j}", daemon=True) for j in range(n)]
+    waves: list[list[Unit]] = []
+    for u in units:
+        if waves and waves[-1][0].threads == u.threads:
+            waves[-1].append(u)
+        else:
+            waves.append([u])
+    pool: list[threading.Thread] = []
     try:
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        for wave in waves:
+            n = max(1, min(len(wave), budget // wave[0].threads))
+            pool = [
+                threading.Thread(
+                    target=work,
+                    args=(wave, wave[0].threads),
+                    name=f"richrep-seeds-{j}",
+                    daemon=True,
+                )
+                for j in range(n)
+            ]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            if errors or stop.is_set():
+                break
     finally:
         stop.set()
-        for t in pool:
+        for t in pool:  # on an interrupt: let the running workers stop at their next step
             t.join()
         torch.set_num_threads(budget)  # the workers moved the default new threads start with
     if errors:

@@ -1,10 +1,18 @@
-"""Train members as Ray tasks (one task per member), into the same run store.
+"""Train members as Ray tasks, into the same run store.
 
-Each task builds its member from the experiment (deterministic from the seed), trains it with
-the same loop as the local engine and a fixed thread budget, and writes its checkpoint into
-the store (shared filesystem) or returns it for the driver to write. Ray retries a task whose
-worker dies (``max_retries``); the retry resumes from the member's last epoch checkpoint.
-A member whose loss diverges is reported as failed, like the local engine does.
+By default a task is one of the local engine's work units (:func:`work_units`: the same seeds
+folded together or not, on the same number of threads, planned from the experiment and the
+thread budget ``training.threads``, or the driver's cores), with as many CPUs as the unit has
+threads: the weights are bit-identical to the local engine's for the same file. Setting
+``cpus_per_task`` sizes tasks for a cluster instead: one member per task on that many threads
+(bit-identical to the local engine where it also trains each seed alone on as many threads,
+e.g. ``training.threads: 1`` with ``cpus_per_task: 1``).
+
+Each task builds its members from the experiment (deterministic from the seeds), trains them
+with the local engine's code and writes their checkpoints into the store (shared filesystem)
+or returns them for the driver to write. Ray retries a task whose worker dies
+(``max_retries``); the retry resumes from each member's last epoch checkpoint. A member whose
+loss diverges is reported as failed, like the local engine does.
 """
 
 from __future__ import annotations
@@ -18,14 +26,15 @@ from richrep.config import Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError, TrainingError
 from richrep.store import RunStore, remove, write_json
-from richrep.training.engine import Progress, failed_path, finished, train_one
+from richrep.training.device import set_threads
+from richrep.training.engine import Progress, WorkUnit, failed_path, finished, work_units
 from richrep.training.members import Member
 
 RAY_DEFAULTS: dict[str, Any] = {
     "address": None,  # None: start a local Ray instance; "auto" or "ray://host:port": join a cluster
     "num_cpus": None,  # CPUs of a local instance (None: all)
-    "cpus_per_task": 1,
-    "gpus_per_task": 0,
+    "cpus_per_task": None,  # None: the local engine's work units; N: one member per task, N threads
+    "gpus_per_task": 0,  # > 0: one member per task (with cpus_per_task CPUs, default 1)
     "max_retries": 2,  # retries of a task whose worker process died
     "shared_storage": True,  # workers write checkpoints into the run folder themselves
 }
@@ -54,35 +63,45 @@ def _import_ray() -> Any:
 def _worker(
     exp_json: dict[str, Any],
     task: Task,
-    member: dict[str, Any],
-    root: str,
+    members: list[dict[str, Any]],
+    strategy: str,
     threads: int,
+    root: str,
     shared: bool,
-) -> dict[str, Any]:
-    """Runs inside a Ray worker: train one member; return its sidecar (and tensors if not shared)."""
+) -> dict[str, dict[str, Any]]:
+    """Runs inside a Ray worker: train one unit of members with the local engine's code, on
+    ``threads`` threads; return each member's sidecar (and tensors if storage is not shared)."""
     from richrep.config import Experiment
-    from richrep.training.device import set_threads
+    from richrep.training.engine import train_local
 
-    set_threads(threads)
     exp = Experiment.model_validate(exp_json)
-    m = Member(**member)
+    training = exp.training.model_copy(
+        update={"strategy": strategy, "threads": threads, "engine": "local"}
+    )
+    exp = exp.model_copy(update={"training": training})
+    unit = [Member(**m) for m in members]
     if not shared:  # the run folder is not visible here: train into a scratch folder
         import tempfile
 
         root = tempfile.mkdtemp(prefix="richrep-")
     store = RunStore(Path(root))
     if shared:
-        (store.checkpoints / f"{m.name}.worker").parent.mkdir(parents=True, exist_ok=True)
-        (store.checkpoints / f"{m.name}.worker").write_text(f"{os.getpid()}\n")
-    try:
-        meta = train_one(exp, task, m, store)
-    except TrainingError as e:
-        return {"failed": str(e)}
-    if shared:
-        return {"meta": meta}
-    from safetensors.torch import load_file
+        store.checkpoints.mkdir(parents=True, exist_ok=True)
+        for m in unit:
+            (store.checkpoints / f"{m.name}.worker").write_text(f"{os.getpid()}\n")
+    metas = train_local(exp, task, unit, store)
+    out: dict[str, dict[str, Any]] = {}
+    for m in unit:
+        meta = metas[m.name]
+        if "failed" in meta:
+            out[m.name] = {"failed": meta["failed"]}
+        elif shared:
+            out[m.name] = {"meta": meta}
+        else:
+            from safetensors.torch import load_file
 
-    return {"meta": meta, "tensors": load_file(store.checkpoint(m.name))}
+            out[m.name] = {"meta": meta, "tensors": load_file(store.checkpoint(m.name))}
+    return out
 
 
 def train_ray(
@@ -136,50 +155,61 @@ def _run(
             todo.append(m)
     if not todo:
         return results
-    remote = ray.remote(_worker).options(
-        num_cpus=opts["cpus_per_task"],
-        num_gpus=opts["gpus_per_task"],
-        max_retries=opts["max_retries"],
-        retry_exceptions=False,
-    )
+    if opts["cpus_per_task"] is None and not opts["gpus_per_task"]:
+        units = work_units(exp, task, todo, set_threads(exp.training.threads))
+    else:  # tasks sized for a cluster: one member each
+        n = max(1, int(opts["cpus_per_task"] or 1))
+        units = [WorkUnit((m,), "sequential", n) for m in todo]
+    remote = ray.remote(_worker)
     task_ref = ray.put(task)
     exp_json = exp.model_dump(mode="json")
-    threads = max(1, int(opts["cpus_per_task"]))
     pending = {
-        remote.remote(
+        remote.options(
+            num_cpus=u.threads,
+            num_gpus=opts["gpus_per_task"],
+            max_retries=opts["max_retries"],
+            retry_exceptions=False,
+        ).remote(
             exp_json,
             task_ref,
-            m.to_dict(),
+            [m.to_dict() for m in u.members],
+            u.strategy,
+            u.threads,
             str(store.root.resolve()),
-            threads,
             opts["shared_storage"],
-        ): m
-        for m in todo
+        ): u
+        for u in units
     }
     lost: dict[str, str] = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
-        m = pending.pop(done[0])
+        unit = pending.pop(done[0])
         try:
-            out = ray.get(done[0])
+            outs = ray.get(done[0])
         except Exception as e:  # noqa: BLE001  (a worker that died after all retries)
-            lost[m.name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            lost.update({m.name: why for m in unit.members})
             continue
         finally:
-            (store.checkpoints / f"{m.name}.worker").unlink(missing_ok=True)
-        if "failed" in out:
-            write_json(failed_path(store, m.name), {"member": m.to_dict(), "error": out["failed"]})
-            results[m.name] = {"failed": out["failed"]}
-        else:
-            if "tensors" in out:
-                from richrep.store import save_tensors
+            for m in unit.members:
+                (store.checkpoints / f"{m.name}.worker").unlink(missing_ok=True)
+        for m in unit.members:
+            out = outs[m.name]
+            if "failed" in out:
+                write_json(
+                    failed_path(store, m.name), {"member": m.to_dict(), "error": out["failed"]}
+                )
+                results[m.name] = {"failed": out["failed"]}
+            else:
+                if "tensors" in out:
+                    from richrep.store import save_tensors
 
-                meta = {k: v for k, v in out["meta"].items() if k != "sha256"}
-                save_tensors(store.checkpoint(m.name), out["tensors"], meta)
-            remove(failed_path(store, m.name))
-            results[m.name] = finished(store, m.name) or out["meta"]
-        if progress:
-            progress(m.name, 1, 1)
+                    meta = {k: v for k, v in out["meta"].items() if k != "sha256"}
+                    save_tensors(store.checkpoint(m.name), out["tensors"], meta)
+                remove(failed_path(store, m.name))
+                results[m.name] = finished(store, m.name) or out["meta"]
+            if progress:
+                progress(m.name, 1, 1)
     if lost:
         listing = "; ".join(f"{k} ({v})" for k, v in lost.items())
         raise TrainingError(
