@@ -132,3 +132,13 @@ def test_unknown_ray_option(tiny):
 
     with pytest.raises(ConfigError, match="unknown option"):
         ray_options(exp)
+
+
+def test_task_bigger_than_any_node_is_a_clear_error(tiny, tmp_path, ray_session):
+    tiny["training"].update({"engine": "ray", "threads": 8})  # 2 seeds: units of 4 threads
+    exp = parse_experiment(tiny)
+    task = source_task(exp)
+    from richrep.training.ray_engine import train_ray
+
+    with pytest.raises(ConfigError, match="largest Ray node has 2"):
+        train_ray(exp, task, plan_members(exp, task.input_shape), RunStore(tmp_path / "r"))

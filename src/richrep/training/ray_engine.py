@@ -160,6 +160,15 @@ def _run(
     else:  # tasks sized for a cluster: one member each
         n = max(1, int(opts["cpus_per_task"] or 1))
         units = [WorkUnit((m,), "sequential", n) for m in todo]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    biggest = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
+    need = max(u.threads for u in units)
+    if nodes and need > biggest:  # such a task would wait forever for a node
+        raise ConfigError(
+            f"training: a Ray task needs {need} CPUs but the largest Ray node has {biggest:g}; "
+            f"set training.threads (the thread budget the work units are planned for) or "
+            f"training.ray.cpus_per_task to at most {biggest:g}"
+        )
     remote = ray.remote(_worker)
     task_ref = ray.put(task)
     exp_json = exp.model_dump(mode="json")
