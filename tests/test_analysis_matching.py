@@ -168,3 +168,15 @@ def test_spectral_clusters_do_not_mix_unrelated_networks():
     assert spectral_clusters(x, x, n_clusters=2).n_mixed == 2
     with pytest.raises(ConfigError, match="n_clusters"):
         spectral_clusters(x, y, n_clusters=16)
+
+
+def test_held_out_sparse_prediction_is_relative_to_the_fitted_mean():
+    """Held-out error of all-zero weights is exactly 1 even when the held-out rows of a unit
+    vary far more than the fitted ones did (a ReLU unit nearly silent on the fitted half)."""
+    x, xe = features(n=300, d=8, seed=21), features(n=300, d=8, seed=22)
+    y, ye = x[:, :3].copy(), xe[:, :3].copy()
+    y[:, 2] = 0.01 * y[:, 2]  # little variance where fitted...
+    ye[:, 2] = 10.0 + ye[:, 2]  # ...a shifted, wider unit held out
+    sp = sparse_prediction(x, y, n_alphas=10, eps=1e-4, X_eval=xe, Y_eval=ye)
+    assert sp.nonzero[0] == 0 and np.allclose(sp.nse_units[:, 0], 1.0)
+    assert sp.nse_units[0, -1] < 1e-3 and sp.nse_units[1, -1] < 1e-3  # copies: predicted

@@ -160,6 +160,13 @@ def _standardize(
     return np.asfortranarray(z), mean, sd, np.isinf(sd.cpu().numpy())
 
 
+def _nanmean0(a: np.ndarray, size: int) -> np.ndarray:
+    """Column means over the units with a defined error (a unit constant on held-out rows has
+    none); zeros when no unit has one."""
+    ok = ~np.isnan(a).any(1)
+    return a[ok].mean(0) if ok.any() else np.zeros(size)
+
+
 def sparse_prediction(
     X: Array,
     Y: Array,
@@ -179,7 +186,9 @@ def sparse_prediction(
     The objective is (1/2n)||y − Xw||² + λ||w||₁. By default λ runs over ``n_alphas`` values,
     log-spaced from the smallest λ that zeroes every weight down to ``eps`` times it. The
     error is measured on the fitted rows, or on ``X_eval``/``Y_eval`` (standardized with the
-    fitted rows' statistics) when given; it is normalized by the variance of each unit.
+    fitted rows' statistics) when given; it is normalized by the variance of each unit (on
+    held-out rows: by the error of predicting the fitted mean, so 1 means "no better than a
+    constant"; units constant on the held-out rows are left out of the mean).
     """
     x, y = check_pair(X, Y, 2, "sparse_prediction")
     if n_alphas < 1 or not 0 < eps < 1:
@@ -229,13 +238,15 @@ def sparse_prediction(
         if ev is None:  # ||y − Xw||²/n from the Gram matrix (var y = 1)
             quad = np.einsum("ik,ij,jk->k", coefs, gram, coefs)
             err = 1.0 + (quad - 2.0 * (xy[:, j] @ coefs)) / n
-        else:
-            err = ((ev[1][:, [j]] - ev[0] @ coefs) ** 2).mean(0)
+        else:  # held out: relative to predicting the fitted mean (all-zero weights give 1)
+            base = float((ev[1][:, j] ** 2).mean())
+            resid = ((ev[1][:, [j]] - ev[0] @ coefs) ** 2).mean(0)
+            err = resid / base if base > 0 else np.full(grid.size, np.nan)
         nse[row] = np.maximum(err, 0.0)
         nonzero[row] = (coefs != 0).sum(0)
     return SparsePrediction(
         alphas=grid,
-        nse=nse.mean(0) if units.size else np.zeros(grid.size),
+        nse=_nanmean0(nse, grid.size),
         nonzero=nonzero.mean(0) if units.size else np.zeros(grid.size),
         nse_units=nse,
         units=units,
