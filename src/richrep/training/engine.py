@@ -20,7 +20,7 @@ from richrep.models import count_params
 from richrep.store import RunStore, load_tensors, remove, write_json
 from richrep.training.checkpoint import save_checkpoint
 from richrep.training.device import resolve_device, resolve_precision, set_threads
-from richrep.training.loop import accuracy, train_member
+from richrep.training.loop import accuracy
 from richrep.training.members import Member, build_model
 
 Progress = Callable[[str, int, int], None]  # (member, done, total)
@@ -36,27 +36,6 @@ def finished(store: RunStore, member: str) -> dict[str, Any] | None:
     except StoreError:
         remove(path)  # truncated or tampered: retrain, never use
         return None
-
-
-def train_one(
-    exp: Experiment, task: Task, member: Member, store: RunStore, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Train ``member`` alone (resuming from its epoch checkpoint) and save its final checkpoint."""
-    device = resolve_device(exp.training.device)
-    dtype = resolve_precision(exp.training.precision, device)
-    model = build_model(member, exp, task)
-    out = train_member(
-        model,
-        task.train,
-        exp.training,
-        member.seed,
-        device=device,
-        dtype=dtype,
-        partial_path=store.checkpoint(member.name, partial=True),
-        member=member.name,
-        on_step=(lambda d, t: progress(member.name, d, t)) if progress else None,
-    )
-    return finalize(exp, task, member, model, out["history"], store, device, dtype, "sequential")
 
 
 def finalize(
