@@ -9,7 +9,7 @@ import pytest
 from richrep.config import dump_experiment, load_experiment, parse_experiment
 from richrep.errors import ConfigError
 
-EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
+EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
