@@ -508,7 +508,16 @@ def _fast_matmul(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         mm.fp32_precision = old
 
 
-class LinearProbe(ClassifierMixin, BaseEstimator):
+class _TorchLabels(ClassifierMixin):
+    """``score`` (mean accuracy) that also takes ``y`` as a torch tensor."""
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+        return super().score(X, y, sample_weight)
+
+
+class LinearProbe(_TorchLabels, BaseEstimator):
     """L2-regularized multinomial logistic regression, strength chosen on validation data.
 
     Parameters
@@ -703,12 +712,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         best = self._scores(X).argmax(1).cpu().numpy()  # checks fitted-ness first
         return self.classes_[best]
 
-    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """Mean accuracy; ``y`` may be a torch tensor."""
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        return super().score(X, y, sample_weight)
-
 
 def _covariance(XT: torch.Tensor) -> torch.Tensor:
     """``X^T X / n`` (float64) from at most ``_GRAM_ROWS`` evenly spaced examples (columns of
@@ -732,7 +735,7 @@ def _accuracy(XT: torch.Tensor, y: torch.Tensor, Wt: torch.Tensor) -> float:
     return float((pred == y).to(torch.float64).mean())
 
 
-class NearestMeanProbe(ClassifierMixin, BaseEstimator):
+class NearestMeanProbe(_TorchLabels, BaseEstimator):
     """Class-centroid classifier on standardized features.
 
     Parameters
@@ -794,8 +797,3 @@ class NearestMeanProbe(ClassifierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         best = self._similarity(X).argmax(1).cpu().numpy()  # checks fitted-ness first
         return self.classes_[best]
-
-    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        return super().score(X, y, sample_weight)

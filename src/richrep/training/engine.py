@@ -128,16 +128,7 @@ def train_local(
     set_threads(exp.training.threads)
     device = resolve_device(exp.training.device)
     dtype = resolve_precision(exp.training.precision, device)
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for m in members:
-        meta = finished(store, m.name)
-        if meta is None:
-            todo.append(m)
-            continue
-        results[m.name] = meta
-        if progress:
-            progress(m.name, 1, 1)
+    results, todo = split_finished(store, members, progress)
     for group in groups_of(todo):
         models = [build_model(m, exp, task) for m in group]
         outs = train_group(
@@ -154,10 +145,7 @@ def train_local(
         )
         for m, model, out in zip(group, models, outs, strict=True):
             if "failed" in out:
-                write_json(
-                    failed_path(store, m.name), {"member": m.to_dict(), "error": out["failed"]}
-                )
-                results[m.name] = {"failed": out["failed"]}
+                results[m.name] = record_failure(store, m, out["failed"])
                 continue
             remove(failed_path(store, m.name))
             results[m.name] = finalize(
@@ -168,6 +156,30 @@ def train_local(
 
 def failed_path(store: RunStore, member: str):  # noqa: ANN201
     return store.checkpoints / f"{member}.failed.json"
+
+
+def split_finished(
+    store: RunStore, members: Sequence[Member], progress: Progress | None = None
+) -> tuple[dict[str, dict[str, Any]], list[Member]]:
+    """Sidecars of the members already finished (reported to ``progress`` as done) and the
+    members still to train."""
+    results: dict[str, dict[str, Any]] = {}
+    todo = []
+    for m in members:
+        meta = finished(store, m.name)
+        if meta is None:
+            todo.append(m)
+            continue
+        results[m.name] = meta
+        if progress:
+            progress(m.name, 1, 1)
+    return results, todo
+
+
+def record_failure(store: RunStore, member: Member, error: str) -> dict[str, str]:
+    """Record that ``member`` diverged (``<member>.failed.json``); its status entry."""
+    write_json(failed_path(store, member.name), {"member": member.to_dict(), "error": error})
+    return {"failed": error}
 
 
 def load_member(exp: Experiment, task: Task, member: Member, store: RunStore) -> torch.nn.Module:

@@ -25,9 +25,17 @@ from typing import Any
 from richrep.config import Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError, TrainingError
-from richrep.store import RunStore, remove, write_json
+from richrep.store import RunStore, remove
 from richrep.training.device import set_threads
-from richrep.training.engine import Progress, WorkUnit, failed_path, finished, work_units
+from richrep.training.engine import (
+    Progress,
+    WorkUnit,
+    failed_path,
+    finished,
+    record_failure,
+    split_finished,
+    work_units,
+)
 from richrep.training.members import Member
 
 RAY_DEFAULTS: dict[str, Any] = {
@@ -143,16 +151,7 @@ def _run(
     opts: dict[str, Any],
     progress: Progress | None,
 ) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for m in members:
-        meta = finished(store, m.name)
-        if meta is not None:
-            results[m.name] = meta
-            if progress:
-                progress(m.name, 1, 1)
-        else:
-            todo.append(m)
+    results, todo = split_finished(store, members, progress)
     if not todo:
         return results
     if opts["cpus_per_task"] is None and not opts["gpus_per_task"]:
@@ -205,10 +204,7 @@ def _run(
         for m in unit.members:
             out = outs[m.name]
             if "failed" in out:
-                write_json(
-                    failed_path(store, m.name), {"member": m.to_dict(), "error": out["failed"]}
-                )
-                results[m.name] = {"failed": out["failed"]}
+                results[m.name] = record_failure(store, m, out["failed"])
             else:
                 if "tensors" in out:
                     from richrep.store import save_tensors
