@@ -26,7 +26,8 @@ import torch
 
 from richrep.data import Split, load_task
 from richrep.models import build_encoder
-from richrep.representations import FeatureCache, Featurizer, Representation, batch_size_for
+from richrep.representations import Representation
+from richrep.representations.features import FeatureCache, Featurizer, batch_size_for
 from richrep.training.device import resolve_device, resolve_precision
 from richrep.training.seeding import seeded
 

@@ -82,15 +82,23 @@ def run_sklearn(d: dict[str, np.ndarray], max_iter: int, warm: bool) -> dict:
 
 
 def run_probe(d: dict[str, np.ndarray], device: str) -> dict:
+    from richrep.cpu_policy import probe_compute_policy
+    from richrep.evaluation.features import resolve_device
     from richrep.evaluation.probes import LinearProbe
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     probe = LinearProbe(Cs=GRID, device=device)
     x = {k: torch.from_numpy(v) for k, v in d.items() if k.startswith("x_")}
     if device != "cpu" and torch.cuda.is_available():
         x = {k: v.to(device) for k, v in x.items()}
         torch.cuda.synchronize()
+    # the CPU settings LinearProbe was measured with (fit itself changes none): what an
+    # evaluation stage applies around its probes
+    size = (len(d["y_train"]) + len(d["y_val"])) * d["x_train"].shape[1]
     t0 = time.perf_counter()
-    probe.fit(x["x_train"], d["y_train"], x["x_val"], d["y_val"])
+    with probe_compute_policy(size, resolve_device(device, x["x_train"]), probe.dtype):
+        probe.fit(x["x_train"], d["y_train"], x["x_val"], d["y_val"])
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

@@ -39,10 +39,12 @@ import torch.nn.functional as F
 from richrep.config import TrainingConfig
 from richrep.data import Split, load_task
 from richrep.models import Classifier, build_encoder, count_params
+from richrep.training.allocator import tune_cpu_allocator
 from richrep.training.device import autocast, resolve_precision
 from richrep.training.loop import accuracy, epoch_order
-from richrep.training.multiseed import STRATEGIES, train_group, tune_cpu_allocator
+from richrep.training.plan import STRATEGIES
 from richrep.training.seeding import seeded
+from richrep.training.workers import train_group
 
 MFLOP_PER_IMAGE = 15.4  # forward + backward of the network above, per training image
 BATCH, LR, MOMENTUM, WD = 256, 0.05, 0.9, 5e-4

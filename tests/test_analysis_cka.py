@@ -16,6 +16,7 @@ from richrep.analysis import (
     cka_gram,
     debiased_cka,
     gram_linear,
+    gram_rbf,
     hsic_gram,
     is_similarity,
     linear_cka,
@@ -237,6 +238,69 @@ def test_rbf_subsampling_is_seeded():
     assert a != rbf_cka(x, y, max_samples=100, seed=2)
     assert a == pytest.approx(rbf_cka(x, y), abs=0.1)
     assert rbf_cka(x, y, debiased=True) == pytest.approx(rbf_cka(y, x, debiased=True), abs=1e-12)
+
+
+def _reference_gram_rbf(x: np.ndarray, threshold: float) -> np.ndarray:
+    """``gram_rbf`` of Kornblith et al.'s demo (google-research ``representation_similarity``)."""
+    dot_products = x.dot(x.T)
+    sq_norms = np.diag(dot_products)
+    sq_distances = sq_norms[:, None] - 2 * dot_products + sq_norms[None, :]
+    sq_median_distance = np.median(sq_distances)  # full n×n matrix, diagonal zeros included
+    return np.exp(-sq_distances / (2 * threshold**2 * sq_median_distance))
+
+
+def _reference_center_gram(gram: np.ndarray) -> np.ndarray:
+    means = np.mean(gram, 0, dtype=np.float64)
+    means -= np.mean(means) / 2
+    return gram - means[:, None] - means[None, :]
+
+
+def _reference_cka(gram_x: np.ndarray, gram_y: np.ndarray) -> float:
+    gx, gy = _reference_center_gram(gram_x), _reference_center_gram(gram_y)
+    n = gx.shape[0]
+
+    def hsic(a: np.ndarray, b: np.ndarray) -> float:  # biased HSIC, tr(KHLH)/(n-1)²
+        return float(a.ravel() @ b.ravel()) / (n - 1) ** 2
+
+    return hsic(gx, gy) / math.sqrt(hsic(gx, gx) * hsic(gy, gy))
+
+
+@pytest.mark.parametrize("threshold", [0.5, 1.0])
+def test_rbf_cka_reproduces_kornblith_reference(threshold):
+    np.random.seed(1337)
+    x = np.random.randn(100, 10)
+    y = np.random.randn(100, 10) + x
+    ref = _reference_cka(_reference_gram_rbf(x, threshold), _reference_gram_rbf(y, threshold))
+    assert rbf_cka(x, y, sigma_frac=threshold) == pytest.approx(ref, abs=1e-10)
+    assert rbf_cka(x, y, sigma_frac=threshold, median="reference") == pytest.approx(ref, abs=1e-10)
+    assert cka_gram(gram_rbf(x, threshold), gram_rbf(y, threshold)) == pytest.approx(ref, abs=1e-10)
+    old = rbf_cka(x, y, sigma_frac=threshold, median="distinct_pairs")
+    assert abs(old - ref) > 1e-5
+
+
+def test_rbf_median_conventions():
+    x, _ = related(n=101)  # odd n: n² is odd too, numpy's median is one entry
+    xc = x - x.mean(0)
+    sq = ((xc[:, None, :] - xc[None, :, :]) ** 2).sum(-1)
+    iu = np.triu_indices(len(x), 1)
+    for median, med in (
+        ("reference", np.median(sq)),
+        ("distinct_pairs", np.sort(sq[iu])[(len(iu[0]) - 1) // 2]),  # torch's lower middle
+    ):
+        want = np.exp(-sq / (2 * 0.7**2 * med))
+        got = gram_rbf(x, 0.7, median=median).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    # duplicate rows: a zero median falls back to the median of the nonzero distances
+    dup = np.repeat(x[:2], [100, 20], axis=0)  # most distances are 0, the others all equal
+    for median in ("reference", "distinct_pairs"):
+        g = gram_rbf(dup, 0.8, median=median).numpy()
+        assert g.min() == pytest.approx(math.exp(-1 / (2 * 0.8**2)), rel=1e-12)
+    with pytest.raises(ConfigError, match="median must be 'reference' or 'distinct_pairs'"):
+        gram_rbf(x, median="mean")
+    assert MEASURES.validate("rbf_cka", {})["median"] == "reference"
+    assert MEASURES.validate("rbf_cka", {"median": "distinct_pairs"})["median"] == "distinct_pairs"
+    with pytest.raises(ConfigError, match="'median'"):
+        MEASURES.validate("rbf_cka", {"median": "mean"})
 
 
 def test_cka_gram_checks_shapes():

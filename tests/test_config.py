@@ -34,13 +34,15 @@ def test_examples_parse(path):
         ({"training": {"lr": -1}}, r"training\.lr"),
         (
             {"training": {"baselines": [{"kind": "wider", "k": 2}]}},
-            r"training\.baselines\.0\.kind: Input should be 'wide', 'wide_dim' or 'joint'",
+            r"training\.baselines\[0\]: unknown member kind 'wider' \(did you mean 'wide'\?\); "
+            r"choose one of: distill, joint, single, wide, wide_dim",
         ),
         ({"training": {"baselines": [{"kind": "wide", "k": 1}]}}, r"training\.baselines\.0\.k"),
         ({"trainig": {}}, r"trainig: unknown field"),
         (
             {"data": {"dataset": "mnist"}},
-            r"data\.dataset.*unknown dataset 'mnist'; choose one of: digits, fashion_mnist, mnist1d, npz",
+            r"data\.dataset.*unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); choose one of: "
+            r"digits, fashion_mnist, mnist1d, npz",
         ),
         (
             {"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}},
@@ -82,7 +84,7 @@ def test_examples_parse(path):
         ),
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
-            r"evaluation\.suite\.0\.protocol: Input should be 'transfer' or 'robustness'",
+            r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; choose one of: robustness, transfer",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],

@@ -15,7 +15,9 @@ from richrep.data import Split, apply_shift, load_task
 from richrep.evaluation.stats import aggregate, summarize
 from richrep.pipeline import run_experiment
 from richrep.report.tables import build_comparison, to_markdown
-from richrep.representations import Featurizer, Representation
+from richrep.representations import Representation
+from richrep.representations.features import Featurizer, Flatten
+from richrep.results import Row
 
 
 def test_summarize_known_values():
@@ -36,7 +38,7 @@ def target():
 
 
 def _ctx(task):
-    feats = Featurizer({}, device=torch.device("cpu"), dtype=torch.float32)
+    feats = Featurizer({"input": Flatten()}, device=torch.device("cpu"), dtype=torch.float32)
     return protocols.Context(
         feats,
         task,
@@ -47,7 +49,7 @@ def _ctx(task):
     )
 
 
-INPUT = Representation("input", 0, (), (), 40, 0)
+INPUT = Representation("input", 0, (), ("input",), 40, 0)
 
 
 def test_probes_never_see_test_data(target, monkeypatch):
@@ -72,19 +74,21 @@ def test_probes_never_see_test_data(target, monkeypatch):
 
     monkeypatch.setattr(protocols, "make_probe", spy)
     entry = SuiteEntry(name="t", sizes=[5, "all"], draws=2)
-    rows = protocols.transfer(_ctx(target), INPUT, target, entry)
+    rows = protocols.Transfer().evaluate(_ctx(target), INPUT, target, entry)
     assert len(rows) == 3 and len(seen) == 3 and seen[0] == 15  # 5 per class × 3 classes
 
 
 def test_model_selection_ignores_test_labels(target):
     """Scrambling the test labels changes the accuracy, never the chosen regularization."""
     entry = SuiteEntry(name="t", sizes=[20, "all"], draws=2)
-    clean = protocols.transfer(_ctx(target), INPUT, target, entry)
+    clean = protocols.Transfer().evaluate(_ctx(target), INPUT, target, entry)
     g = torch.Generator().manual_seed(0)
     scrambled_test = Split(
         target.test.x, target.test.y[torch.randperm(len(target.test), generator=g)]
     )
-    noisy = protocols.transfer(_ctx(target), INPUT, target.with_splits(test=scrambled_test), entry)
+    noisy = protocols.Transfer().evaluate(
+        _ctx(target), INPUT, target.with_splits(test=scrambled_test), entry
+    )
     assert [r["C"] for r in clean] == [r["C"] for r in noisy]
     assert [r["train_n"] for r in clean] == [r["train_n"] for r in noisy]
     assert all(a["value"] > b["value"] for a, b in zip(clean, noisy, strict=True))
@@ -101,9 +105,9 @@ def test_transfer_without_all_extracts_only_what_draws_use(target):
     ctx = _ctx(target)
     ctx.featurizer = Featurizer({"m": Count()}, device=torch.device("cpu"), dtype=torch.float32)
     rep = Representation("single", 1, (0,), ("m",), 40, 0)
-    protocols.transfer(ctx, rep, target, SuiteEntry(name="t", sizes=[4, 8], draws=2))
+    protocols.Transfer().evaluate(ctx, rep, target, SuiteEntry(name="t", sizes=[4, 8], draws=2))
     assert sum(calls) <= 3 * (2 * 4 + 2 * 8) + len(target.test)  # not the whole pool
-    protocols.transfer(ctx, rep, target, SuiteEntry(name="t", sizes=[4, 8], draws=2))
+    protocols.Transfer().evaluate(ctx, rep, target, SuiteEntry(name="t", sizes=[4, 8], draws=2))
     assert sum(calls) <= 3 * (2 * 4 + 2 * 8) + len(target.test)  # cached: nothing extracted twice
 
 
@@ -116,7 +120,7 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
          "protocol": "robustness"},
     ]}  # fmt: skip
     exp = parse_experiment(tiny)
-    store = run_experiment(exp, tmp_path, log=lambda m: None)
+    store = run_experiment(exp, tmp_path, log=lambda m: None).store
     rows = [json.loads(line) for line in store.results.read_text().splitlines()]
     keys = {"representation", "k", "seeds", "dim", "params", "shift", "protocol", "metric", "value"}
     assert all(keys <= set(r) for r in rows)
@@ -124,10 +128,10 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     assert kinds == {"input", "random", "single", "cat", "wide", "joint"}
     # 6 reps... : input, random3, single×3, cat2×2, cat3, wide3, joint3 = 10; new: 3 fits; noise: 1
     assert len(rows) == 10 * 3 + 10 * 1
-    comp = build_comparison(rows, ["new", "noise"])
+    comp = build_comparison([Row.from_dict(r) for r in rows], ["new", "noise"])
     assert comp.columns == ["input", "random3", "single", "cat2", "cat3", "wide3", "joint3"]
-    assert comp.cat_max == "cat3" and comp.wide_col == "wide3"
-    label, cells = comp.rows[0]
+    assert comp.k == 3 and [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3"]
+    label, cells = comp.rows[0].label, comp.rows[0].cells
     assert (
         label.startswith("new · transfer · 5/class") and cells["single"].n == 6
     )  # 3 seeds × 2 draws
@@ -135,8 +139,9 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     md = to_markdown(comp)
     assert "cat3 − single" in md and "| dim / params |" in md
     html = store.report.read_text()
+    # two accuracy-vs-K plots and the members' training curves
     assert (
-        "<table>" in html and html.count("data:image/png;base64,") == 2 and "new · transfer" in html
+        "<table" in html and html.count("data:image/png;base64,") == 3 and "new · transfer" in html
     )
     r = CliRunner().invoke(app, ["results", str(store.root)])
     assert r.exit_code == 0 and "cat3" in r.output and "wide3" in r.output

@@ -7,8 +7,8 @@ import torch
 
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError
+from richrep.members import PlanContext, plan_members
 from richrep.models import Classifier, JointEncoder, build_encoder, count_params
-from richrep.training.members import encoder_params, match_width, plan_members
 
 
 def test_mlp_parameter_count_by_hand():
@@ -55,11 +55,11 @@ def test_joint_concatenates_towers():
 
 def test_wide_matches_catk_parameters(tiny):
     tiny["model"] = {"encoder": "cnn"}  # default 32/64 channels, 128 features
-    exp = parse_experiment(tiny)
-    base = encoder_params(exp, (1, 40), 1.0)
+    ctx = PlanContext(parse_experiment(tiny), (1, 40), [])
+    base = ctx.encoder_params(1.0)
     for k in (2, 5):
-        w = match_width(exp, (1, 40), k * base)
-        assert abs(encoder_params(exp, (1, 40), w) / (k * base) - 1) < 0.01
+        w = ctx.match_width(k * base)
+        assert abs(ctx.encoder_params(w) / (k * base) - 1) < 0.01
         assert w > 1.0
 
 

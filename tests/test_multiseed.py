@@ -13,9 +13,11 @@ from richrep.data import Split
 from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder
 from richrep.store import load_tensors
+from richrep.training.fused import FusedClassifier, fusable
 from richrep.training.loop import train_member
-from richrep.training.multiseed import FusedClassifier, choose_strategy, fusable, train_group
+from richrep.training.plan import choose_strategy
 from richrep.training.seeding import seeded
+from richrep.training.workers import train_group
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]
@@ -298,7 +300,7 @@ def test_cnn_valid_padding_is_the_225k_network():
 
 
 def test_plan_units_is_fixed_by_count_strategy_and_budget():
-    from richrep.training.multiseed import Unit, plan_units
+    from richrep.training.plan import Unit, plan_units
 
     assert plan_units(3, "sequential", 2) == [Unit((i,), False, 2) for i in range(3)]
     assert plan_units(3, "fused", 2) == [Unit((0, 1, 2), True, 2)]

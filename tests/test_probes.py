@@ -1,8 +1,10 @@
 """Linear and nearest-mean probes: agreement with scikit-learn, validation-only C selection,
-warm starts, labels, constant features, input errors, scikit-learn API conformance."""
+warm starts, labels, constant features, input errors, scikit-learn API conformance; fit leaves
+process-wide torch settings alone, and the explicit CPU policy restores them."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -14,7 +16,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from richrep import cpu_policy
+from richrep.cpu_policy import probe_compute_policy
 from richrep.errors import DataError
+from richrep.evaluation import probes
+from richrep.evaluation.features import stratified_val_split
 from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
 
 GRID = (1e-3, 1e-2, 0.1, 1.0)
@@ -275,3 +281,112 @@ def test_sklearn_estimator_checks():
             failures = check_estimator(est, on_fail=None)
         failed = [r for r in failures if r["status"] == "failed"]
         assert not failed, [(r["check_name"], str(r["exception"])[:200]) for r in failed]
+
+
+# ------------------------------------------------------------------------------------------------
+# Process-wide settings: fit changes none; the explicit policy changes and restores them
+
+
+def _oneDNN_precision() -> str | None:
+    return getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", None)
+
+
+def _settings() -> tuple[int, str, str | None]:
+    return torch.get_num_threads(), torch.get_float32_matmul_precision(), _oneDNN_precision()
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (so a drop to one is visible), the caller's count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fit_changes_no_process_wide_setting(digits, monkeypatch, two_threads):
+    """Neither after fit nor during the solve (where other threads could see it) do torch's
+    thread count or float32 matmul precision differ from the caller's."""
+    during = []
+    real = probes.solve_path
+
+    def spy(*args, **kwargs):
+        during.append((torch.get_num_threads(), _oneDNN_precision()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probes, "solve_path", spy)
+    start = _settings()
+    X, y = digits["X"][:300], digits["y"][:300]  # small: the old fit dropped to one thread
+    for probe in (
+        LinearProbe(Cs=(0.01, 0.1), device="cpu"),
+        LinearProbe(Cs=0.1, dtype="float64", device="cpu"),
+        NearestMeanProbe(device="cpu"),
+    ):
+        probe.fit(torch.from_numpy(X), y)
+        assert _settings() == start
+    assert during == [(2, start[2])] * 2
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("fast_ok", [False, True])
+def test_compute_policy_applies_then_restores(monkeypatch, two_threads, fail, fast_ok):
+    """A small float32 CPU solve: one thread, bf16 fpmath matmuls if the accuracy check passed
+    (forced either way here); everything restored on exit, also when the block raises."""
+    monkeypatch.setattr(cpu_policy, "_FAST_MATMUL_OK", fast_ok)
+    start = _settings()
+    raises = pytest.raises(RuntimeError, match="boom") if fail else contextlib.nullcontext()
+    with raises, probe_compute_policy(1000, "cpu", "float32") as policy:
+        assert policy.threads == torch.get_num_threads() == 1
+        assert policy.fast_matmul is fast_ok
+        assert (_oneDNN_precision() == "bf16") is fast_ok
+        if fail:
+            raise RuntimeError("boom")
+    assert _settings() == start
+
+
+@pytest.mark.parametrize(
+    ("size", "device", "dtype", "threads", "fast"),
+    [
+        (cpu_policy.SMALL_PROBLEM + 1, "cpu", "float32", 2, True),  # large: all threads
+        (1000, "cpu", torch.float64, 1, False),  # float64: matmul precision untouched
+        (1000, "cuda", "float32", 2, False),  # a GPU solve: nothing changes
+    ],
+)
+def test_compute_policy_changes_only_what_applies(
+    monkeypatch, two_threads, size, device, dtype, threads, fast
+):
+    monkeypatch.setattr(cpu_policy, "_FAST_MATMUL_OK", True)
+    start = _settings()
+    with probe_compute_policy(size, device, dtype) as policy:
+        assert (policy.threads, policy.fast_matmul) == (threads, fast)
+        assert torch.get_num_threads() == threads
+        assert (_oneDNN_precision() == "bf16") is fast
+    assert _settings() == start
+
+
+def test_fit_inside_the_policy(digits, two_threads):
+    """The stage's way to run a probe: same model, and solver_stats_ records the fpmath mode."""
+    X, y = digits["X"][:500], digits["y"][:500]
+    kw = {"Cs": 0.1, "tol": 1e-6, "max_iter": 1000, "device": "cpu"}
+    plain = LinearProbe(**kw).fit(X, y)
+    start = _settings()
+    with probe_compute_policy(X.size, "cpu", "float32") as policy:
+        tuned = LinearProbe(**kw).fit(X, y)
+    assert _settings() == start
+    assert plain.solver_stats_["fast_matmul"] is False
+    assert tuned.solver_stats_["fast_matmul"] is policy.fast_matmul
+    np.testing.assert_allclose(
+        tuned.predict_proba(digits["Xt"]), plain.predict_proba(digits["Xt"]), atol=1e-3
+    )
+
+
+def test_validation_split_keeps_a_single_example_class_in_training():
+    """Why the probe has its own split: even when most of a class is held out, a class's last
+    example is never (richrep.data.splits.stratified_split would hold it out here)."""
+    y = np.array([0, 0, 0, 0, 0, 1, 2, 2])
+    train, val = stratified_val_split(y, 0.9, seed=0)
+    assert 5 in train and 5 not in val
+    assert (y[val] == 0).sum() == 4 and (y[val] == 2).sum() == 1 and (y[train] == 2).sum() == 1
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val])), np.arange(y.size))
+    again = stratified_val_split(y, 0.9, seed=0)
+    np.testing.assert_array_equal(again[1], val)

@@ -6,15 +6,11 @@ import torch
 
 from richrep.config import parse_experiment
 from richrep.data import Split
+from richrep.members import build_model, plan_members
 from richrep.models import count_params
-from richrep.representations import (
-    FeatureCache,
-    Featurizer,
-    extract,
-    plan_representations,
-    seed_subsets,
-)
-from richrep.training.members import build_model, plan_members
+from richrep.registries import FLOORS
+from richrep.representations import Trained, plan_representations, seed_subsets
+from richrep.representations.features import FeatureCache, Featurizer, extract
 
 
 def test_seed_subsets_disjoint_first_then_distinct():
@@ -56,8 +52,16 @@ def test_plan_dims_and_params(tiny):
 
         enc = build_model(m, exp, T).encoder
         meta[m.name] = {"feature_dim": enc.feature_dim, "encoder_params": count_params(enc)}
-    meta["single-s2"] = {"failed": "diverged"}
-    reps = plan_representations(members, meta, input_dim=40, subsets=2, floors=["input", "random"])
+    del meta["single-s2"]  # diverged: not trained
+    trained = [
+        Trained(
+            m.name, m.kind, m.k, m.seed, meta[m.name]["feature_dim"], meta[m.name]["encoder_params"]
+        )
+        for m in members
+        if m.name in meta
+    ]
+    floors = [FLOORS.build("input"), FLOORS.build("random")]
+    reps = plan_representations(trained, subsets=2, floors=floors, floor_context={"input_dim": 40})
     kinds = [(r.kind, r.k) for r in reps]
     assert kinds[:2] == [("input", 0), ("random", 2)]  # random floor uses the trained seeds only
     assert kinds.count(("single", 1)) == 2 and kinds.count(("cat", 2)) == 1
@@ -116,14 +120,14 @@ def test_cache_never_extracts_twice_and_concat(tmp_path):
     )
     assert torch.equal(f2(cat, s), out)  # from disk, no encoder needed
     tiny_budget = FeatureCache(budget_bytes=1)
-    tiny_budget.put(("a", "h1"), torch.zeros(10))
-    tiny_budget.put(("a", "h2"), torch.zeros(10))
-    assert tiny_budget.get(("a", "h1")) is None and tiny_budget.get(("a", "h2")) is not None
+    tiny_budget.put("a-h1", torch.zeros(10))
+    tiny_budget.put("a-h2", torch.zeros(10))
+    assert tiny_budget.get("a-h1") is None and tiny_budget.get("a-h2") is not None
 
 
 def test_extraction_batch_size_follows_activation_size():
     from richrep.models import build_encoder
-    from richrep.representations import batch_size_for
+    from richrep.representations.features import batch_size_for
 
     cpu = torch.device("cpu")
     cnn = build_encoder("cnn", (1, 28, 28), channels=[32, 64], feature_dim=128)

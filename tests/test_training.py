@@ -7,12 +7,13 @@ import torch
 
 from richrep.config import parse_experiment
 from richrep.errors import StoreError, TrainingError
-from richrep.pipeline import source_task
+from richrep.ledger import Ledger, State
+from richrep.members import Member, build_model, plan_members
+from richrep.run import source_task
 from richrep.store import RunStore, load_tensors
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
-from richrep.training.engine import train_local
+from richrep.training.engines import train_local
 from richrep.training.loop import epoch_order, train_member
-from richrep.training.members import Member, build_model, plan_members
 
 
 def _train(exp, task, seed, **kw):
@@ -132,33 +133,37 @@ def test_engine_reuses_finished_and_retrains_tampered(setup, tmp_path):
     first = train_local(exp, task, members, store)
     again = train_local(exp, task, members, store)
     assert first == again  # same sidecars, nothing retrained
-    ck = store.checkpoint("single-s1")
+    ck = Ledger(store).final("single-s1")
     ck.write_bytes(ck.read_bytes()[:100])
     seen = []
     train_local(exp, task, members, store, progress=lambda m, d, t: seen.append(m))
     assert "single-s1" in seen and load_tensors(ck)[1]["member"]["seed"] == 1
+    assert list((store.root / "quarantine").glob("*single-s1.safetensors"))  # kept, not deleted
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "threads"])
 def test_failed_member_is_recorded_and_others_continue(tiny, tmp_path, monkeypatch, strategy):
-    tiny["training"]["strategy"] = strategy
+    tiny["runtime"] = {"strategy": strategy}
     exp = parse_experiment(tiny)
     task = source_task(exp)
-    import richrep.training.multiseed as engine
+    import richrep.training.workers as workers
 
-    real = engine.train_member
+    real = workers.train_unit
 
-    def flaky(model, train, cfg, seed, **kw):
-        if seed == 0:
-            raise TrainingError(
-                "member single-s0 (seed 0): the training loss became nan in epoch 1"
-            )
-        return real(model, train, cfg, seed, **kw)
+    def flaky(models, seeds, *a, **kw):
+        if list(seeds) == [0]:
+            return [
+                {
+                    "history": [],
+                    "failed": "member single-s0 (seed 0): the training loss became nan in epoch 1",
+                }
+            ]
+        return real(models, seeds, *a, **kw)
 
-    monkeypatch.setattr(engine, "train_member", flaky)
+    monkeypatch.setattr(workers, "train_unit", flaky)
     store = RunStore(tmp_path / "run")
     out = train_local(exp, task, plan_members(exp, task.input_shape), store)
-    assert "failed" in out["single-s0"] and "val_acc" in out["single-s1"]
+    assert out["single-s0"].state is State.FAILED and "val_acc" in out["single-s1"].meta
     assert (store.checkpoints / "single-s0.failed.json").exists()
 
 
@@ -166,10 +171,10 @@ def test_ray_engine_without_ray_says_how_to_install(tiny, monkeypatch):
     import sys
 
     from richrep.errors import ConfigError
-    from richrep.training.ray_engine import train_ray
+    from richrep.training.engines.ray_engine import RayEngine
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    tiny["training"]["engine"] = "ray"
+    tiny["runtime"] = {"engine": "ray"}
     exp = parse_experiment(tiny)
     with pytest.raises(ConfigError, match=r"pip install 'richrep\[ray\]'"):
-        train_ray(exp, source_task(exp), [], RunStore("/nonexistent"))
+        RayEngine().train(exp, source_task(exp), [], RunStore("/nonexistent"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,8 +21,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
+from richrep import __version__
 from richrep.errors import RichrepError
+from richrep.text import show
 
 app = typer.Typer(
     add_completion=False,
@@ -27,8 +33,58 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Learn rich representations (catK: K seeds, concatenated) and test them under shift.",
 )
-console = Console()
-err = Console(stderr=True)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+INTERRUPTED = "interrupted; run the same command again to resume"
+
+
+def say(message: object, style: str | None = None, to: Console | None = None) -> None:
+    """Print untrusted text: never parsed as markup, control characters stripped."""
+    (to or console).print(Text(show(message, keep="\n"), style=style or ""), soft_wrap=True)
+
+
+def _fail(e: BaseException, code: int = 2) -> None:
+    err.print(Text("error: ", style="bold red") + Text(show(e, keep="\n")), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _guard() -> Iterator[None]:
+    """richrep's own errors as one clean line (exit 2); Ctrl-C or SIGTERM as one line saying
+    how to resume (exit 130)."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except RichrepError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        err.print(Text(INTERRUPTED, style="yellow"))
+        raise typer.Exit(130) from None
+    finally:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"richrep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Learn rich representations (catK: K seeds, concatenated) and test them under shift."""
 
 
 class Stage(StrEnum):
@@ -37,69 +93,51 @@ class Stage(StrEnum):
     report = "report"
 
 
-class Kind(StrEnum):
-    datasets = "datasets"
-    shifts = "shifts"
-    encoders = "encoders"
-    protocols = "protocols"
-    measures = "measures"
-
-
-def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(2)
-
-
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     out: Annotated[Path, typer.Option("--out", help="Folder holding run folders.")] = Path("runs"),
-    only: Annotated[
-        Stage | None, typer.Option("--only", help="Rerun one stage from the store.")
-    ] = None,  # noqa: UP007
+    only: Annotated[Stage | None, typer.Option("--only", help="Rerun one stage.")] = None,
     engine: Annotated[
-        str | None, typer.Option("--engine", help="local or ray (overrides training.engine).")
-    ] = None,  # noqa: UP007
+        str | None, typer.Option("--engine", help="local or ray (overrides runtime.engine).")
+    ] = None,
     address: Annotated[
         str | None, typer.Option("--address", help="Ray cluster address (with --engine ray).")
-    ] = None,  # noqa: UP007
+    ] = None,
     device: Annotated[
-        str | None,
-        typer.Option("--device", help="auto, cpu, cuda, cuda:1 … (overrides the file)."),
-    ] = None,  # noqa: UP007
+        str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 … (overrides the file).")
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="If another process holds the run, wait for it.")
     ] = False,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing", help="Evaluate even if some members are missing or corrupt."
+        ),
+    ] = False,
 ) -> None:
-    """Train the seeds and baselines, evaluate the suite and write the report, resuming any earlier work."""
+    """Train the seeds and baselines, evaluate the suite and write the report, resuming any
+    earlier work."""
     from richrep.config import load_experiment
     from richrep.pipeline import run_experiment
 
-    try:
-        exp = load_experiment(experiment)
-        exp = _override(exp, engine, address, device)
-        console.print(f"[bold]{exp.name}[/] → {out / exp.run_id()}")
-        with _progress() as bar:
-            tasks: dict[str, int] = {}
-
-            def tick(member: str, done: int, total: int) -> None:
-                if member not in tasks:
-                    tasks[member] = bar.add_task(member, total=total)
-                bar.update(tasks[member], completed=done, total=total)
-
-            store = run_experiment(
+    with _guard():
+        exp = _override(load_experiment(experiment), engine, address, device)
+        say(f"{exp.name} → {out / exp.run_id()}", style="bold")
+        with _progress() as tick:
+            result = run_experiment(
                 exp,
                 out,
                 only=only.value if only else None,
                 wait=wait,
-                log=lambda m: bar.console.print(m),
+                log=tick.log,
                 progress=tick,
+                allow_missing=allow_missing,
             )
-        console.print(f"[green]done[/]: {store.root}")
-        if store.report.exists():
-            console.print(f"report: {store.report}")
-    except RichrepError as e:
-        _fail(e)
+        say(f"done: {result.store.root}", style="green")
+        bin_ = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "richrep"
+        say(f"table: {'richrep' if bin_ == 'richrep' else bin_} results {result.store.root}")
 
 
 def _override(exp, engine, address, device):  # noqa: ANN001, ANN202
@@ -108,19 +146,57 @@ def _override(exp, engine, address, device):  # noqa: ANN001, ANN202
     if engine is None and address is None and device is None:
         return exp
     raw = exp.model_dump(mode="json")
+    rt = raw["runtime"]
     if engine is not None:
-        raw["training"]["engine"] = engine
+        params = rt["engine"]["params"] if rt["engine"]["name"] == engine else {}
+        rt["engine"] = {"name": engine, "params": params}
     if address is not None:
-        raw["training"]["ray"] = {**raw["training"].get("ray", {}), "address": address}
+        rt["engine"] = {
+            "name": rt["engine"]["name"],
+            "params": {**rt["engine"]["params"], "address": address},
+        }
     if device is not None:
-        raw["training"]["device"] = device
-        raw["evaluation"]["device"] = device
+        rt["device"] = device
+        rt["eval_device"] = None
     return parse_experiment(raw, "(with command-line overrides)")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:<16}"),
+class _Ticker:
+    """Progress of the run: a bar per member and per suite entry on a terminal; otherwise one
+    line per member or entry when it starts and when it ends, in order."""
+
+    def __init__(self, bar: Progress | None) -> None:
+        self.bar = bar
+        self.tasks: dict[str, Any] = {}
+        self.state: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, name: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            if name not in self.tasks:
+                self.tasks[name] = self.bar.add_task(show(name), total=total)
+            self.bar.update(self.tasks[name], completed=done, total=total)
+            return
+        before = self.state.get(name)
+        self.state[name] = (done, total)
+        if before is None and done < total:
+            say(f"{name}: started ({total} steps)")
+        elif done >= total and (before is None or before[0] < total):
+            say(f"{name}: done")
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(Text(show(message, keep="\n")), soft_wrap=True)
+        else:
+            say(message)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[_Ticker]:
+    if not console.is_terminal:
+        yield _Ticker(None)
+        return
+    bar = Progress(
+        TextColumn("{task.description:<22}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -128,6 +204,8 @@ def _progress() -> Progress:
         console=console,
         transient=False,
     )
+    with bar:
+        yield _Ticker(bar)
 
 
 class Format(StrEnum):
@@ -144,66 +222,35 @@ def results(
     ] = Format.table,
     entry: Annotated[
         list[str] | None, typer.Option("--entry", help="Only these suite entries.")
-    ] = None,  # noqa: UP007
+    ] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="Only this metric.")] = None,
 ) -> None:
-    """Print the comparison table: targets × representations, mean ± std, with catK's gains."""
-    from richrep.evaluation.suite import read_results
-    from richrep.pipeline import load_run
-    from richrep.report.tables import build_comparison, to_markdown
+    """Print the comparison table: targets × representations, mean ± std (n), catK's gains."""
+    from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
+    from richrep.report.terminal import render_table
+    from richrep.run import Run
+    from richrep.stages.evaluate import read_results
 
-    try:
-        exp, store = load_run(run_dir)
-        rows = read_results(store)
-    except RichrepError as e:
-        _fail(e)
-    if entry:
-        unknown = sorted(set(entry) - {r["entry"] for r in rows})
-        if unknown:
-            _fail(
-                RichrepError(
-                    f"no suite entry {unknown} in {run_dir}; it has {sorted({r['entry'] for r in rows})}"
-                )
-            )
-        rows = [r for r in rows if r["entry"] in entry]
-    if fmt == Format.csv:
-        import csv
-
-        keys = sorted({k for r in rows for k in r})
-        w = csv.DictWriter(sys.stdout, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in keys})
-        return
-    comp = build_comparison(rows, [e.name for e in exp.evaluation.suite])
-    if fmt == Format.markdown:
-        print(to_markdown(comp))
-        return
-    table = Table(title=f"{exp.name}: test accuracy (mean ± std)", show_lines=False)
-    table.add_column("target", style="bold")
-    for c in comp.columns:
-        table.add_column(c, justify="right")
-    if comp.cat_max:
-        table.add_column(f"{comp.cat_max}−single", justify="right")
-        if comp.wide_col:
-            table.add_column(f"{comp.cat_max}−{comp.wide_col}", justify="right")
-    for (label, cells), (_, gs, gw) in zip(comp.rows, comp.gains, strict=True):
-        best = max((cells[c].mean for c in comp.columns if c in cells), default=None)
-        vals = [
-            (f"[bold green]{cells[c].text()}[/]" if cells[c].mean == best else cells[c].text())
-            if c in cells
-            else ""
-            for c in comp.columns
-        ]
-        if comp.cat_max:
-            vals.append(_gain(gs))
-            if comp.wide_col:
-                vals.append(_gain(gw))
-        table.add_row(label, *vals)
-    table.add_row(
-        "[dim]dim / params[/]",
-        *[f"[dim]{comp.meta[c]['dim']} / {comp.meta[c]['params']:,}[/]" for c in comp.columns],
-    )
-    console.print(table)
+    with _guard():
+        r = Run.open(run_dir)
+        rows = read_results(r)
+        if entry:
+            have = sorted({x.entry for x in rows})
+            unknown = sorted(set(entry) - set(have))
+            if unknown:
+                raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
+            rows = [x for x in rows if x.entry in entry]
+        if fmt == Format.csv:
+            sys.stdout.write(to_csv(rows))
+            return
+        order = [e.name for e in r.exp.evaluation.suite]
+        for m in [metric] if metric else metrics(rows):
+            comp = build_comparison(rows, order, metric=m)
+            if fmt == Format.markdown:
+                print(to_markdown(comp))
+                print()
+            else:
+                console.print(render_table(comp, console.width, title=r.exp.name))
 
 
 @app.command()
@@ -214,7 +261,7 @@ def analyze(
     ] = "test",
     measure: Annotated[
         list[str] | None, typer.Option("--measure", help="Measures (repeatable); default: all.")
-    ] = None,  # noqa: UP007
+    ] = None,
     max_samples: Annotated[
         int, typer.Option("--max-samples", help="Subsample the split to this many examples.")
     ] = 5000,
@@ -223,67 +270,60 @@ def analyze(
     ] = 200,
 ) -> None:
     """Are the seeds different? CKA/CCA matrices, unit matching, sparse prediction, clustering."""
-    from richrep.analysis.run import DEFAULT_MEASURES, analyze_run
-    from richrep.pipeline import load_run
-    from richrep.report.html import write_report
+    import numpy as np
 
-    try:
-        _, store = load_run(run_dir)
-        with console.status("analyzing seeds…"):
-            s = analyze_run(
-                store,
+    from richrep.analysis import DEFAULT_MEASURES
+    from richrep.run import Run
+    from richrep.stages.analyze import analyze as analyze_stage
+    from richrep.stages.report import report
+
+    with _guard():
+        r = Run.open(run_dir)
+        with r.store.lock(), console.status("analyzing seeds…"):
+            s = analyze_stage(
+                r,
                 split=split,
                 measures=measure or DEFAULT_MEASURES,
                 max_samples=max_samples,
                 n_permutations=permutations,
-                log=console.print,
+                log=say,
             )
-        if store.results.exists():
-            write_report(store, log=console.print)
-    except RichrepError as e:
-        _fail(e)
-    import numpy as np
-
-    table = Table(title=f"seed vs seed on {s['n']} {s['split']} examples")
+            if r.store.results.exists():
+                report(r, log=say)
+    table = Table(title=f"seed vs seed on {s['n']} {show(s['split'])} examples")
     for c in ("measure", "self", "seed vs seed", "untrained seed vs seed"):
         table.add_column(c, justify="right")
     for name, mat in s["measures"].items():
-        m, r = np.asarray(mat), np.asarray(s["random_measures"][name])
+        m = np.asarray(mat)
         off = m[~np.eye(len(m), dtype=bool)]
-        roff = r[~np.eye(len(r), dtype=bool)]
+        rnd = s.get("random_measures", {}).get(name)
+        roff = "" if rnd is None else f"{np.asarray(rnd)[~np.eye(len(rnd), dtype=bool)].mean():.3f}"
         table.add_row(
-            name,
-            f"{s['self'][name]:.3f}",
-            f"{off.mean():.3f} ± {off.std():.3f}",
-            f"{roff.mean():.3f}",
+            Text(show(name)), f"{s['self'][name]:.3f}", f"{off.mean():.3f} ± {off.std():.3f}", roff
         )
     console.print(table)
-    console.print(
+    say(
         f"one-to-one matched correlation (mean): {np.mean(s['matching']['one_to_one']):.3f}; "
         f"semi-matching: {np.mean(s['matching']['semi']):.3f}; "
         f"CKA permutation p = {s['permutation_test']['p_value']:.3g}"
     )
-    console.print(f"plots: {store.plots}/seed_similarity.png, unit_matching.png")
 
 
 @app.command()
 def runs(
     out: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
     target: Annotated[
-        str | None,
-        typer.Option("--target", help="Compare runs on targets containing this text."),
-    ] = None,  # noqa: UP007
+        str | None, typer.Option("--target", help="Compare runs on targets containing this text.")
+    ] = None,
 ) -> None:
     """List the runs of a folder, with catK's gain over single and wide per target."""
     from richrep.index import list_runs
 
-    if not out.is_dir():
-        _fail(RichrepError(f"{out} is not a folder of runs"))
-    try:
+    with _guard():
+        if not out.is_dir():
+            raise RichrepError(f"{out} is not a folder of runs")
         listed = list_runs(out)
-    except (RichrepError, OSError) as e:
-        _fail(e)
-    table = Table(title=f"runs in {out}")
+    table = Table(title=Text(f"runs in {show(out)}"))
     for c in (
         "run",
         "finished",
@@ -296,46 +336,69 @@ def runs(
         "−wide",
     ):
         table.add_column(c)
+    fmt = lambda v: "" if v is None else f"{v:+.3f}"  # noqa: E731
     for r in listed:
+        if r.get("error"):
+            table.add_row(
+                Text(show(r.get("run_id", "?"))),
+                "",
+                "",
+                "",
+                "",
+                Text(show(f"broken: {r['error']}"), style="red"),
+            )
+            continue
         first = True
-        for label, h in r["headline"].items():
+        for label, h in (r.get("headline") or {}).items():
             if target and target not in label:
                 continue
-            fmt = lambda v: "" if v is None else f"{v:+.3f}"  # noqa: E731
             table.add_row(
-                r["run_id"] if first else "",
-                (r["finished"] or "") if first else "",
-                f"{r['dataset']} / {r['encoder']}" if first else "",
+                Text(show(r["run_id"])) if first else "",
+                Text(show(r.get("finished") or "")) if first else "",
+                Text(show(f"{r['dataset']} / {r['encoder']}")) if first else "",
                 str(r["seeds"]) if first else "",
                 str(r["epochs"]) if first else "",
-                label,
-                "" if h["cat"] is None else f"{h['cat']:.3f}",
-                fmt(h["gain_single"]),
-                fmt(h["gain_wide"]),
+                Text(show(label)),
+                "" if h.get("cat") is None else f"{h['cat']:.3f}",
+                fmt(h.get("gain_single")),
+                fmt(h.get("gain_wide")),
             )
             first = False
     console.print(table)
 
 
-def _gain(v: float | None) -> str:
-    if v is None:
-        return ""
-    return f"[green]{v:+.3f}[/]" if v > 0 else f"[red]{v:+.3f}[/]"
+class Kind(StrEnum):
+    datasets = "datasets"
+    shifts = "shifts"
+    encoders = "encoders"
+    objectives = "objectives"
+    members = "members"
+    probes = "probes"
+    protocols = "protocols"
+    floors = "floors"
+    engines = "engines"
+    measures = "measures"
 
 
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
-    """Show a registry: datasets, shifts, encoders, protocols or measures."""
+    """Show a registry: datasets, shifts, encoders, objectives, members, probes, protocols,
+    floors, engines or measures."""
     from richrep.registries import registry_of
 
-    reg = registry_of(kind.value)
+    with _guard():
+        reg = registry_of(kind.value)
     table = Table(title=kind.value, show_lines=False)
     table.add_column("name", style="bold")
     table.add_column("arguments")
     table.add_column("what it is")
     for e in reg:
         if e.name in reg.names(pattern):
-            table.add_row(e.name, e.signature()[len(e.name) :], e.summary)
+            table.add_row(
+                Text(e.name),
+                Text(e.signature()[len(e.name) :]),
+                Text(e.meta.get("description") or e.summary),
+            )
     console.print(table)
 
 

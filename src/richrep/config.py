@@ -1,32 +1,46 @@
-"""The experiment schema: one YAML file describes data, model, training and evaluation.
+"""The experiment schema: one YAML file describes data, model, training and evaluation, and a
+``runtime:`` section says how to run it.
 
-Every error names the field, the value and what is allowed. Registry names (datasets, shifts,
-encoders) and their arguments are checked against the registries, so a typo fails before any
-work starts.
+Every axis of variation is a registry entry written in one spec form, ``name`` or
+``{name: {param: value}}``, and validated against its registry (names, arguments, types), so
+a typo fails before any work starts with an error naming the field, the value and the
+choices. ``runtime`` (device, threads, engine, strategy) is not part of the run's identity:
+:meth:`Experiment.identity` is the one place that says what is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from richrep.errors import ConfigError
+from richrep.registries import (
+    ENGINES,
+    FLOORS,
+    MEMBERS,
+    OBJECTIVES,
+    PROBES,
+    PROTOCOLS,
+    load_plugins,
+)
+from richrep.registry import Registry
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ShiftSpec(Strict):
-    """One shift: written in YAML as ``name`` or ``{name: {arg: value}}``."""
+class Spec(Strict):
+    """A registry entry with arguments: written in YAML as ``name`` or ``{name: {arg: value}}``."""
 
     name: str
     params: dict[str, Any] = {}
@@ -42,7 +56,7 @@ class ShiftSpec(Strict):
                 p = {}
             if not isinstance(p, dict):
                 raise ValueError(
-                    f"arguments of shift {k!r} must be a mapping like {{severity: 3}}, got {p!r}"
+                    f"arguments of {k!r} must be a mapping like {{arg: value}}, got {p!r}"
                 )
             return {"name": k, "params": p}
         return v
@@ -54,6 +68,14 @@ class ShiftSpec(Strict):
         if not self.params:
             return self.name
         return self.name + "(" + ",".join(f"{k}={_short(v)}" for k, v in self.params.items()) + ")"
+
+    def resolved(self, registry: Registry[Any], where: str) -> Spec:
+        """This spec with its arguments checked against ``registry`` and defaults filled in."""
+        params = registry.validate(self.name, self.params, where=where)
+        return Spec(name=self.name, params=_jsonable(params))
+
+
+ShiftSpec = Spec  # shifts were the first specs; the name stays for readers of old code
 
 
 def _short(v: Any) -> str:
@@ -72,7 +94,7 @@ class DataConfig(Strict):
     params: dict[str, Any] = {}
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     max_train_per_class: Annotated[int, Field(ge=1)] | None = None
-    source: list[ShiftSpec] = []
+    source: list[Spec] = []
 
 
 class ModelConfig(Strict):
@@ -82,16 +104,36 @@ class ModelConfig(Strict):
 
 
 class Baseline(Strict):
-    """A baseline trained beside the seeds: ``wide`` (parameters equal to catK), ``wide_dim``
-    (feature dimension equal to catK) or ``joint`` (K towers trained jointly, one head)."""
+    """A member kind trained beside the seeds, standing for catK: ``{kind: wide, k: 5}``;
+    arguments of the kind go beside (``{kind: distill, k: 5, temperature: 4}``) or under
+    ``params``."""
 
-    kind: Literal["wide", "wide_dim", "joint"]
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str
     k: Annotated[int, Field(ge=2)]
     seeds: Annotated[int, Field(ge=1)] = 1
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _gather(self) -> Baseline:
+        extra = dict(self.__pydantic_extra__ or {})
+        if extra:
+            object.__setattr__(self, "params", {**self.params, **extra})
+            self.__pydantic_extra__.clear()  # type: ignore[union-attr]
+        return self
+
+
+def _seed_count(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError(f"seeds must be a count or a list of seeds, not a boolean ({v})")
+    if isinstance(v, list) and any(isinstance(s, bool) for s in v):
+        raise ValueError(f"seeds must be integers, not booleans: {v}")
+    return v
 
 
 class TrainingConfig(Strict):
-    seeds: int | list[int] = 5  # a count (0..n-1) or an explicit list of distinct seeds
+    seeds: int | list[Seed] = 5  # a count (0..n-1) or an explicit list of distinct seeds
     epochs: Annotated[int, Field(ge=1)] = 5
     batch_size: Annotated[int, Field(ge=1)] = 128
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -100,15 +142,13 @@ class TrainingConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    objective: Spec = Spec(name="cross_entropy")
     baselines: list[Baseline] = []
-    # How to run (not part of the run's identity): where and on what.
-    device: str = "auto"
-    threads: Annotated[int, Field(ge=0)] = 0  # 0: all available cores
-    engine: Literal["local", "ray"] = "local"
-    strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
-        "auto"
-    )
-    ray: dict[str, Any] = {}
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _no_bools(cls, v: Any) -> Any:
+        return _seed_count(v)
 
     @field_validator("seeds")
     @classmethod
@@ -128,40 +168,53 @@ class TrainingConfig(Strict):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
 
-class ProbeConfig(Strict):
-    Cs: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=1)] = [
-        1e-3,
-        3e-3,
-        1e-2,
-        3e-2,
-        1e-1,
-        3e-1,
-        1.0,
-        3.0,
-    ]
-    max_iter: Annotated[int, Field(ge=1)] = 100
-
-
 Size = Annotated[int, Field(ge=1)] | Literal["all"]
 
 
 class SuiteEntry(Strict):
-    """A target: shifts applied to the dataset, and the protocol that evaluates on it."""
+    """A target and the protocol that evaluates on it. The target is the run's dataset (or
+    ``dataset`` with ``params``: any registered dataset, e.g. your own ``npz``) with
+    ``shifts`` applied."""
 
     name: Name
-    shifts: list[ShiftSpec] = []
-    protocol: Literal["transfer", "robustness"] = "transfer"
-    sizes: Annotated[list[Size], Field(min_length=1)] = ["all"]  # examples per class (transfer)
+    dataset: str | None = None
+    params: dict[str, Any] = {}
+    shifts: list[Spec] = []
+    protocol: Spec = Spec(name="transfer")
+    sizes: Annotated[list[Size], Field(min_length=1)] = ["all"]  # examples per class
     draws: Annotated[int, Field(ge=1)] = 3  # random draws of each size below "all"
-    probe: Literal["linear", "nearest_mean"] = "linear"
+    probe: Spec | None = None  # default: evaluation.probe
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_form(cls, v: Any) -> Any:
+        return _probe_short_form(v)
+
+
+def _probe_short_form(v: Any) -> Any:
+    """``probe: {Cs: [...]}`` (arguments of the default linear probe) is read as
+    ``{linear: {Cs: [...]}}``."""
+    if (
+        isinstance(v, dict)
+        and v
+        and "name" not in v
+        and not (len(v) == 1 and next(iter(v)) in PROBES)
+    ):
+        return {"linear": v}
+    return v
 
 
 class EvaluationConfig(Strict):
     suite: list[SuiteEntry] = []
-    probe: ProbeConfig = ProbeConfig()
+    probe: Spec = Spec(name="linear")
     subsets: Annotated[int, Field(ge=1)] = 3  # seed subsets per K for catK
-    floors: list[Literal["input", "random"]] = ["input", "random"]
-    device: str = "auto"
+    floors: list[Spec] = [Spec(name="input"), Spec(name="random")]
+    cache_features: bool = True  # keep extracted features in the run folder
+
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_form(cls, v: Any) -> Any:
+        return _probe_short_form(v)
 
     @field_validator("suite")
     @classmethod
@@ -173,19 +226,80 @@ class EvaluationConfig(Strict):
         return v
 
 
+class RuntimeConfig(Strict):
+    """How to run: never part of a run's identity (the same models result on any of these)."""
+
+    device: str = "auto"
+    eval_device: str | None = None  # default: device
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: all available cores
+    engine: Spec = Spec(name="local")
+    strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
+        "auto"
+    )
+
+    @property
+    def evaluation_device(self) -> str:
+        return self.eval_device or self.device
+
+
+_MOVED = {"device": "device", "threads": "threads", "engine": "engine", "strategy": "strategy"}
+
+
 class Experiment(Strict):
     name: Name
-    seed: int = 0  # data splits and subset draws
+    seed: Seed = 0  # data splits and subset draws
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, raw: Any) -> Any:
+        """Settings of how to run that older files kept under ``training``/``evaluation`` move
+        to ``runtime`` (with a warning)."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        runtime = dict(raw.get("runtime") or {})
+        moved = []
+        training = raw.get("training")
+        if isinstance(training, dict):
+            training = dict(training)
+            for key in ("device", "threads", "engine", "strategy", "ray"):
+                if key in training:
+                    moved.append(f"training.{key}")
+                    value = training.pop(key)
+                    if key == "ray":
+                        engine = runtime.get("engine", "ray")
+                        name = engine if isinstance(engine, str) else next(iter(engine))
+                        runtime["engine"] = {name: value}
+                    elif key == "engine" and isinstance(runtime.get("engine"), dict):
+                        ((_, params),) = runtime["engine"].items()
+                        runtime["engine"] = {value: params}
+                    else:
+                        runtime.setdefault(_MOVED[key], value)
+            raw["training"] = training
+        evaluation = raw.get("evaluation")
+        if isinstance(evaluation, dict) and "device" in evaluation:
+            evaluation = dict(evaluation)
+            runtime.setdefault("eval_device", evaluation.pop("device"))
+            moved.append("evaluation.device")
+            raw["evaluation"] = evaluation
+        if moved:
+            warnings.warn(
+                f"{', '.join(moved)} moved to the runtime: section (how to run is not part of "
+                f"the run's identity); read as runtime settings",
+                FutureWarning,
+                stacklevel=2,
+            )
+            raw["runtime"] = runtime
+        return raw
 
     def identity(self) -> dict[str, Any]:
         """What determines the trained models: the run folder's hash covers exactly this."""
-        t = self.training.model_dump(
-            mode="json", exclude={"device", "threads", "engine", "strategy", "ray"}
-        )
+        t = self.training.model_dump(mode="json")
         t["seeds"] = self.training.seed_list
         return {
             "seed": self.seed,
@@ -193,6 +307,10 @@ class Experiment(Strict):
             "model": self.model.model_dump(mode="json"),
             "training": t,
         }
+
+    def results_identity(self) -> dict[str, Any]:
+        """What determines the results: the identity and the evaluation (not the runtime)."""
+        return {**self.identity(), "evaluation": self.evaluation.model_dump(mode="json")}
 
     def run_hash(self) -> str:
         return stable_hash(self.identity())
@@ -209,30 +327,59 @@ def stable_hash(obj: Any, n: int = 10) -> str:
 def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        loc = loc.replace(".int", "").replace(".list[int]", "").replace(".constrained-int", "")
+        loc = ".".join(
+            str(p)
+            for p in e["loc"]
+            if not str(p).startswith(("function-after", "function-before", "constrained-"))
+        )
+        for noise in (".int", ".list[int]", ".list[constrained-int]", ".str", ".literal['all']"):
+            loc = loc.replace(noise, "")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check its spelling)"
+            field = str(e["loc"][-1])
+            hint = _field_hint(err, e["loc"])
+            msg = f"unknown field {field!r} (check its spelling){hint}"
         got = e.get("input")
         shown = (
             ""
-            if e["type"] in ("missing",)
+            if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
             else f" (got {got!r})"
-            if not isinstance(got, dict)
-            else ""
         )
         lines.append(f"  {loc}: {msg}{shown}")
     head = f"invalid experiment{f' {source}' if source else ''}:"
     return "\n".join([head, *dict.fromkeys(lines)])
 
 
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "": Experiment,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "runtime": RuntimeConfig,
+}
+
+
+def _field_hint(err: pydantic.ValidationError, loc: tuple[Any, ...]) -> str:
+    from richrep.registry import did_you_mean
+
+    parent = str(loc[0]) if len(loc) > 1 else ""
+    model = _SECTIONS.get(parent)
+    if model is None and parent == "evaluation" and len(loc) > 3:
+        model = SuiteEntry
+    if model is None:
+        return ""
+    return did_you_mean(str(loc[-1]), list(model.model_fields))
+
+
 def parse_experiment(raw: Any, source: str = "") -> Experiment:
     """Validate a mapping (e.g. parsed YAML) into an :class:`Experiment`, registries included."""
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"experiment{f' {source}' if source else ''} must be a mapping at the top level, got {type(raw).__name__}"
+            f"experiment{f' {source}' if source else ''} must be a mapping at the top level, "
+            f"got {type(raw).__name__}"
         )
+    load_plugins()
     try:
         exp = Experiment.model_validate(raw)
     except pydantic.ValidationError as e:
@@ -241,15 +388,14 @@ def parse_experiment(raw: Any, source: str = "") -> Experiment:
 
 
 def resolve(exp: Experiment) -> Experiment:
-    """Check registry names and arguments; fill registry defaults so the stored config is complete."""
+    """Check every registry name and argument; fill registry defaults so the stored config
+    is complete."""
+    load_plugins()
     from richrep.data import DATASETS, SHIFTS
     from richrep.models import ENCODERS
 
     data_params = DATASETS.validate(exp.data.dataset, exp.data.params, where="data.dataset/params")
-    source = [
-        ShiftSpec(name=s.name, params=SHIFTS.validate(s.name, s.params, where=f"data.source[{i}]"))
-        for i, s in enumerate(exp.data.source)
-    ]
+    source = [s.resolved(SHIFTS, f"data.source[{i}]") for i, s in enumerate(exp.data.source)]
     if "width" in exp.model.params:
         raise ConfigError(
             "model.params.width: set the width multiplier as model.width, not in params"
@@ -258,25 +404,63 @@ def resolve(exp: Experiment) -> Experiment:
         exp.model.encoder, exp.model.params, where="model.encoder/params"
     )
     enc_params.pop("width", None)
+    baselines = []
+    for i, b in enumerate(exp.training.baselines):
+        params = MEMBERS.validate(b.kind, b.params, where=f"training.baselines[{i}]")
+        baselines.append(Baseline(kind=b.kind, k=b.k, seeds=b.seeds, params=_jsonable(params)))
+    objective = exp.training.objective.resolved(OBJECTIVES, "training.objective")
+    needs = getattr(OBJECTIVES.entry(objective.name).fn, "needs", ())
+    if needs:
+        raise ConfigError(
+            f"training.objective: {objective.name!r} needs {list(needs)} besides the labels; "
+            f"it trains member kinds that supply them (e.g. a distill baseline), not the seeds"
+        )
+    training = exp.training.model_copy(
+        update={
+            "objective": objective,
+            "baselines": baselines,
+        }
+    )
     suite = []
     for i, entry in enumerate(exp.evaluation.suite):
-        shifts = [
-            ShiftSpec(
-                name=s.name,
-                params=SHIFTS.validate(
-                    s.name, s.params, where=f"evaluation.suite[{i}].shifts[{j}]"
-                ),
+        where = f"evaluation.suite[{i}]"
+        update: dict[str, Any] = {
+            "shifts": [
+                s.resolved(SHIFTS, f"{where}.shifts[{j}]") for j, s in enumerate(entry.shifts)
+            ],
+            "protocol": entry.protocol.resolved(PROTOCOLS, f"{where}.protocol"),
+        }
+        if entry.probe is not None:
+            update["probe"] = entry.probe.resolved(PROBES, f"{where}.probe")
+        if entry.dataset is not None:
+            update["params"] = _jsonable(
+                DATASETS.validate(entry.dataset, entry.params, where=f"{where}.dataset/params")
             )
-            for j, s in enumerate(entry.shifts)
-        ]
-        suite.append(entry.model_copy(update={"shifts": shifts}))
+        elif entry.params:
+            raise ConfigError(f"{where}.params: arguments given without a dataset")
+        suite.append(entry.model_copy(update=update))
+    evaluation = exp.evaluation.model_copy(
+        update={
+            "suite": suite,
+            "probe": exp.evaluation.probe.resolved(PROBES, "evaluation.probe"),
+            "floors": [
+                f.resolved(FLOORS, f"evaluation.floors[{i}]")
+                for i, f in enumerate(exp.evaluation.floors)
+            ],
+        }
+    )
+    runtime = exp.runtime.model_copy(
+        update={"engine": exp.runtime.engine.resolved(ENGINES, "runtime.engine")}
+    )
     return exp.model_copy(
         update={
             "data": exp.data.model_copy(
                 update={"params": _jsonable(data_params), "source": source}
             ),
             "model": exp.model.model_copy(update={"params": _jsonable(enc_params)}),
-            "evaluation": exp.evaluation.model_copy(update={"suite": suite}),
+            "training": training,
+            "evaluation": evaluation,
+            "runtime": runtime,
         }
     )
 
@@ -286,17 +470,19 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path) -> Experiment:
+    from richrep.yamlio import load_yaml
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"experiment file {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
+        text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read experiment file {p}: {e}") from None
-    return parse_experiment(raw, str(p))
+    return parse_experiment(load_yaml(text, str(p)), str(p))
 
 
 def dump_experiment(exp: Experiment) -> str:
+    import yaml
+
     return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)

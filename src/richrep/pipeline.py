@@ -1,105 +1,98 @@
-"""The whole job: data → training → representations → evaluation → report, through the store.
+"""The whole job: data → training → representations → evaluation → report, through the run
+folder. Each stage reads what the one before wrote; ``only`` reruns one stage.
 
-Each stage reads what the one before wrote; ``only`` reruns one stage from the store.
+A finished run's ``done`` marker records what it vouches for (the results' and report's sizes
+and hashes, the checkpoints' sidecars); rerunning a "complete" run checks them cheaply and
+redoes whatever is missing or changed instead of reporting that there is nothing to do.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from richrep.config import Experiment, dump_experiment, stable_hash
-from richrep.data import Task, apply_shifts, load_task
 from richrep.environment import describe
-from richrep.errors import StoreError
-from richrep.store import RunStore, read_json, write_atomic, write_json
-from richrep.training.device import resolve_device
-from richrep.training.engine import Progress
-from richrep.training.members import plan_members
+from richrep.run import Run
+from richrep.stages.evaluate import evaluate, preflight
+from richrep.stages.report import report
+from richrep.stages.train import train
+from richrep.store import read_json, sha256_file, verify, write_atomic, write_json
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
 
 
-def base_task(exp: Experiment) -> Task:
-    d = exp.data
-    return load_task(
-        d.dataset,
-        d.params,
-        val_fraction=d.val_fraction,
-        max_train_per_class=d.max_train_per_class,
-        seed=exp.seed,
-    )
+def results_hash(exp: Experiment) -> str:
+    """What the results depend on: the experiment without its runtime section."""
+    return stable_hash(exp.results_identity())
 
 
-def source_task(exp: Experiment, base: Task | None = None) -> Task:
-    """The task the members train on: the dataset with the ``data.source`` shifts applied."""
-    base = base if base is not None else base_task(exp)
-    return apply_shifts(base, [s.as_tuple() for s in exp.data.source], where="data.source")
+def vouched(run: Run) -> dict[str, Any]:
+    """What ``done`` vouches for: the results' and report's sizes and sha256, the checkpoints'
+    sizes."""
+    out: dict[str, Any] = {}
+    for p in (run.store.results, run.store.report):
+        if p.exists():
+            out[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    for m in run.members:
+        p = run.ledger.final(m.name)
+        if p.exists():
+            out[f"checkpoints/{p.name}"] = {"bytes": p.stat().st_size}
+    return out
 
 
-def preflight(exp: Experiment, base: Task) -> None:
-    """Apply the source and every suite entry's shifts to a miniature of the data, so a bad
-    class list, a shift that does not fit the data or a robustness target with other classes
-    fails before any training starts."""
-    from richrep.evaluation.protocols import check_target
-
-    mini = base.miniature()
-    source = apply_shifts(mini, [s.as_tuple() for s in exp.data.source], where="data.source")
-    for i, entry in enumerate(exp.evaluation.suite):
-        target = apply_shifts(
-            mini, [s.as_tuple() for s in entry.shifts], where=f"evaluation.suite[{i}].shifts"
-        )
-        check_target(entry, source, target)
-
-
-def full_hash(exp: Experiment) -> str:
-    return stable_hash(
-        exp.model_dump(
-            mode="json",
-            exclude={
-                "training": {"device", "threads", "engine", "strategy", "ray"},
-                "evaluation": {"device"},
-            },
-        )
-    )
-
-
-def open_run(exp: Experiment, out: Path) -> RunStore:
-    store = RunStore(Path(out) / exp.run_id())
-    if store.root.resolve().parent != Path(out).resolve():
-        raise StoreError(f"run name {exp.name!r} would leave the output directory {out}")
-    return store
+def is_complete(run: Run, log: Log = print) -> bool:
+    """Whether ``done`` exists for this experiment and everything it vouches for is intact."""
+    done = run.store.done
+    if not done.exists():
+        return False
+    try:
+        record = read_json(done)
+    except Exception:  # noqa: BLE001 - an unreadable marker vouches for nothing
+        return False
+    if not isinstance(record, dict) or record.get("results_hash") != results_hash(run.exp):
+        return False
+    for rel, want in record.get("files", {}).items():
+        p = run.store.root / rel
+        if not p.exists() or p.stat().st_size != want.get("bytes"):
+            log(f"{rel} is missing or changed since the run finished; redoing what it needs")
+            return False
+        if "sha256" in want and sha256_file(p) != want["sha256"]:
+            log(f"{rel} changed since the run finished; redoing what it needs")
+            return False
+    if not verify(run.store.results):
+        log("results.jsonl does not match its sidecar; redoing the evaluation")
+        return False
+    return True
 
 
 def run_experiment(
     exp: Experiment,
-    out: Path,
+    out: Path | str,
     *,
     only: Stage | None = None,
     wait: bool = False,
     log: Log = print,
     progress: Progress | None = None,
-) -> RunStore:
-    """Run (or resume) ``exp`` under ``out``; return its store. Finished work is reused."""
-    store = open_run(exp, out)
+    allow_missing: bool = False,
+) -> Run:
+    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused."""
+    run = Run.create(exp, Path(out))
+    store = run.store
     with store.lock(wait=wait):
-        if (
-            only is None
-            and store.done.exists()
-            and store.done.read_text().strip() == full_hash(exp)
-        ):
+        store.sweep_temporaries()
+        if only is None and is_complete(run, log):
             log(f"{store.root} is complete and up to date; nothing to do")
-            return store
+            return run
         write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
-        device = resolve_device(exp.training.device)
-        t0 = time.perf_counter()
-        base = base_task(exp)
-        preflight(exp, base)
-        task = source_task(exp, base)
-        env = describe(device)
+        run.mark_format()
+        preflight(run)
+        env = describe(run.device)
+        task = run.source_task
         env["source_task"] = {
             "name": task.name,
             "hash": task.hash,
@@ -108,43 +101,23 @@ def run_experiment(
             "test": len(task.test),
         }
         write_json(store.root / "env.json", env)
-        members = plan_members(exp, task.input_shape)
         if only in (None, "train"):
-            from richrep.training.engine import train_with_engine
-
-            status = train_with_engine(exp, task, members, store, progress)
-            failed = [m for m, s in status.items() if "failed" in s]
-            log(
-                f"trained {len(members) - len(failed)}/{len(members)} members in "
-                f"{time.perf_counter() - t0:.1f} s"
-                + (f"; failed: {', '.join(failed)}" if failed else "")
-            )
+            train(run, log=log, progress=progress)
         if only in (None, "evaluate"):
-            from richrep.evaluation.suite import evaluate_run
-
-            evaluate_run(exp, task, members, store, log=log, base=base)
+            evaluate(run, log=log, progress=progress, allow_missing=allow_missing)
         if only in (None, "report"):
-            from richrep.report.html import write_report
-
-            write_report(store, log=log)
+            report(run, log=log)
         if only is None:
-            write_atomic(store.done, (full_hash(exp) + "\n").encode())
+            record = {"results_hash": results_hash(exp), "files": vouched(run)}
+            write_atomic(store.done, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
         if only in (None, "report"):
-            from richrep.index import record
+            from richrep.index import record as index_record
 
-            record(store)
-    return store
-
-
-def load_run(run_dir: Path) -> tuple[Experiment, RunStore]:
-    """The experiment and store of an existing run folder."""
-    from richrep.config import load_experiment
-
-    store = RunStore(Path(run_dir))
-    if not store.exists():
-        raise StoreError(f"{run_dir} is not a richrep run folder (no config.yaml)")
-    return load_experiment(store.root / "config.yaml"), store
+            index_record(store)
+    return run
 
 
-def read_env(store: RunStore) -> dict:
-    return read_json(store.root / "env.json")
+def load_run(run_dir: Path | str) -> tuple[Experiment, Run]:
+    """The experiment and :class:`Run` of an existing run folder."""
+    run = Run.open(run_dir)
+    return run.exp, run

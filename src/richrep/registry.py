@@ -1,20 +1,27 @@
-"""Small decorator registries (one per kind: datasets, shifts, encoders, protocols, measures).
+"""Small decorator registries: one per axis of variation (datasets, shifts, encoders,
+objectives, member kinds, probes, protocols, floors, engines, measures).
 
-A plug-in is one function and one decorator::
+A plug-in is one function (or class) and one decorator::
 
     @SHIFTS.register("gaussian_noise")
     def gaussian_noise(task: Task, severity: int = 3) -> Task: ...
 
-Arguments are validated with pydantic from the function's annotations, so a bad value gets
-an error naming the entry, the argument and what was expected.
+Arguments are validated with pydantic from the entry's signature (a class: its ``__init__``),
+so a bad value gets an error naming the entry, the argument and what was expected, and an
+unknown name gets the choices and a "did you mean". An entry may carry display metadata
+(``label``, ``order``, ``marker``, ``color``, ``description``, ``metrics``…) for the tables,
+plots and report, so a new entry needs no edit anywhere else (timm's model registry has the
+same shape).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import inspect
+import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import pydantic
@@ -30,17 +37,32 @@ class Entry(Generic[F]):
     fn: F
     summary: str
     skip: int  # leading positional arguments supplied by richrep (e.g. the task), not the user
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def _callable(self) -> Callable[..., Any]:
+        return self.fn.__init__ if inspect.isclass(self.fn) else self.fn  # type: ignore[misc]
 
     def params(self) -> list[inspect.Parameter]:
-        return list(inspect.signature(self.fn).parameters.values())[self.skip :]
+        ps = list(inspect.signature(self._callable()).parameters.values())
+        if inspect.isclass(self.fn):
+            ps = ps[1:]  # self
+        return [
+            p
+            for p in ps[self.skip :]
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and not p.name.startswith("_")
+        ]
 
     def signature(self) -> str:
-        parts = []
-        for p in self.params():
-            parts.append(
-                p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
-            )
+        parts = [
+            p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+            for p in self.params()
+        ]
         return f"{self.name}({', '.join(parts)})"
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Registry(Generic[F]):
@@ -51,16 +73,24 @@ class Registry(Generic[F]):
         self.skip = skip
         self._entries: dict[str, Entry[F]] = {}
 
-    def register(self, name: str | None = None) -> Callable[[F], F]:
+    def register(self, name: str | None = None, **meta: Any) -> Callable[[F], F]:
+        """Register the decorated function or class as ``name`` (default: its ``__name__``)
+        with display metadata ``meta``."""
+
         def deco(fn: F) -> F:
             key = name or fn.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             doc = inspect.getdoc(fn) or ""
-            self._entries[key] = Entry(key, fn, doc.split("\n\n")[0].replace("\n", " "), self.skip)
+            summary = doc.split("\n\n")[0].replace("\n", " ").replace("``", "")
+            self._entries[key] = Entry(key, fn, summary, self.skip, dict(meta))
             return fn
 
         return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests and interactive sessions that re-register)."""
+        self._entries.pop(name, None)
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
@@ -75,20 +105,31 @@ class Registry(Generic[F]):
         if name not in self._entries:
             at = f"{where}: " if where else ""
             raise ConfigError(
-                f"{at}unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+                f"{at}unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
+                f"choose one of: {', '.join(self.names())}"
             )
         return self._entries[name]
+
+    def meta(self, name: str, key: str, default: Any = None) -> Any:
+        e = self._entries.get(name)
+        return default if e is None else e.meta.get(key, default)
 
     def validate(self, name: str, params: Mapping[str, Any], where: str = "") -> dict[str, Any]:
         """Check ``params`` against the entry's signature; return them coerced and completed."""
         entry = self.entry(name, where)
         at = f"{where}: " if where else ""
+        if not isinstance(params, Mapping):
+            raise ConfigError(
+                f"{at}arguments of {self.kind} {name!r} must be a mapping like {{arg: value}}, "
+                f"got {params!r}"
+            )
         accepted = {p.name: p for p in entry.params()}
         unknown = sorted(set(params) - set(accepted))
         if unknown:
+            hint = did_you_mean(unknown[0], list(accepted))
             raise ConfigError(
-                f"{at}{self.kind} {name!r} has no argument {', '.join(map(repr, unknown))}; "
-                f"it takes {entry.signature()}"
+                f"{at}{self.kind} {name!r} has no argument {', '.join(map(repr, unknown))}"
+                f"{hint}; it takes {entry.signature()}"
             )
         out: dict[str, Any] = {}
         for pname, p in accepted.items():
@@ -101,9 +142,9 @@ class Registry(Generic[F]):
                 continue
             ann = p.annotation if p.annotation is not inspect.Parameter.empty else Any
             try:
-                out[pname] = pydantic.TypeAdapter(_resolve(entry.fn, pname, ann)).validate_python(
-                    params[pname], strict=False
-                )
+                out[pname] = pydantic.TypeAdapter(
+                    _resolve(entry._callable(), pname, ann)
+                ).validate_python(params[pname], strict=False)
             except pydantic.ValidationError as e:
                 msg = "; ".join(err["msg"] for err in e.errors())
                 raise ConfigError(
@@ -117,8 +158,6 @@ class Registry(Generic[F]):
 
 def _resolve(fn: Callable[..., Any], pname: str, ann: Any) -> Any:
     if isinstance(ann, str):  # postponed annotations
-        import typing
-
         hints = typing.get_type_hints(fn, include_extras=True)
         return hints.get(pname, Any)
     return ann

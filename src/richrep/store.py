@@ -8,30 +8,39 @@ Layout::
                          <member>.partial.* while a member trains (resume point)
     features/            cached features, one safetensors file per (representation, data)
     results/             <suite entry>-<hash>.jsonl, one file per evaluated suite entry
+                         (written by write_jsonl: sidecar <...>.json holds sha256, bytes, rows)
     results.jsonl        the tidy rows of the current suite, gathered from results/
     plots/, report.html  the report
+    quarantine/          files found corrupt, moved aside (never deleted) with a .reason
     done                 written last: the run is complete
 
 The folder's hash covers what determines the trained models (data, model, training), so a
 changed evaluation suite reuses the training and evaluates only the new entries (DomainBed's
 sweep does the same with its argument hash and ``done`` marker).
+
+Files are created with the mode a plain ``open`` gives (``0o666 & ~umask``), never through a
+symbolic link; a file with a sidecar is vouched for by it (:func:`verify`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from richrep.errors import StoreError
 
@@ -60,24 +69,56 @@ def _disk_errors(path: Path) -> Iterator[None]:
         raise StoreError(f"cannot write {path}: {why}; earlier results are untouched") from None
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask, read without changing it (``/proc/self/status``). Elsewhere it is set
+    and restored under a lock, briefly to the strict 0o077 (never 0): a file another thread
+    creates meanwhile is at worst too private, never world-writable."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
     return mask
 
 
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~_umask()
+
+
+def _refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        raise StoreError(
+            f"{path} is a symbolic link; richrep will not write through it (remove the link "
+            f"and run again)"
+        )
+
+
 def _mkstemp(path: Path) -> tuple[int, str]:
-    """A temporary file beside ``path`` with the permissions a plain ``open`` would give."""
+    """A temporary file beside ``path`` (``O_EXCL``: never an existing file or link) with the
+    permissions a plain ``open`` would give."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        os.fchmod(fd, file_mode())
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return fd, tmp
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename: readers see the old
-    file or the new one, never a part."""
+    file or the new one, never a part. A ``path`` that is a symbolic link is refused."""
     path = Path(path)
     with _disk_errors(path):
+        _refuse_symlink(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _mkstemp(path)
         try:
@@ -108,30 +149,59 @@ def read_json(path: Path) -> Any:
 def save_tensors(
     path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None
 ) -> str:
-    """Save tensors as safetensors atomically, then a sidecar ``.json`` holding the file's
-    sha256 and ``meta``; return the hash. The sidecar is written last: no sidecar, no file."""
-    path = Path(path)
-    with _disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _mkstemp(path)
-        os.close(fd)
-        try:
-            clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            save_file(clean, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            digest = sha256_file(Path(tmp))
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    write_json(sidecar(path), {"sha256": digest, **(meta or {})})
+    """Save tensors as safetensors atomically, then a sidecar ``.json`` holding ``meta``, the
+    file's ``sha256`` and size (``bytes``); return the hash. The sidecar is written last: no
+    sidecar, no file.
+
+    The bytes are serialized in memory and written through :func:`write_atomic` (safetensors'
+    ``save_file`` would recreate the file itself, mode 0600, following no umask)."""
+    path = _with_sidecar(path)
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    data = save_bytes(clean)
+    write_atomic(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    write_json(sidecar(path), {**(meta or {}), "sha256": digest, "bytes": len(data)})
     return digest
 
 
 def sidecar(path: Path) -> Path:
+    """The integrity sidecar of ``path``: the same name with suffix ``.json`` (``x.safetensors``
+    and ``x.jsonl`` both have ``x.json``)."""
     return Path(path).with_suffix(".json")
+
+
+def _with_sidecar(path: Path) -> Path:
+    path = Path(path)
+    if sidecar(path) == path:
+        raise StoreError(f"{path}: a file with a sidecar cannot itself end in .json")
+    return path
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    try:
+        meta = read_json(sidecar(path))
+    except FileNotFoundError:
+        raise StoreError(
+            f"{path} has no sidecar {sidecar(path).name}: it was never finished"
+        ) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+        raise StoreError(f"{sidecar(path)} is not a valid sidecar (no sha256)")
+    return meta
+
+
+def _read_checked(path: Path, meta: dict[str, Any]) -> bytes:
+    """The bytes of ``path`` once their size and sha256 match ``meta`` (read once, so what is
+    checked is what is used)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{path} is missing (its sidecar exists)") from None
+    except OSError as e:
+        raise StoreError(f"{path} is unreadable ({e.strerror or e})") from None
+    size_ok = meta.get("bytes", len(data)) == len(data)
+    if not size_ok or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise StoreError(f"{path} does not match its recorded sha256: truncated or modified")
+    return data
 
 
 def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -141,26 +211,105 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     with or unreadable; callers retrain or recompute, never use a bad file.
     """
     path = Path(path)
+    meta = _read_sidecar(path)
+    data = _read_checked(path, meta)
     try:
-        meta = read_json(sidecar(path))
-    except FileNotFoundError:
-        raise StoreError(
-            f"{path} has no sidecar {sidecar(path).name}: it was never finished"
-        ) from None
-    if not path.exists():
-        raise StoreError(f"{path} is missing (its sidecar exists)")
-    if sha256_file(path) != meta.get("sha256"):
-        raise StoreError(f"{path} does not match its recorded sha256: truncated or modified")
-    try:
-        return load_file(path), meta
+        return load_bytes(data), meta
     except (SafetensorError, OSError, ValueError) as e:
         raise StoreError(f"{path} is not a readable safetensors file ({e})") from None
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Write ``rows`` as JSON lines (keys sorted) atomically, then the sidecar
+    ``{"sha256", "bytes", "rows"}`` (:func:`sidecar`, written last); return the sha256.
+
+    The old sidecar is removed first, so a crash in between leaves a file without a sidecar
+    ("never finished"), never a stale sidecar vouching for new data."""
+    path = _with_sidecar(path)
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    with _disk_errors(path), contextlib.suppress(FileNotFoundError):
+        sidecar(path).unlink()
+    write_atomic(path, data)
+    digest = hashlib.sha256(data).hexdigest()
+    write_json(sidecar(path), {"sha256": digest, "bytes": len(data), "rows": len(rows)})
+    return digest
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a file written by :func:`write_jsonl`, after checking size, sha256 and row
+    count against its sidecar. Raises :class:`StoreError` (never a JSON error) when the file or
+    its sidecar is missing, truncated, modified or not JSON lines of objects."""
+    path = Path(path)
+    meta = _read_sidecar(path)
+    data = _read_checked(path, meta)
+    bad = f"{path} is truncated or modified"
+    try:
+        rows = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    except (UnicodeDecodeError, ValueError) as e:
+        raise StoreError(f"{bad}: not JSON lines ({e})") from None
+    if len(rows) != meta.get("rows", len(rows)):
+        raise StoreError(f"{bad}: {len(rows)} rows, its sidecar records {meta['rows']}")
+    if not all(isinstance(r, dict) for r in rows):
+        raise StoreError(f"{bad}: a line is not a JSON object")
+    return rows
+
+
+def verify(path: Path, deep: bool = True) -> bool:
+    """Whether ``path`` is intact: a regular file whose size (and, if ``deep``, sha256) match
+    its sidecar. Never raises; a missing file or sidecar is ``False``."""
+    path = Path(path)
+    try:
+        meta = _read_sidecar(path)
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if "bytes" in meta and st.st_size != meta["bytes"]:
+            return False
+        return not deep or sha256_file(path) == meta["sha256"]
+    except OSError:  # StoreError included
+        return False
+
+
 def remove(path: Path) -> None:
+    """Delete ``path`` and its sidecar: only for richrep's own temporary or partial files;
+    a user's file, or one found corrupt, goes to :func:`quarantine`."""
     for p in (Path(path), sidecar(path)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+
+
+def _run_root(path: Path) -> Path:
+    for d in path.parents:
+        if (d / "config.yaml").is_file():
+            return d
+    return path.parent
+
+
+def quarantine(path: Path, reason: str, root: Path | None = None) -> Path:
+    """Move ``path`` (and its sidecar) into ``<root>/quarantine/<UTC time>-<name>`` by an atomic
+    rename, write ``<that>.reason`` holding ``reason``, and return the new path so the caller
+    can log "moved X to Y: reason". ``root`` defaults to the run folder holding ``path`` (the
+    nearest parent with a ``config.yaml``), else ``path``'s folder. Raises StoreError."""
+    path = Path(path)
+    qdir = Path(root if root is not None else _run_root(path)) / "quarantine"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    dest = qdir / f"{stamp}-{path.name}"
+    try:
+        qdir.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            if not dest.exists() and not dest.is_symlink():
+                break
+            dest = qdir / f"{stamp}-{i}-{path.name}"
+        os.rename(path, dest)
+        side = sidecar(path)
+        if side != path and (side.exists() or side.is_symlink()):
+            os.rename(side, sidecar(dest))
+    except OSError as e:
+        why = "it is on another file system" if e.errno == errno.EXDEV else e.strerror or str(e)
+        raise StoreError(f"cannot move {path} to {qdir}: {why}") from None
+    with contextlib.suppress(OSError):
+        write_atomic(dest.with_name(dest.name + ".reason"), f"{path}\n{reason}\n".encode())
+    return dest
 
 
 class RunStore:
@@ -168,6 +317,16 @@ class RunStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def sweep_temporaries(self) -> list[Path]:
+        """Remove temporary files left by killed writers (``.<name>.*.tmp``); call it only while
+        holding the run's lock, when no writer of this run can be alive."""
+        gone = []
+        for p in self.root.rglob(".*.tmp"):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+        return gone
 
     @property
     def checkpoints(self) -> Path:
@@ -197,13 +356,33 @@ class RunStore:
     def done(self) -> Path:
         return self.root / "done"
 
-    def checkpoint(self, member: str, partial: bool = False) -> Path:
-        return self.checkpoints / (
-            f"{member}.partial.safetensors" if partial else f"{member}.safetensors"
-        )
-
     def exists(self) -> bool:
         return (self.root / "config.yaml").exists()
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """:func:`quarantine` into this run's ``quarantine/`` folder."""
+        return quarantine(path, reason, root=self.root)
+
+    def _open_lock(self) -> int:
+        """``run.lock`` opened without following a symbolic link (refused: writing the holder's
+        pid through it would overwrite whatever it points to)."""
+        path = self.root / "run.lock"
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+        with _disk_errors(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, flags, 0o666)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.EMLINK) or path.is_symlink():
+                    raise StoreError(
+                        f"{path} is a symbolic link; richrep will not write through it "
+                        f"(remove it and run again)"
+                    ) from None
+                raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{path} is not a regular file; remove it and run again")
+        return fd
 
     @contextlib.contextmanager
     def lock(self, wait: bool = False) -> Iterator[None]:
@@ -211,15 +390,13 @@ class RunStore:
         is busy. The lock dies with its process, so a killed run never leaves it stuck."""
         import fcntl
 
-        with _disk_errors(self.root):
-            self.root.mkdir(parents=True, exist_ok=True)
-            f = open(self.root / "run.lock", "a+")  # noqa: SIM115
+        f = os.fdopen(self._open_lock(), "r+")
         try:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 f.seek(0)
-                holder = f.read().strip() or "another process"
+                holder = f.read(200).strip() or "another process"
                 raise StoreError(
                     f"run {self.root} is busy: {holder} is working on it; wait for it to finish "
                     f"(or pass --wait to queue behind it)"

@@ -10,6 +10,7 @@ arrays or torch tensors on any device; computed in torch on X's device with floa
 * Unit level (Li et al. 2015, "Convergent Learning"): :func:`correlation_matrix`,
   :func:`match_units`, :func:`sparse_prediction`, :func:`spectral_clusters`.
 * :func:`permutation_test` and :func:`pairwise` over any measure.
+* :func:`compare_seeds`: "are the seeds different?", all of the above over K seeds of a run.
 
 ``MEASURES`` registers the scalar measures by name; ``is_similarity(name)`` tells the direction.
 """
@@ -37,9 +38,11 @@ from richrep.analysis.matching import (
     spectral_clusters,
 )
 from richrep.analysis.measures import MEASURES, is_similarity
+from richrep.analysis.seeds import DEFAULT_MEASURES, compare_seeds
 from richrep.analysis.stats import PermutationResult, pairwise, permutation_test
 
 __all__ = [
+    "DEFAULT_MEASURES",
     "MEASURES",
     "Clustering",
     "Matching",
@@ -48,6 +51,7 @@ __all__ = [
     "StreamingCKA",
     "canonical_correlations",
     "cka_gram",
+    "compare_seeds",
     "correlation_matrix",
     "dead_units",
     "debiased_cka",

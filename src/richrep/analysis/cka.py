@@ -15,7 +15,7 @@ not positive (constant input, or a degenerate tiny sample).
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -185,28 +185,62 @@ def gram_linear(X: Array) -> torch.Tensor:
     return x @ x.T
 
 
-def gram_rbf(X: Array, sigma_frac: float = 0.8) -> torch.Tensor:
-    """The RBF kernel exp(−|x_i − x_j|² / 2σ²), σ = ``sigma_frac`` × median pairwise distance.
+RBFMedian = Literal["reference", "distinct_pairs"]
+"""Which squared distances the RBF bandwidth's median is taken over (see :func:`gram_rbf`)."""
 
-    As in Kornblith et al. (2019). The median is over distinct pairs (i < j); if it is 0
-    (mostly duplicate rows) the median of the nonzero distances is used; if all rows are equal
-    the kernel is all ones (and CKA 0).
+
+def _median(v: torch.Tensor) -> float:
+    """numpy's median of a 1-d tensor (the mean of the two middle values when even)."""
+    m = v.numel()
+    hi = float(torch.kthvalue(v, m // 2 + 1).values)
+    return hi if m % 2 else 0.5 * (hi + float(torch.kthvalue(v, m // 2).values))
+
+
+def _sq_median(sq: torch.Tensor, median: str) -> float:
+    """The median squared distance of the bandwidth; if it is 0 (mostly duplicate rows), the
+    median of the nonzero squared distances; 0.0 when all rows are equal."""
+    n = sq.shape[0]
+    if median == "reference":  # all n² entries, diagonal zeros included; numpy's median
+        flat = sq.flatten()
+        med = _median(flat)
+        if med <= 0.0:
+            pos = flat[flat > 0]
+            med = _median(pos) if pos.numel() else 0.0
+        return med
+    pairs = sq[torch.ones(n, n, dtype=torch.bool, device=sq.device).triu_(1)]
+    med = float(pairs.median()) if pairs.numel() else 0.0  # torch: the lower middle value
+    if med <= 0.0:
+        pos = pairs[pairs > 0]
+        med = float(pos.median()) if pos.numel() else 0.0
+    return med
+
+
+def gram_rbf(X: Array, sigma_frac: float = 0.8, median: RBFMedian = "reference") -> torch.Tensor:
+    """The RBF kernel exp(−|x_i − x_j|² / 2σ²) with σ = ``sigma_frac`` × √(median |x_i − x_j|²).
+
+    ``sigma_frac`` is the ``threshold`` of Kornblith et al. (2019)'s reference code: a fraction
+    of the median distance (their demo uses 0.5, their function's default is 1.0).
+    ``median="reference"`` takes numpy's median over the full n×n matrix of squared distances,
+    its n zero diagonal entries included, as their ``gram_rbf`` does, so published RBF-CKA
+    values are reproduced. ``"distinct_pairs"`` (richrep's former convention) takes torch's
+    median (the lower middle value) over the pairs i < j only, which gives a slightly larger σ.
+    If the median is 0 (mostly duplicate rows; the reference would divide by 0) the median of
+    the nonzero squared distances is used; if all rows are equal the kernel is all ones (CKA 0).
     """
     if not sigma_frac > 0:
         raise ConfigError(f"rbf kernel: sigma_frac must be > 0; got {sigma_frac}")
+    if median not in ("reference", "distinct_pairs"):
+        raise ConfigError(
+            f"rbf kernel: median must be 'reference' or 'distinct_pairs'; got {median!r}"
+        )
     x = as_features(X, "X").to(torch.float64)
     x = x - x.mean(0)
     sq_norm = x.square().sum(1)
     sq = (sq_norm[:, None] + sq_norm[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)
     sq.fill_diagonal_(0.0)
-    n = sq.shape[0]
-    pairs = sq[torch.ones(n, n, dtype=torch.bool, device=sq.device).triu_(1)]
-    med = float(pairs.median()) if pairs.numel() else 0.0
+    med = _sq_median(sq, median)
     if med <= 0.0:
-        pos = pairs[pairs > 0]
-        if pos.numel() == 0:
-            return torch.ones_like(sq)
-        med = float(pos.median())
+        return torch.ones_like(sq)
     return sq.mul_(-1.0 / (2.0 * sigma_frac**2 * med)).exp_()
 
 
@@ -276,9 +310,13 @@ def rbf_cka(
     debiased: bool = False,
     max_samples: Annotated[int, Field(ge=4)] = 4000,
     seed: int = 0,
+    median: RBFMedian = "reference",
 ) -> float:
-    """RBF-kernel CKA, σ = ``sigma_frac`` × median pairwise distance (Kornblith et al. 2019).
+    """RBF-kernel CKA (Kornblith et al. 2019), σ = ``sigma_frac`` × √(median squared distance).
 
+    ``sigma_frac`` is the reference code's ``threshold``; ``median`` picks the convention of
+    the median (default: the reference's, over all n² entries; see :func:`gram_rbf`), so
+    ``rbf_cka(X, Y, sigma_frac=0.5)`` equals their ``cka(gram_rbf(X, 0.5), gram_rbf(Y, 0.5))``.
     Needs n×n Gram matrices (O(n²) memory, float64), so when n > ``max_samples`` it uses a
     random subset of ``max_samples`` rows (the same rows of X and Y, drawn with ``seed``).
     """
@@ -290,4 +328,4 @@ def rbf_cka(
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n, generator=g)[:max_samples].to(x.device)
         x, y = x[idx], y[idx]
-    return cka_gram(gram_rbf(x, sigma_frac), gram_rbf(y, sigma_frac), debiased)
+    return cka_gram(gram_rbf(x, sigma_frac, median), gram_rbf(y, sigma_frac, median), debiased)

@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
+from richrep.data.checks import integer_ids
 from richrep.data.datasets import DATASETS, RawData
 from richrep.data.splits import stratified_split
 from richrep.errors import DataError
+
+HOW_TO_SAVE = "np.savez(path, x=x, y=y) (numeric x, integer y)"
+NDIM = {"vector": 2, "signal": 3, "image": 4}
 
 
 @DATASETS.register("npz")
@@ -20,21 +26,30 @@ def npz(
     path: str,
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2,
     kind: Literal["auto", "image", "signal", "vector"] = "auto",
+    scale: Literal["auto", "none"] | Annotated[float, Field(gt=0)] = "auto",
+    split_seed: Annotated[int, Field(ge=0)] | None = None,
 ) -> RawData:
-    """Arrays from an .npz: x (N, ...) and integer y (N,); x_test/y_test, groups optional."""
+    """Arrays from an .npz: x (N, ...) and integer y (N,); x_test/y_test, groups optional.
+
+    ``x`` may hold any real dtype (bool, int, uint, float); tasks hold float32. ``scale``:
+    ``"auto"`` divides uint8 inputs by 255 (to [0, 1]) and keeps others as stored, ``"none"``
+    keeps all as stored, a number divides the inputs by it (e.g. 65535 for uint16 images).
+    ``x_test`` gets the same treatment as ``x``. Without ``x_test``, a stratified
+    ``test_fraction`` of the examples is held out for testing, drawn with ``split_seed``
+    (default: the experiment's seed). ``info`` records ``scaled`` and ``test_split``.
+    """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"npz file {p} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{p} is not a readable .npz file ({e})") from None
+    arrays = _read(p)
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise DataError(f"{p} lacks array(s) {missing}; it has {sorted(arrays)} (need x and y)")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{p}: give both x_test and y_test, or neither")
+    if "groups_test" in arrays and "x_test" not in arrays:
+        raise DataError(f"{p}: groups_test without x_test; give x_test and y_test too")
+    sets = [("x", "y", "groups")] + [("x_test", "y_test", "groups_test")] * ("x_test" in arrays)
+    for xk, yk, gk in sets:
+        _check_set(p, arrays, xk, yk, gk)
     x, y, g = arrays["x"], arrays["y"], arrays.get("groups")
     if x.ndim == 3 and kind in ("auto", "image"):
         x = x[:, None]
@@ -42,12 +57,108 @@ def npz(
             arrays["x_test"] = arrays["x_test"][:, None]
     if kind == "auto":
         kind = {2: "vector", 4: "image"}.get(x.ndim, "signal")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"{p}: y must have shape ({x.shape[0]},) to match x, got {y.shape}")
+    if x.ndim != NDIM[kind]:
+        raise DataError(
+            f"{p}: kind={kind!r} needs x of {NDIM[kind]} dimensions (N, ...), got {x.shape}"
+        )
+    divisor = _divisor(p, scale, x.dtype, arrays.get("x_test"))
+    info = {"path": str(p), "dtype": str(x.dtype), "scaled": "none"}
+    if divisor is not None:
+        info["scaled"] = f"{x.dtype}/{divisor:g}"
+    x = _divide(x, divisor)
     if "x_test" in arrays:
-        xt, yt, gt = arrays["x_test"], arrays["y_test"], arrays.get("groups_test")
+        xt = _divide(arrays["x_test"], divisor)
+        yt, gt = arrays["y_test"], arrays.get("groups_test")
+        info["test_split"] = {"from": "x_test"}
     else:
-        train, test = stratified_split(y, test_fraction, 0, "npz-test")
+        seed = 0 if split_seed is None else split_seed
+        train, test = stratified_split(y, test_fraction, seed, "npz-test")
         xt, yt, gt = x[test], y[test], None if g is None else g[test]
         x, y, g = x[train], y[train], None if g is None else g[train]
-    return RawData(x, y, xt, yt, kind=kind, class_names=(), g_train=g, g_test=gt)
+        info["test_split"] = {"from": "x", "fraction": test_fraction, "seed": seed}
+    return RawData(x, y, xt, yt, kind=kind, class_names=(), g_train=g, g_test=gt, info=info)
+
+
+def _read(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of the .npz at ``p``; :class:`DataError` saying what the file is otherwise."""
+    if not p.exists():
+        raise DataError(f"npz file {p} does not exist")
+    if not p.is_file():
+        raise DataError(f"npz file {p} is not a file")
+    with p.open("rb") as fh:
+        head = fh.read(6)
+    if head == b"\x93NUMPY":
+        raise DataError(f"{p} is a .npy file, not a .npz archive; save with {HOW_TO_SAVE}")
+    if head[:1] == b"\x80":
+        raise DataError(_pickled(p))
+    if not head.startswith(b"PK"):
+        what = "empty" if not head else "not a zip archive"
+        raise DataError(f"{p} is not a readable .npz file ({what}); save with {HOW_TO_SAVE}")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise DataError(_pickled(p)) from None
+        raise DataError(f"{p} is not a readable .npz file ({e})") from None
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{p} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    odd = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if odd:
+        raise DataError(f"{p} is not a readable .npz file: members {odd} are not .npy arrays")
+    return arrays
+
+
+def _pickled(p: Path) -> str:
+    return (
+        f"{p} holds pickled Python objects (e.g. an object or ragged array), which richrep "
+        "refuses to load for safety (unpickling can run code); save plain arrays with "
+        + HOW_TO_SAVE
+    )
+
+
+def _check_set(p: Path, arrays: dict[str, np.ndarray], xk: str, yk: str, gk: str) -> None:
+    """Check one set (x, y, groups) in place: shapes, dtypes, integer labels and groups."""
+    x, y = arrays[xk], arrays[yk]
+    if x.ndim < 2:
+        fix = "; for one feature per example use x[:, None]" if x.ndim == 1 else ""
+        raise DataError(f"{p}: {xk} must have shape (N, features...), got {x.shape}{fix}")
+    if x.shape[0] == 0:
+        raise DataError(f"{p}: {xk} holds 0 examples")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{p}: {xk} must hold real numbers (bool, int or float), got {x.dtype}")
+    n = x.shape[0]
+    if y.shape != (n,):
+        raise DataError(f"{p}: {yk} must have shape ({n},) to match {xk}, got {y.shape}")
+    arrays[yk] = integer_ids(y, f"labels ({yk})", str(p))
+    if gk in arrays:
+        if arrays[gk].shape != (n,):
+            raise DataError(
+                f"{p}: {gk} must have shape ({n},) to match {xk}, got {arrays[gk].shape}"
+            )
+        arrays[gk] = integer_ids(arrays[gk], f"group ids ({gk})", str(p))
+
+
+def _divisor(
+    p: Path, scale: str | float, dtype: np.dtype, x_test: np.ndarray | None
+) -> float | None:
+    """What to divide the inputs by for ``scale`` and ``x``'s dtype (None: nothing)."""
+    if scale == "none":
+        return None
+    if scale != "auto":
+        return float(scale)
+    if x_test is not None and x_test.dtype != dtype and np.uint8 in (dtype, x_test.dtype):
+        warnings.warn(
+            f"{p}: x is {dtype} but x_test is {x_test.dtype}; scale='auto' treats both as x "
+            "(set `scale` to choose)",
+            stacklevel=3,
+        )
+    return 255.0 if dtype == np.uint8 else None
+
+
+def _divide(x: np.ndarray, divisor: float | None) -> np.ndarray:
+    """``x / divisor`` in floating point (float32 for types up to 16 bits, else float64);
+    ``x`` itself without a divisor (the task converts it to float32)."""
+    if divisor is None:
+        return x
+    return x.astype(np.float32 if x.dtype.itemsize <= 2 else np.float64) / divisor

@@ -7,6 +7,7 @@ every dataset, from the data seed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from richrep.data.checks import integer_ids
 from richrep.data.splits import per_class_sample, stratified_split
 from richrep.data.task import Split, Task
-from richrep.errors import DataError
+from richrep.errors import ConfigError, DataError
 from richrep.registry import Registry
 
 
@@ -45,9 +47,18 @@ def load_task(
     seed: int = 0,
 ) -> Task:
     """Load ``dataset`` and split it: train / validation (stratified ``val_fraction`` of the
-    training pool) / test. ``seed`` fixes the split; the task records how to rebuild it."""
+    training pool) / test. ``seed`` fixes the split; the task records how to rebuild it.
+
+    A dataset with an argument ``split_seed`` (e.g. ``npz``, which may carve its test set) gets
+    ``seed`` there unless the user set it. What the dataset reports about itself (``RawData.info``,
+    e.g. ``test_split`` and ``scaled``) lands in ``task.recipe["info"]``."""
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
     params = DATASETS.validate(dataset, params or {}, where="data.dataset")
-    raw = DATASETS.build(dataset, **params)
+    call = dict(params)
+    if "split_seed" in call and call["split_seed"] is None:  # unset: follow ``seed``
+        call["split_seed"] = seed
+    raw = DATASETS.build(dataset, **call)
     recipe = {
         "dataset": dataset,
         "params": params,
@@ -55,20 +66,31 @@ def load_task(
         "max_train_per_class": max_train_per_class,
         "seed": seed,
         "shifts": [],
+        "info": raw.info,
     }
     return task_from_raw(raw, dataset, recipe)
 
 
 def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
-    x_pool, y_pool, g_pool = _check_arrays(raw.x_train, raw.y_train, raw.g_train, "train")
-    x_test, y_test, g_test = _check_arrays(raw.x_test, raw.y_test, raw.g_test, "test")
+    where = f"dataset {name!r}" + (f" ({raw.info['path']})" if "path" in raw.info else "")
+    x_pool, y_pool, g_pool = _check_arrays(raw.x_train, raw.y_train, raw.g_train, where, "train")
+    x_test, y_test, g_test = _check_arrays(raw.x_test, raw.y_test, raw.g_test, where, "test")
     labels = np.unique(np.concatenate([y_pool, y_test]))
-    if labels.min() < 0:
-        raise DataError(f"dataset {name!r}: labels must be non-negative, found {labels.min()}")
-    classes = tuple(range(int(labels.max()) + 1))
-    names = raw.class_names or tuple(str(c) for c in classes)
-    if len(names) < len(classes):
-        raise DataError(f"dataset {name!r}: {len(names)} class names for {len(classes)} classes")
+    classes = _class_ids(labels, where)
+    for which, y in (("train", y_pool), ("test", y_test)):
+        if len(y) == 0:
+            raise DataError(f"{where}: the {which} set holds 0 examples")
+    if classes != tuple(range(len(classes))):  # relabel 0..C-1; classes[i] keeps the original id
+        y_pool, y_test = np.searchsorted(labels, y_pool), np.searchsorted(labels, y_test)
+    if raw.class_names and len(raw.class_names) <= classes[-1]:
+        raise DataError(
+            f"{where}: {len(raw.class_names)} class names for class ids up to {classes[-1]}"
+        )
+    names = (
+        tuple(raw.class_names[c] for c in classes)
+        if raw.class_names
+        else tuple(str(c) for c in classes)
+    )
     vf = recipe["val_fraction"]
     if not 0.0 < vf < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {vf}")
@@ -81,7 +103,7 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
         if idx is not None:
             x, y, g = x[idx], y[idx], (None if g is None else g[idx])
         return Split(
-            torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=not x.flags.writeable)),
+            torch.from_numpy(_float32(x)),
             torch.from_numpy(y.astype(np.int64)),
             None if g is None else torch.from_numpy(g.astype(np.int64)),
         )
@@ -92,37 +114,70 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
         val=split(x_pool, y_pool, g_pool, held),
         test=split(x_test, y_test, g_test, None),
         classes=classes,
-        class_names=tuple(names[: len(classes)]),
+        class_names=names,
         kind=raw.kind,
         recipe=recipe,
     )
     return task.check()
 
 
+def _class_ids(labels: np.ndarray, where: str) -> tuple[int, ...]:
+    """The sorted distinct label ids; refuse negative or absurdly sparse ones, warn on gaps."""
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{where}: labels must be non-negative, found {labels.min()}")
+    n, top = len(labels), int(labels.max(initial=-1))
+    if top > 10 * n + 100:
+        raise DataError(
+            f"{where}: label ids go up to {top} but only {n} distinct labels occur; labels "
+            f"must be class ids 0..C-1: remap them, e.g. "
+            "`classes, y = np.unique(y, return_inverse=True)`"
+        )
+    if top >= n:
+        warnings.warn(
+            f"{where}: label ids {_short(labels)} are not 0..{n - 1}; using {n} classes, "
+            "label i standing for id classes[i]",
+            stacklevel=2,
+        )
+    return tuple(int(c) for c in labels)
+
+
+def _short(a: np.ndarray) -> str:
+    items = [str(int(v)) for v in a[:8]]
+    return "{" + ", ".join(items) + (", …}" if len(a) > 8 else "}")
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    """``x`` as a writeable, C-ordered float32 array (copied only when needed)."""
+    out = np.asarray(x, dtype=np.float32, order="C")
+    return out if out.flags.writeable else out.copy()
+
+
 def _check_arrays(
-    x: Any, y: Any, g: Any, which: str
+    x: Any, y: Any, g: Any, where: str, which: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2:
-        raise DataError(f"{which} inputs must have a sample axis and features, got shape {x.shape}")
+        raise DataError(
+            f"{where}: {which} inputs must have a sample axis and features, got shape {x.shape}"
+        )
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"{which} labels must have shape ({x.shape[0]},), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if (
-            np.issubdtype(y.dtype, np.floating)
-            and np.all(np.isfinite(y))
-            and np.all(y == np.round(y))
-        ):
-            y = y.astype(np.int64)
-        else:
-            raise DataError(f"{which} labels must be integers, got dtype {y.dtype}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{which} inputs must be numeric, got dtype {x.dtype}")
-    bad = int((~np.isfinite(x)).sum()) if np.issubdtype(x.dtype, np.floating) else 0
-    if bad:
-        raise DataError(f"{which} inputs hold {bad} NaN/inf values")
+        raise DataError(f"{where}: {which} labels must have shape ({x.shape[0]},), got {y.shape}")
+    y = integer_ids(y, f"{which} labels", where)
+    if x.dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: {which} inputs must be real numbers (bool, int or float), "
+            f"got dtype {x.dtype}"
+        )
+    if x.dtype.kind == "f":
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise DataError(f"{where}: {which} inputs hold {bad} NaN/inf values")
+        big = float(np.finfo(np.float32).max)
+        if x.dtype.itemsize > 4 and x.size and max(-float(x.min()), float(x.max())) > big:
+            raise DataError(f"{where}: {which} inputs exceed the float32 range (±{big:.3g})")
     if g is not None:
         g = np.asarray(g)
         if g.shape != y.shape:
-            raise DataError(f"{which} groups must have shape {y.shape}, got {g.shape}")
+            raise DataError(f"{where}: {which} groups must have shape {y.shape}, got {g.shape}")
+        g = integer_ids(g, f"{which} groups", where)
     return x, y, g

@@ -81,14 +81,17 @@ def generate(
 def mnist1d(
     num_samples: Annotated[int, Field(ge=100)] = 5000,
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2,
-    seed: int = 42,
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 42,
     iid_noise_scale: Annotated[float, Field(ge=0)] = 2e-2,
     corr_noise_scale: Annotated[float, Field(ge=0)] = 0.25,
     shear_scale: Annotated[float, Field(ge=0)] = 0.75,
     max_translation: Annotated[int, Field(ge=1)] = 48,
     scale_coeff: Annotated[float, Field(ge=0)] = 0.4,
 ) -> RawData:
-    """MNIST-1D: 10 classes of 40-sample 1-D signals from the ``mnist1d`` generator (offline)."""
+    """MNIST-1D: 10 classes of 40-sample 1-D signals from the ``mnist1d`` generator (offline).
+
+    ``seed`` (0 to 2**32 - 1) fixes the generated examples and which of them are the test set.
+    """
     x, y = generate(
         num_samples,
         seed,

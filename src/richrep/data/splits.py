@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from richrep.errors import ConfigError
+
 
 def rng(seed: int, *salt: object) -> np.random.Generator:
     """An independent numpy generator for ``(seed, *salt)`` (never the global RNG)."""
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
     entropy = [seed] + [abs(hash_str(str(s))) for s in salt]
     return np.random.default_rng(np.random.SeedSequence(entropy))
 

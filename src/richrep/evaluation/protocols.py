@@ -1,33 +1,35 @@
-"""Evaluation protocols. Each fits a probe on frozen features and reports test accuracy; every
-row says which protocol made it.
+"""Evaluation protocols (``PROTOCOLS``). A protocol evaluates one representation on one target
+and returns typed rows (:class:`~richrep.results.Row`) naming the protocol and the metric.
 
-- ``transfer``: the target re-fits the head on its own training data (at several sizes per
-  class, since learned representations matter most when target labels are few).
-- ``robustness``: the head is fit on the source task and tested on the shifted test set.
+- ``transfer``: the target re-fits the probe on its own training data, at several sizes per
+  class (learned representations matter most when target labels are few), several draws each.
+- ``robustness``: the probe is fit on the source task and tested on the shifted test set.
 
-Regularization is always chosen on validation data carved from the training data the probe
-is given (the paper tuned on test; we do not): test data reaches a probe only through
-``score``.
+Regularization is always chosen on validation data carved from the training data the probe is
+given (the paper tuned on test; we do not): test data reaches a probe only through ``score``.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from richrep.config import ProbeConfig, SuiteEntry
+from richrep.config import Spec, SuiteEntry
+from richrep.cpu_policy import probe_compute_policy
 from richrep.data import Split, Task
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
-from richrep.registry import Registry
-from richrep.representations import Featurizer, Representation
-
-Row = dict[str, Any]
+from richrep.evaluation.features import resolve_device
+from richrep.evaluation.probe_entries import make_probe
+from richrep.registries import PROTOCOLS
+from richrep.representations import Representation
+from richrep.representations.features import Featurizer
+from richrep.results import Row
 
 
 @dataclass
@@ -36,9 +38,11 @@ class Context:
 
     featurizer: Featurizer
     source: Task
-    probe: ProbeConfig
+    probe: Spec  # the default probe (evaluation.probe)
     seed: int
+    run: str = ""
     device: str = "cpu"
+    info: dict[str, Any] = field(default_factory=dict)  # target facts every row records
     fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
     _pools: dict[str, Split] = field(default_factory=dict)
     _sets: dict[str, tuple[Split, list[tuple[Any, int, torch.Tensor]]]] = field(
@@ -51,13 +55,40 @@ class Context:
             self._pools[task.hash] = pool(task)
         return self._pools[task.hash]
 
+    def make_probe(self, entry: SuiteEntry, draw: int = 0) -> Any:
+        spec = entry.probe or self.probe
+        return make_probe(spec.name, dict(spec.params), seed=self.seed + draw, device=self.device)
+
+    def row(
+        self, entry: SuiteEntry, rep: Representation, metric: str, value: float, n: int, **kw: Any
+    ) -> Row:
+        """A result row of ``rep`` on ``entry``, the fields every row shares filled in."""
+        extra = {**self.info, **kw.pop("extra", {})}
+        return Row(
+            run=self.run,
+            entry=entry.name,
+            protocol=entry.protocol.name,
+            representation=rep.kind,
+            column=rep.column,
+            k=rep.k,
+            seeds=tuple(rep.seeds),
+            dim=rep.dim,
+            params=rep.params,
+            metric=metric,
+            value=float(value),
+            n=int(n),
+            shift="|".join(s.label() for s in entry.shifts) or "none",
+            extra=extra,
+            **kw,
+        )
+
     def probe_sets(
         self, target: Task, entry: SuiteEntry
     ) -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
-        """The data a transfer entry's probes train on and the (size, draw, indices) sets into it.
-        Without an ``all`` size the data is only the examples some draw uses, so features of
+        """The data a transfer entry's probes train on and the (size, draw, indices) sets into
+        it. Without an ``all`` size the data is only the examples some draw uses, so features of
         the rest of the pool are never extracted. Made once per entry, shared by every
-        representation."""
+        representation (so all are compared on identical data)."""
         key = f"{target.hash}|{entry.name}"
         if key not in self._sets:
             train = self.pool(target)
@@ -72,15 +103,11 @@ class Context:
         return self._sets[key]
 
 
-PROTOCOLS: Registry[Callable[..., list[Row]]] = Registry("protocol", skip=4)
-
-
 def draws(
     labels: torch.Tensor, entry: SuiteEntry, seed: int
 ) -> list[tuple[Any, int, torch.Tensor]]:
     """(size, draw, indices) of every probe training set of a transfer entry: ``entry.draws``
-    random draws of n examples per class for each size n, and all examples for ``all``. The
-    same draws serve every representation, so they are compared on identical data."""
+    random draws of n examples per class for each size n, and all examples for ``all``."""
     out = []
     for size in entry.sizes:
         if size == "all":
@@ -92,14 +119,6 @@ def draws(
     return out
 
 
-def make_probe(kind: str, cfg: ProbeConfig, seed: int, device: str) -> Any:
-    from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
-
-    if kind == "nearest_mean":
-        return NearestMeanProbe()
-    return LinearProbe(Cs=tuple(cfg.Cs), max_iter=cfg.max_iter, random_state=seed, device=device)
-
-
 def pool(task: Task) -> Split:
     """All labelled target training data: the task's train and validation splits together."""
     g = None
@@ -108,87 +127,120 @@ def pool(task: Task) -> Split:
     return Split(torch.cat([task.train.x, task.val.x]), torch.cat([task.train.y, task.val.y]), g)
 
 
-def _row(rep: Representation, probe: Any, value: float, n: int, **extra: Any) -> Row:
-    return {
-        "representation": rep.kind,
-        "k": rep.k,
-        "seeds": list(rep.seeds),
-        "dim": rep.dim,
-        "params": rep.params,
-        "metric": "accuracy",
-        "value": float(value),
-        "n": n,
-        "C": float(getattr(probe, "C_", float("nan"))),
-        "converged": bool(getattr(probe, "solver_stats_", {}).get("converged", True)),
-        **extra,
-    }
-
-
 def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
-    """Fit ``probe`` on training data only; a solver that stops at ``max_iter`` is recorded in
-    the row (``converged``) rather than warned about once per probe."""
-    with warnings.catch_warnings():
+    """Fit ``probe`` on training data only, under the probe compute policy
+    (:mod:`richrep.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
+    (``converged``) rather than warned about once per probe."""
+    device = resolve_device(getattr(probe, "device", "cpu"), X)
+    with (
+        warnings.catch_warnings(),
+        probe_compute_policy(
+            X.shape[0] * max(X.shape[1], 1), device, getattr(probe, "dtype", "float32")
+        ),
+    ):
         warnings.simplefilter("ignore", ConvergenceWarning)
         return probe.fit(X, y)
 
 
-@PROTOCOLS.register("transfer")
-def transfer(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> list[Row]:
-    """Fit the probe on the target's training data (per-class sizes, several draws), test on its test set."""
-    data, sets = ctx.probe_sets(target, entry)
-    feats = ctx.featurizer(rep, data)
-    x_test = ctx.featurizer(rep, target.test)
-    rows = []
-    for size, d, idx in sets:
-        probe = make_probe(entry.probe, ctx.probe, ctx.seed + d, ctx.device)
-        fit(probe, feats[idx], data.y[idx])
-        acc = probe.score(x_test, target.test.y)
-        rows.append(
-            _row(
-                rep,
-                probe,
-                acc,
-                len(target.test),
-                protocol="transfer",
-                size=size,
-                draw=d,
-                train_n=len(idx),
+def probe_facts(probe: Any) -> dict[str, Any]:
+    """What a row records about a fitted probe: its chosen C and whether it converged."""
+    return {
+        "C": float(getattr(probe, "C_", float("nan"))),
+        "converged": bool(getattr(probe, "solver_stats_", {}).get("converged", True)),
+    }
+
+
+@PROTOCOLS.register(
+    "transfer", metrics=("accuracy",), description="probe refit on the target's own training data"
+)
+class Transfer:
+    """Fit the probe on the target's training data (n examples per class, several draws, and
+    all), test on its test set."""
+
+    def evaluate(
+        self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
+    ) -> list[Row]:
+        data, sets = ctx.probe_sets(target, entry)
+        feats = ctx.featurizer(rep, data)
+        x_test = ctx.featurizer(rep, target.test)
+        rows = []
+        for size, d, idx in sets:
+            probe = fit(ctx.make_probe(entry, d), feats[idx], data.y[idx])
+            acc = probe.score(x_test, target.test.y)
+            counts = torch.bincount(data.y[idx])
+            per_class = int(counts[counts > 0].min()) if len(idx) else 0  # the real n per class
+            rows.append(
+                ctx.row(
+                    entry,
+                    rep,
+                    "accuracy",
+                    acc,
+                    len(target.test),
+                    size=size,
+                    draw=d,
+                    train_n=len(idx),
+                    extra={**probe_facts(probe), "per_class": per_class},
+                )
             )
-        )
-    return rows
+        return rows
 
 
 def check_target(entry: SuiteEntry, source: Task, target: Task) -> None:
     """A robustness target must hold the source's classes, in the source's order."""
-    if entry.protocol == "robustness" and target.classes != source.classes:
+    if entry.protocol.name == "robustness" and target.classes != source.classes:
         raise ConfigError(
-            f"suite entry {entry.name!r}: robustness tests the source head, so the target must keep "
-            f"the source classes {list(source.classes)}; it has {list(target.classes)} "
+            f"suite entry {entry.name!r}: robustness tests the source head, so the target must "
+            f"keep the source classes {list(source.classes)}; it has {list(target.classes)} "
             f"(add the source's `classes` shift to its shifts)"
         )
 
 
-@PROTOCOLS.register("robustness")
-def robustness(ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> list[Row]:
+@PROTOCOLS.register(
+    "robustness", metrics=("accuracy",), description="probe fit on the source, tested shifted"
+)
+class Robustness:
     """Fit the probe on the source task's training data, test on the shifted test set."""
-    check_target(entry, ctx.source, target)
-    key = f"{rep.id}|{entry.probe}"
-    if key not in ctx.fitted:
-        train = ctx.pool(ctx.source)
-        probe = make_probe(entry.probe, ctx.probe, ctx.seed, ctx.device)
-        fit(probe, ctx.featurizer(rep, train), train.y)
-        ctx.fitted[key] = (probe, len(train))
-    probe, n_train = ctx.fitted[key]
-    acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
-    return [
-        _row(
-            rep,
-            probe,
-            acc,
-            len(target.test),
-            protocol="robustness",
-            size="all",
-            draw=0,
-            train_n=n_train,
-        )
-    ]
+
+    def check(self, entry: SuiteEntry, source: Task, target: Task) -> None:
+        check_target(entry, source, target)
+
+    def evaluate(
+        self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
+    ) -> list[Row]:
+        check_target(entry, ctx.source, target)
+        spec = entry.probe or ctx.probe
+        key = f"{rep.id}|{spec.label()}"
+        if key not in ctx.fitted:
+            train = ctx.pool(ctx.source)
+            probe = fit(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y)
+            ctx.fitted[key] = (probe, len(train))
+        probe, n_train = ctx.fitted[key]
+        acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
+        return [
+            ctx.row(
+                entry,
+                rep,
+                "accuracy",
+                acc,
+                len(target.test),
+                size="all",
+                draw=0,
+                train_n=n_train,
+                extra=probe_facts(probe),
+            )
+        ]
+
+
+def protocol_of(entry: SuiteEntry) -> Any:
+    """The protocol object of a suite entry (its arguments validated)."""
+    return PROTOCOLS.build(
+        entry.protocol.name, where=f"suite entry {entry.name}", **entry.protocol.params
+    )
+
+
+def check_entries(entries: Sequence[SuiteEntry], source: Task, targets: Sequence[Task]) -> None:
+    """Each protocol's own check of its target (e.g. robustness needs the source classes)."""
+    for entry, target in zip(entries, targets, strict=True):
+        proto = protocol_of(entry)
+        if hasattr(proto, "check"):
+            proto.check(entry, source, target)

@@ -1,43 +1,118 @@
-"""Aggregates computed from the tidy rows (never stored by hand): mean, std, n, 95% interval."""
+"""Aggregates computed from the tidy rows (never stored by hand): mean, std, n, 95% intervals of a
+mean and of a difference of means (paired over draws, or Welch)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from scipy import stats
 
+LEVEL = 0.95
 
-def summarize(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample std, n and the half-width of a 95% Student-t interval of the mean."""
+
+def summarize(values: Sequence[float], level: float = LEVEL) -> dict[str, float]:
+    """Mean, sample std, n and the half-width of a Student-t interval of the mean (NaN if n<2)."""
     n = len(values)
     mean = sum(values) / n if n else math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+    half = t_quantile(n - 1, level) * std / math.sqrt(n) if n > 1 else math.nan
     return {"mean": mean, "std": std, "n": n, "ci95": half}
 
 
+def t_quantile(df: float, level: float = LEVEL) -> float:
+    """The two-sided Student-t critical value for ``df`` degrees of freedom."""
+    return float(stats.t.ppf(0.5 + level / 2, df))
+
+
+def draw_id(row: Any) -> Hashable:
+    """Which replicate of the probe's training examples a row measures: (draw, episode)."""
+    return (row.get("draw", 0) or 0, row.get("episode"))
+
+
 def aggregate(
-    rows: Iterable[dict[str, Any]], keys: Sequence[str], metric: str = "accuracy"
+    rows: Iterable[Any], keys: Sequence[str], metric: str | None = "accuracy"
 ) -> list[dict[str, Any]]:
-    """Group rows by ``keys`` and summarize their ``value`` (only rows of ``metric``)."""
+    """Group rows (``Row`` objects or dicts) by ``metric`` and ``keys`` and summarize ``value``.
+
+    Only rows of ``metric`` are kept (every metric, each its own group, with ``metric=None``).
+    Each group also carries ``values`` and ``by_draw`` (draw id -> values) for paired
+    comparisons, and the ``dim``/``params`` of its first row. Non-finite values are skipped.
+    """
     groups: dict[tuple, list[float]] = {}
-    first: dict[tuple, dict[str, Any]] = {}
+    draws: dict[tuple, dict[Hashable, list[float]]] = {}
+    first: dict[tuple, Any] = {}
     for r in rows:
-        if r.get("metric") != metric:
+        m = r.get("metric", "accuracy")
+        if metric is not None and m != metric:
             continue
-        key = tuple(_hashable(r.get(k)) for k in keys)
-        groups.setdefault(key, []).append(float(r["value"]))
+        v = float(r.get("value"))
+        if not math.isfinite(v):
+            continue
+        key = (m, *(_hashable(r.get(k)) for k in keys))
+        groups.setdefault(key, []).append(v)
+        draws.setdefault(key, {}).setdefault(draw_id(r), []).append(v)
         first.setdefault(key, r)
     out = []
     for key, vals in groups.items():
         row = {k: first[key].get(k) for k in keys}
+        row["metric"] = key[0]
         row.update(summarize(vals))
+        row["values"] = vals
+        row["by_draw"] = draws[key]
         row["dim"] = first[key].get("dim")
         row["params"] = first[key].get("params")
         out.append(row)
     return out
+
+
+def welch_interval(
+    mean_a: float,
+    std_a: float,
+    n_a: int,
+    mean_b: float,
+    std_b: float,
+    n_b: int,
+    level: float = LEVEL,
+) -> dict[str, Any] | None:
+    """The difference ``mean_a - mean_b`` of two independent means with the half-width of its
+    Welch (Satterthwaite) interval; None when neither side has two values.
+
+    A side with one value has no variance of its own: it is taken to vary like the other side
+    (so the interval is that of one more draw of the other side's spread, df of the other)."""
+    if n_a < 1 or n_b < 1 or (n_a < 2 and n_b < 2):
+        return None
+    diff = mean_a - mean_b
+    if n_a < 2 or n_b < 2:
+        std, n = (std_b, n_b) if n_a < 2 else (std_a, n_a)
+        half = t_quantile(n - 1, level) * std * math.sqrt(1 / n_a + 1 / n_b)
+        return {"mean": diff, "ci95": half, "n": min(n_a, n_b), "method": "welch"}
+    va, vb = std_a**2 / n_a, std_b**2 / n_b
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"mean": diff, "ci95": 0.0, "n": min(n_a, n_b), "method": "welch"}
+    df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+    return {"mean": diff, "ci95": t_quantile(df, level) * se, "n": min(n_a, n_b), "method": "welch"}
+
+
+def paired_difference(
+    a_by_draw: Mapping[Hashable, Sequence[float]],
+    b_by_draw: Mapping[Hashable, Sequence[float]],
+    level: float = LEVEL,
+) -> dict[str, Any] | None:
+    """The mean over shared draws of (mean of ``a`` − mean of ``b``) on each draw, with the
+    half-width of its t-interval over draws; None when fewer than two draws are shared."""
+    common = [d for d in a_by_draw if d in b_by_draw and a_by_draw[d] and b_by_draw[d]]
+    if len(common) < 2:
+        return None
+    diffs = [_mean(a_by_draw[d]) - _mean(b_by_draw[d]) for d in common]
+    s = summarize(diffs, level)
+    return {"mean": s["mean"], "ci95": s["ci95"], "n": len(common), "method": "paired"}
+
+
+def _mean(v: Sequence[float]) -> float:
+    return sum(v) / len(v)
 
 
 def _hashable(v: Any) -> Any:

@@ -1,144 +1,280 @@
-"""The self-contained HTML report of a run (figures embedded), written atomically."""
+"""The self-contained HTML report, rendered from plain data (``ReportData``) with Jinja2,
+autoescaped: every string from a run (entry, member and measure names, errors, config) is
+escaped. Figures are written under ``plots/`` and embedded as data URIs; the page is written
+atomically."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import html
+import hashlib
 import json
-from collections.abc import Callable
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from richrep.report.plots import accuracy_vs_k
-from richrep.report.tables import Comparison, build_comparison
-from richrep.store import RunStore, read_json, write_atomic
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
-h1{font-size:1.6rem} h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0} th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left} td.best{font-weight:bold;background:#eef8ee}
-td.pos{color:#1a7f37} td.neg{color:#c0392b} .figs{display:flex;flex-wrap:wrap;gap:1rem} .figs img{max-width:580px;border:1px solid #eee}
-.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5rem 1rem} code,pre{background:#f6f8fa;font-size:.8rem}
-pre{padding:.5rem;overflow:auto} .muted{color:#777;font-size:.85rem}
-"""
+from richrep.report import plots as P
+from richrep.report.seeds import seed_context, seed_plots
+from richrep.report.summary import summary_lines
+from richrep.report.tables import (
+    Comparison,
+    build_comparison,
+    caption,
+    count,
+    kind_display,
+    metrics,
+)
+from richrep.results import Row
+from richrep.store import write_atomic
 
-Section = Callable[[RunStore], str]
-
-
-def sections() -> list[Section]:
-    """Extra sections, each empty when its stage has not run."""
-    from richrep.analysis.run import report_section
-
-    return [report_section]
+TEMPLATES = Path(__file__).parent / "templates"
 
 
-def write_report(store: RunStore, log: Callable[[str], None] = print) -> None:
-    """Draw the plots and write ``report.html`` from the run's ``results.jsonl``."""
-    from richrep.config import load_experiment
-    from richrep.evaluation.suite import read_results
+@dataclass
+class ReportData:
+    """Everything the report shows, gathered by the report stage (no run folder needed)."""
 
-    exp = load_experiment(store.root / "config.yaml")
-    rows = read_results(store)
-    entries = [e.name for e in exp.evaluation.suite]
-    comp = build_comparison(rows, entries)
-    figs = []
-    for e in entries:
-        if any(r["entry"] == e for r in rows):
-            figs.append(accuracy_vs_k(rows, e, store.plots / f"accuracy_vs_k-{e}.png"))
-    env = read_json(store.root / "env.json") if (store.root / "env.json").exists() else {}
-    parts = [
-        f"<h1>richrep report — {html.escape(exp.name)}</h1>",
-        f"<p class=muted>run <code>{html.escape(store.root.name)}</code> · written "
-        f"{dt.datetime.now().isoformat(timespec='seconds')} · {len(rows)} result rows</p>",
-        _intro(exp),
-        "<h2>Results</h2>",
-        "<p>Test accuracy, mean ± std over seed subsets (catK) or seeds (single) and draws of the "
-        "target training examples. <b>transfer</b>: the probe is fit on the target's own training "
-        "data (n per class); <b>robustness</b>: fit on the source task, tested on the shifted test set. "
-        "Regularization is chosen on validation data carved from the probe's training data.</p>",
-        _table_html(comp),
-        "<h2>Accuracy against K</h2><div class=figs>",
-        *[
-            f"<img alt='{html.escape(p.stem)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-            for p in figs
-        ],
-        "</div>",
-        _members_html(store),
-        *[s(store) for s in sections()],
-        "<h2>Reproduce</h2><p>Config (resolved) and environment:</p>",
-        f"<details><summary>config.yaml</summary><pre>{html.escape((store.root / 'config.yaml').read_text())}</pre></details>",
-        f"<details><summary>env.json</summary><pre>{html.escape(json.dumps(env, indent=2))}</pre></details>",
+    name: str
+    run_id: str
+    rows: list[Row]
+    entries: list[str] = field(default_factory=list)  # suite order
+    entry_protocols: dict[str, str] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)  # entry -> 1 / classes
+    intro: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)
+    analysis: dict[str, Any] | None = None  # the seed-analysis summary
+    config_text: str = ""
+    env: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def environment() -> Environment:
+    """The Jinja2 environment of the report: autoescape on, undefined names are errors."""
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = num
+    env.filters["count"] = lambda n: count(n) if isinstance(n, int) else num(n)
+    return env
+
+
+def num(v: Any, digits: int = 3, signed: bool = False) -> str:
+    """A number with ``digits`` decimals; anything else as text (escaped by the template)."""
+    if v is None:
+        return "–"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:+,}" if signed else f"{v:,}"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def slug(s: str) -> str:
+    """A file-name-safe form of ``s`` (a short hash keeps distinct names distinct)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s)).strip("._")[:48] or "x"
+    if safe == str(s):
+        return safe
+    return f"{safe}-{hashlib.sha1(str(s).encode()).hexdigest()[:8]}"
+
+
+def table_view(comp: Comparison, digits: int = 3) -> dict[str, Any]:
+    """The comparison as plain strings and CSS classes for the template."""
+    head = [
+        {"text": c, "title": kind_display(comp.column_info[c].kind).description or ""}
+        for c in comp.columns
     ]
-    page = f"<!doctype html><html><head><meta charset=utf-8><title>richrep · {html.escape(exp.name)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    write_atomic(store.report, page.encode())
-    log(f"report: {store.report}")
-
-
-def _intro(exp: Any) -> str:
-    src = ", ".join(s.label() for s in exp.data.source) or "all classes"
-    seeds = exp.training.seed_list
-    return (
-        f"<p>{len(seeds)} seeds of <code>{html.escape(exp.model.encoder)}</code> (width {exp.model.width}) "
-        f"trained on <code>{html.escape(exp.data.dataset)}</code> [{html.escape(src)}] for "
-        f"{exp.training.epochs} epochs ({exp.training.optimizer}, lr {exp.training.lr}, weight decay "
-        f"{exp.training.weight_decay}). <b>catK</b> concatenates K seeds' penultimate features "
-        f"(Zhang &amp; Bottou, ICML 2023); <b>wideK</b> is one network with as many encoder parameters as catK; "
-        f"<b>wide_dimK</b> one network with catK's feature dimension; <b>jointK</b> K towers trained "
-        f"together with one head; <b>input</b> the raw input; <b>randomK</b> catK of the untrained encoders.</p>"
-    )
-
-
-def _table_html(c: Comparison) -> str:
-    head = ["target", *c.columns]
-    if c.cat_max:
-        head.append(f"{c.cat_max} − single")
-        if c.wide_col:
-            head.append(f"{c.cat_max} − {c.wide_col}")
-    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    for (label, cells), (_, gs, gw) in zip(c.rows, c.gains, strict=True):
-        best = max((cells[col].mean for col in c.columns if col in cells), default=None)
-        tds = [f"<td>{html.escape(label)}</td>"]
-        for col in c.columns:
-            cell = cells.get(col)
-            cls = " class=best" if cell and cell.mean == best else ""
-            tds.append(f"<td{cls}>{html.escape(cell.text()) if cell else ''}</td>")
-        for g in ([gs] + ([gw] if c.wide_col else [])) if c.cat_max else []:
-            cls = "" if g is None else (" class=pos" if g > 0 else " class=neg")
-            tds.append(f"<td{cls}>{'' if g is None else f'{g:+.3f}'}</td>")
-        out.append("<tr>" + "".join(tds) + "</tr>")
-    out.append(
-        "<tr><td class=muted>feature dim / encoder params</td>"
-        + "".join(
-            f"<td class=muted>{c.meta[col]['dim']} / {c.meta[col]['params']:,}</td>"
-            for col in c.columns
-        )
-        + "</tr>"
-    )
-    out.append("</table>")
-    return "".join(out)
-
-
-def _members_html(store: RunStore) -> str:
+    head += [
+        {"text": g.name, "title": "95% interval; coloured when it excludes 0"}
+        for g in comp.gain_columns
+    ]
     rows = []
-    for side in sorted(store.checkpoints.glob("*.json")):
-        if side.name.endswith(".partial.json"):
-            continue
-        meta = read_json(side)
-        if side.name.endswith(".failed.json"):
-            m = meta["member"]
-            rows.append(
-                f"<tr><td>{m['name']}</td><td>{m['seed']}</td><td colspan=5 class=neg>failed: {html.escape(meta['error'])}</td></tr>"
+    for r in comp.rows:
+        best, tied = comp.best(r), comp.tied(r)
+        cells = []
+        for c in comp.columns:
+            x = r.cells.get(c)
+            if x is None:
+                cells.append({"text": "", "sub": "", "title": "", "cls": ""})
+                continue
+            cls = (
+                "best" if c in best else ("tie" if not best and len(tied) > 1 and c in tied else "")
             )
-            continue
-        m = meta["member"]
-        rows.append(
-            f"<tr><td>{m['name']}</td><td>{m['seed']}</td><td>{meta['encoder_params']:,}</td><td>{meta['feature_dim']}</td>"
-            f"<td>{meta['val_acc']:.3f}</td><td>{meta['train_seconds']:.1f}</td><td>{meta['precision']} / {meta['device']}</td></tr>"
+            title = f"mean {x.mean:.{digits + 1}f}, std {x.std:.{digits + 1}f}, n={x.n}; {x.ci_text(digits)}"
+            if cls == "tie":
+                title += "; within noise of the highest mean"
+            sub = (
+                f"[{x.low:.{digits}f}, {x.high:.{digits}f}]"
+                if x.ci95 is not None
+                else "n=1: no interval"
+            )
+            cells.append({"text": x.text(digits), "sub": sub, "title": title, "cls": cls})
+        for g in comp.gain_columns:
+            x = r.gains.get(g.name)
+            if x is None:
+                cells.append({"text": "", "sub": "", "title": "", "cls": ""})
+                continue
+            cls = ("pos" if x.diff > 0 else "neg") if x.significant else "ns"
+            sub = (
+                f"[{x.low:+.{digits}f}, {x.high:+.{digits}f}]"
+                if x.ci95 is not None
+                else "no interval"
+            )
+            cells.append(
+                {"text": x.text(digits), "sub": sub, "title": x.ci_text(digits), "cls": cls}
+            )
+        rows.append({"label": r.label, "cells": cells})
+    dims = [
+        f"{comp.column_info[c].dim} / {count(comp.column_info[c].params)}" for c in comp.columns
+    ]
+    return {
+        "metric": comp.metric,
+        "caption": caption(comp),
+        "head": head,
+        "rows": rows,
+        "dims": dims + [""] * len(comp.gain_columns),
+    }
+
+
+def _intro_sentence(intro: dict[str, Any]) -> str:
+    g = intro.get
+    parts = []
+    if g("seeds") is not None:
+        n = len(g("seeds")) if isinstance(g("seeds"), list | tuple) else g("seeds")
+        parts.append(f"{n} seeds of")
+    if g("encoder"):
+        parts.append(
+            str(g("encoder")) + (f" (width {g('width')})" if g("width") is not None else "")
         )
-    return (
-        "<h2>Trained members</h2><table><tr><th>member</th><th>seed</th><th>encoder params</th>"
-        "<th>feature dim</th><th>source val acc</th><th>train s</th><th>precision / device</th></tr>"
-        + "".join(rows)
-        + "</table>"
+    if g("dataset"):
+        src = f" [{g('source')}]" if g("source") else ""
+        parts.append(f"trained on {g('dataset')}{src}")
+    if g("epochs") is not None:
+        parts.append(f"for {g('epochs')} epochs")
+    opt = ", ".join(
+        f"{label} {g(k)}" if label else str(g(k))
+        for k, label in (("optimizer", ""), ("lr", "lr"), ("weight_decay", "weight decay"))
+        if g(k) is not None
     )
+    if opt:
+        parts.append(f"({opt})")
+    return (" ".join(parts) + ".") if parts else ""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _figure(path: Path, caption_text: str) -> dict[str, str]:
+    return {"src": _data_uri(path), "alt": caption_text, "caption": caption_text}
+
+
+def render_html(data: ReportData, out_dir: Path) -> str:
+    """Draw the plots under ``out_dir/plots`` and return the page."""
+    plots_dir = Path(out_dir) / "plots"
+    comps = [build_comparison(data.rows, data.entries, m) for m in metrics(data.rows)]
+    comps = [c for c in comps if c.rows]
+    entries = list(data.entries) + [
+        e for e in dict.fromkeys(r.entry for r in data.rows) if e not in data.entries
+    ]
+    figures = []
+    for comp in comps:
+        for e in entries:
+            if not any(r.target.entry == e for r in comp.rows):
+                continue
+            path = plots_dir / f"{slug(comp.metric)}_vs_k-{slug(e)}.png"
+            P.metric_vs_k(
+                data.rows,
+                e,
+                path,
+                metric=comp.metric,
+                protocol=data.entry_protocols.get(e),
+                chance=_float(data.chance.get(e)),
+            )
+            figures.append(_figure(path, f"{comp.metric} against K: {e}"))
+    curves = P.training_curves(data.members, plots_dir / "training_curves.png")
+    seeds = None
+    if data.analysis:
+        seeds = seed_context(data.analysis)
+        seeds["figures"] = [
+            _figure(p, p.stem.replace("_", " ")) for p in seed_plots(data.analysis, plots_dir)
+        ]
+    kinds = list(
+        dict.fromkeys(i.kind for c in comps for i in (c.column_info[x] for x in c.columns))
+    )
+    context = {
+        "data": data,
+        "written": dt.datetime.now().isoformat(timespec="seconds"),
+        "summary": summary_lines(comps[0], data.entries, data.entry_protocols) if comps else [],
+        "summary_metric": comps[0].metric if comps else "",
+        "intro": _intro_sentence(data.intro),
+        "intro_items": [(str(k), _plain(v)) for k, v in data.intro.items()],
+        "kinds": [
+            {
+                "label": kind_display(k).label.replace("{k}", "K"),
+                "text": kind_display(k).description,
+            }
+            for k in kinds
+        ],
+        "tables": [table_view(c) for c in comps],
+        "figures": figures,
+        "members": [_member_view(m) for m in data.members],
+        "curves": _figure(curves, "training curves") if curves else None,
+        "seeds": seeds,
+        "env_text": json.dumps(data.env, indent=2, sort_keys=True, default=str),
+    }
+    return environment().get_template("report.html.j2").render(**context)
+
+
+def write_report(data: ReportData, out_dir: Path) -> Path:
+    """Write the plots under ``out_dir/plots/`` and ``out_dir/report.html`` (atomically)."""
+    out_dir = Path(out_dir)
+    page = render_html(data, out_dir)
+    path = out_dir / "report.html"
+    write_atomic(path, page.encode("utf-8"))
+    return path
+
+
+def _float(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
+def _member_view(m: dict[str, Any]) -> dict[str, Any]:
+    failed = str(m.get("status", "finished")) != "finished"
+    sd = m.get("precision"), m.get("device")
+    return {
+        "name": m.get("name", "?"),
+        "kind": m.get("kind", ""),
+        "k": m.get("k", ""),
+        "seed": m.get("seed", ""),
+        "status": m.get("status", "finished"),
+        "failed": failed,
+        "error": m.get("error") or "",
+        "params": m.get("encoder_params"),
+        "dim": m.get("feature_dim"),
+        "val_acc": m.get("val_acc"),
+        "seconds": m.get("train_seconds"),
+        "where": " / ".join(str(x) for x in sd if x is not None),
+        "epochs": len(m.get("history") or []) if isinstance(m.get("history"), list) else 0,
+    }
+
+
+def comparison_html(comp: Comparison) -> str:
+    """One comparison table as an HTML fragment (escaped), for pages other than the report."""
+    return environment().get_template("comparison.html.j2").render(t=table_view(comp))

@@ -1,8 +1,11 @@
-"""Plots: accuracy against K per target, with the baselines and floors marked."""
+"""Plots: a metric against K per target entry (catK line, baselines as markers, floors as lines
+in their group's colour, chance), and training curves per member. PNGs written atomically."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,87 +14,187 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from richrep.evaluation.stats import aggregate  # noqa: E402
+from richrep.report.tables import build_comparison, clean, kind_display  # noqa: E402
 
-MARKERS = {"wide": ("s", "tab:red"), "wide_dim": ("D", "tab:purple"), "joint": ("^", "tab:green")}
+FLOOR_STYLES = {"input": "--", "random": ":"}  # other floors: dash-dot
 
 
-def accuracy_vs_k(rows: Sequence[dict[str, Any]], entry: str, path: Path) -> Path:
-    """One panel: a line per (protocol, size) of single/catK mean ± std against K, baselines as
-    markers at their K, the input and random floors as dashed lines."""
-    rows = [r for r in rows if r["entry"] == entry]
-    agg = aggregate(rows, ("protocol", "size", "representation", "k"))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    groups = sorted(
-        {(a["protocol"], str(a["size"])) for a in agg},
-        key=lambda g: (g[0], 1e9 if g[1] == "all" else int(g[1])),
-    )
+def mpl_text(s: Any) -> str:
+    """Untrusted text made literal for matplotlib (no mathtext, no control characters)."""
+    return clean(s).replace("\\", "\\\\").replace("$", r"\$")
+
+
+def metric_vs_k(
+    rows: Sequence[Any],
+    entry: str,
+    path: Path,
+    *,
+    metric: str = "accuracy",
+    protocol: str | None = None,
+    chance: float | None = None,
+) -> Path:
+    """One panel per entry: per (protocol, size) group a colour; its single/catK line over K with
+    95% intervals as error bars, the baselines as markers at their K (marker from the kind's
+    display), its floors as horizontal lines of the same colour; chance as a grey line."""
+    mine = [r for r in rows if r.get("entry") == entry]
+    comp = build_comparison(mine, [entry], metric)
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (proto, size) in enumerate(groups):
+    kinds_seen: dict[str, Any] = {}
+    ks: set[int] = set()
+    protos = list(dict.fromkeys(r.target.protocol for r in comp.rows))
+    for i, row in enumerate(comp.rows):
         color = colors[i % len(colors)]
-        mine = [a for a in agg if a["protocol"] == proto and str(a["size"]) == size]
+        t = row.target
+        group = " · ".join(t.parts[1:] if len(protos) > 1 else t.parts[2:])
+        by_kind: dict[str, list[tuple[int, Any]]] = {}
+        for col, cell in row.cells.items():
+            info = comp.column_info[col]
+            by_kind.setdefault(info.kind, []).append((info.k, cell))
         line = sorted(
-            (a for a in mine if a["representation"] in ("single", "cat")), key=lambda a: a["k"]
+            (kc for kind, v in by_kind.items() if kind_display(kind).line for kc in v),
+            key=lambda kc: kc[0],
         )
-        label = f"{proto}, {size if size == 'all' else size + '/class'}"
-        ax.errorbar(
-            [a["k"] for a in line],
-            [a["mean"] for a in line],
-            yerr=[a["std"] for a in line],
-            marker="o",
-            color=color,
-            capsize=3,
-            label=f"catK ({label})",
-        )
-        for a in mine:
-            if a["representation"] in MARKERS:
-                m, _ = MARKERS[a["representation"]]
-                ax.errorbar(
-                    [a["k"]],
-                    [a["mean"]],
-                    yerr=[a["std"]],
-                    marker=m,
-                    color=color,
-                    ms=8,
-                    mfc="white",
-                    capsize=2,
-                    linestyle="none",
-                )
-            elif a["representation"] in ("input", "random"):
-                ax.axhline(
-                    a["mean"],
-                    color=color,
-                    lw=1,
-                    linestyle="--" if a["representation"] == "input" else ":",
-                )
-    present = {a["representation"] for a in agg}
-    for name, (m, _) in MARKERS.items():
-        if name in present:
-            ax.plot([], [], marker=m, mfc="white", color="0.3", linestyle="none", label=name)
-    if "input" in present:
-        ax.plot([], [], "--", color="0.3", label="input floor")
-    if "random" in present:
-        ax.plot([], [], ":", color="0.3", label="random floor")
-    ax.set_xlabel("K (seeds concatenated)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(entry)
+        if line:
+            ks.update(k for k, _ in line)
+            ax.errorbar(
+                [k for k, _ in line],
+                [c.mean for _, c in line],
+                yerr=[_err(c) for _, c in line],
+                marker="o",
+                color=color,
+                capsize=3,
+                label=mpl_text(f"single/catK · {group}"),
+            )
+        for kind, v in by_kind.items():
+            d = kind_display(kind)
+            if d.line:
+                continue
+            v.sort(key=lambda kc: kc[0])
+            if d.floor:
+                style = FLOOR_STYLES.get(kind, "-.")
+                kinds_seen[kind] = ("floor", style)
+                if len(v) == 1:
+                    ax.axhline(v[0][1].mean, color=color, lw=1.1, linestyle=style)
+                else:
+                    ax.plot([k for k, _ in v], [c.mean for _, c in v], style, color=color, lw=1.1)
+                continue
+            kinds_seen[kind] = ("marker", d.marker)
+            ks.update(k for k, _ in v)
+            ax.errorbar(
+                [k for k, _ in v],
+                [c.mean for _, c in v],
+                yerr=[_err(c) for _, c in v],
+                marker=d.marker,
+                color=color,
+                ms=8,
+                mfc="white",
+                capsize=2,
+                linestyle="none",
+            )
+    for kind, (how, style) in kinds_seen.items():
+        label = mpl_text(kind_display(kind).label.replace("{k}", "K"))
+        if how == "marker":
+            ax.plot([], [], marker=style, mfc="white", color="0.3", ls="none", label=label)
+        else:
+            ax.plot([], [], style, color="0.3", label=f"{label} (floor)")
+    if chance is not None and math.isfinite(chance) and "accuracy" in metric:
+        ax.axhline(chance, color="0.5", lw=1, linestyle=(0, (1, 3)))
+        ax.plot([], [], color="0.5", lw=1, linestyle=(0, (1, 3)), label=f"chance ({chance:.3g})")
+    ax.set_xlabel("K (seeds concatenated; baselines at the K they match)")
+    ax.set_ylabel(mpl_text(f"test {metric} (mean, bars: 95% CI)"))
+    ax.set_title(mpl_text(f"{entry} — {protocol or ', '.join(protos)}"), fontsize=10)
     ax.grid(alpha=0.3)
-    ks = sorted({a["k"] for a in agg if a["k"] >= 1})
     if ks:
-        ax.set_xticks(ks)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        ax.set_xticks(sorted(ks))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     save(fig, path)
     return path
 
 
-def save(fig: Any, path: Path) -> None:
-    """Write a figure as PNG atomically, and close it."""
-    import io
+accuracy_vs_k = metric_vs_k
 
+
+def _err(cell: Any) -> float:
+    return cell.ci95 if cell.ci95 is not None and math.isfinite(cell.ci95) else 0.0
+
+
+CURVES = (("loss", "training loss"), ("train_acc", "training accuracy"))
+
+
+def training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Loss and training accuracy per epoch, one line per member (and any ``val_*`` metric of the
+    history); None when no member has a history."""
+    withh = [m for m in members if isinstance(m.get("history"), list) and m["history"]]
+    if not withh:
+        return None
+    keys = [k for k, _ in CURVES]
+    for m in withh:
+        for h in m["history"]:
+            if isinstance(h, Mapping):
+                keys += [k for k in h if str(k).startswith("val_") and k not in keys]
+    keys = [k for k in keys if any(_num(h, k) is not None for m in withh for h in m["history"])]
+    if not keys:
+        return None
+    titles = dict(CURVES)
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(4.2 * len(keys) + 1.8, 3.6), dpi=100, squeeze=False
+    )
+    cmap = plt.get_cmap("tab10" if len(withh) <= 10 else "tab20")
+    for j, m in enumerate(withh):
+        hist = [h for h in m["history"] if isinstance(h, Mapping)]
+        for ax, key in zip(axes[0], keys, strict=True):
+            pts = [(_num(h, "epoch"), _num(h, key)) for h in hist]
+            pts = [(e if e is not None else i + 1, v) for i, (e, v) in enumerate(pts)]
+            pts = [(e, v) for e, v in pts if v is not None]
+            if pts:
+                ax.plot(
+                    [e for e, _ in pts],
+                    [v for _, v in pts],
+                    marker="." if len(pts) < 30 else None,
+                    color=cmap(j % cmap.N),
+                    label=mpl_text(m.get("name", f"member {j}")),
+                )
+    for ax, key in zip(axes[0], keys, strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(mpl_text(titles.get(key, key)), fontsize=10)
+        ax.grid(alpha=0.3)
+        if key == "loss" and _positive(withh, key):
+            ax.set_yscale("log")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.suptitle("training curves (one line per member)", fontsize=10)
+    save(fig, path)
+    return path
+
+
+def _num(h: Mapping[str, Any], key: str) -> float | None:
+    v = h.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _positive(members: Sequence[Mapping[str, Any]], key: str) -> bool:
+    vals = [_num(h, key) for m in members for h in m["history"] if isinstance(h, Mapping)]
+    vals = [v for v in vals if v is not None]
+    return bool(vals) and min(vals) > 0 and max(vals) / min(vals) > 20
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A figure as PNG bytes (legends outside the axes kept in the frame); the figure is closed."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def save(fig: Any, path: Path) -> bytes:
+    """Write a figure as PNG atomically, close it, and return the bytes written."""
     from richrep.store import write_atomic
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    data = png_bytes(fig)
+    write_atomic(Path(path), data)
+    return data

@@ -1,127 +1,430 @@
-"""The comparison table: rows are targets (suite entry × size), columns representations."""
+"""The one comparison table (the CLI, the HTML report and the runs index use it): rows are
+targets (suite entry × protocol × size …), columns representations, one table per metric.
+
+A cell is the mean of its values (seeds or seed subsets × draws of the probe's training
+examples) with its n and a 95% Student-t interval. Gains (catK − single, catK − wideK,
+catK − distillK, always of the same K) carry a 95% interval: paired over draws when both sides
+share several draws, else Welch. Nothing is called best within noise.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import csv
+import functools
+import io
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from richrep.evaluation.stats import aggregate
+from richrep.evaluation.stats import aggregate, paired_difference, welch_interval
+from richrep.registries import Display, display
+from richrep.text import strip_control
 
-KEYS = ("entry", "shift", "protocol", "size", "representation", "k")
-ORDER = {"input": 0, "random": 1, "single": 2, "cat": 3, "wide": 4, "wide_dim": 5, "joint": 6}
+TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment")
+CELL_KEYS = (*TARGET_KEYS, "column", "representation", "k")
+GAIN_AGAINST = ("single", "wide", "distill")  # catK − these, of the same K
+PRIMARY_METRIC = "accuracy"
 
 
-@dataclass
+@functools.lru_cache(maxsize=256)
+def kind_display(kind: str) -> Display:
+    """How a representation kind shows (from its registry entry)."""
+    return display(kind)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a table row measures."""
+
+    entry: str
+    protocol: str
+    shift: str = "none"
+    size: int | str = "all"
+    group: str | None = None
+    environment: str | None = None
+
+    @property
+    def size_text(self) -> str:
+        return "all" if str(self.size) == "all" else f"{self.size}/class"
+
+    @property
+    def parts(self) -> list[str]:
+        out = [self.entry, self.protocol, self.size_text]
+        if self.group is not None:
+            out.append(f"group {self.group}")
+        if self.environment is not None:
+            out.append(f"env {self.environment}")
+        return out
+
+    @property
+    def label(self) -> str:
+        return " · ".join(self.parts)
+
+
+@dataclass(frozen=True)
 class Cell:
+    """Mean of a cell's values, their std, n, and the 95% interval half-width (None if n=1)."""
+
     mean: float
     std: float
     n: int
-    ci95: float
+    ci95: float | None
+    dim: int | None = None
+    params: int | None = None
+    by_draw: dict[Any, list[float]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def low(self) -> float:
+        return self.mean - (self.ci95 or 0.0)
+
+    @property
+    def high(self) -> float:
+        return self.mean + (self.ci95 or 0.0)
+
+    def text(self, digits: int = 3) -> str:
+        """``0.742 ± 0.011 (n=3)``: mean ± 95% interval half-width, and n."""
+        return f"{self.mean_text(digits)}{self.pm_text(digits)} (n={self.n})"
+
+    def mean_text(self, digits: int = 3) -> str:
+        return f"{self.mean:.{digits}f}"
+
+    def pm_text(self, digits: int = 3) -> str:
+        return f" ± {self.ci95:.{digits}f}" if self.ci95 is not None else ""
+
+    def ci_text(self, digits: int = 3) -> str:
+        if self.ci95 is None:
+            return "no interval (n=1)"
+        return f"95% CI [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+@dataclass(frozen=True)
+class Gain:
+    """``left − right`` with the half-width of its 95% interval (None: no interval)."""
+
+    left: str
+    right: str
+    diff: float
+    ci95: float | None
+    n: int  # draws (paired) or the smaller side's values (Welch)
+    method: str  # "paired", "welch" or "none"
+
+    @property
+    def low(self) -> float | None:
+        return None if self.ci95 is None else self.diff - self.ci95
+
+    @property
+    def high(self) -> float | None:
+        return None if self.ci95 is None else self.diff + self.ci95
+
+    @property
+    def significant(self) -> bool:
+        """True only when the 95% interval excludes 0."""
+        if self.ci95 is None or not math.isfinite(self.ci95):
+            return False
+        return self.diff - self.ci95 > 0 or self.diff + self.ci95 < 0
+
+    def text(self, digits: int = 3) -> str:
+        pm = f" ± {self.ci95:.{digits}f}" if self.ci95 is not None else ""
+        return f"{self.diff:+.{digits}f}{pm}"
+
+    def ci_text(self, digits: int = 3) -> str:
+        if self.ci95 is None:
+            return "no interval (one value on each side)"
+        how = f"paired over {self.n} draws" if self.method == "paired" else "Welch, unpaired"
+        return f"95% CI [{self.low:+.{digits}f}, {self.high:+.{digits}f}], {how}"
+
+
+@dataclass(frozen=True)
+class GainColumn:
+    name: str  # e.g. "cat5 − wide5"
+    left: str  # column
+    right: str  # column
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # e.g. cat5
+    kind: str
+    k: int
     dim: int | None
     params: int | None
 
-    def text(self, digits: int = 3) -> str:
-        return (
-            f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
-            if self.n > 1
-            else f"{self.mean:.{digits}f}"
-        )
+    @property
+    def display(self) -> Display:
+        return kind_display(self.kind)
+
+
+@dataclass
+class TableRow:
+    target: Target
+    cells: dict[str, Cell]
+    gains: dict[str, Gain | None]  # gain column name -> gain
+
+    @property
+    def label(self) -> str:
+        return self.target.label
 
 
 @dataclass
 class Comparison:
+    """Targets × representation columns for one metric, with catK's gains."""
+
+    metric: str
     columns: list[str]
-    rows: list[tuple[str, dict[str, Cell]]]  # (row label, column -> cell)
-    gains: list[tuple[str, float | None, float | None]]  # (row label, catN - single, catN - wide)
-    cat_max: str | None
-    wide_col: str | None
-    meta: dict[str, dict[str, Any]]  # column -> {dim, params}
+    column_info: dict[str, Column]
+    rows: list[TableRow]
+    gain_columns: list[GainColumn]
+    k: int | None  # the K of the gain columns (largest K with both cat and wide)
+
+    def top(self, row: TableRow) -> str | None:
+        """The column of the highest mean in ``row``."""
+        cells = {c: x for c, x in row.cells.items() if math.isfinite(x.mean)}
+        return max(cells, key=lambda c: cells[c].mean) if cells else None
+
+    def tied(self, row: TableRow) -> set[str]:
+        """Columns whose 95% interval overlaps the top one's (the top included); a column with
+        one value counts as its point. Empty when the row is empty."""
+        top = self.top(row)
+        if top is None:
+            return set()
+        t = row.cells[top]
+        return {
+            c
+            for c, x in row.cells.items()
+            if c == top or (math.isfinite(x.mean) and x.low <= t.high and t.low <= x.high)
+        }
+
+    def best(self, row: TableRow) -> set[str]:
+        """``{column}`` of the highest mean when it stands clear of every other column's 95%
+        interval (and has one itself); empty when the top is tied within noise."""
+        top = self.top(row)
+        if top is None or row.cells[top].ci95 is None:
+            return set()
+        return {top} if self.tied(row) == {top} else set()
+
+    def headline(self) -> dict[str, dict[str, Any]]:
+        """Plain, JSON-ready summary per target: catK, single and every gain with its interval."""
+        out = {}
+        for r in self.rows:
+            d: dict[str, Any] = {"metric": self.metric, "k": self.k}
+            for g in self.gain_columns:
+                cell = r.cells.get(g.left)
+                d.setdefault("cat", cell.mean if cell else None)
+                base = r.cells.get(g.right)
+                d[g.right] = base.mean if base else None
+                gain = r.gains.get(g.name)
+                d[f"gain_{kind_of(self, g.right)}"] = (
+                    None
+                    if gain is None
+                    else {
+                        "diff": gain.diff,
+                        "ci95": gain.ci95,
+                        "n": gain.n,
+                        "method": gain.method,
+                        "significant": gain.significant,
+                    }
+                )
+            out[r.label] = d
+        return out
 
 
-def column(rep: str, k: int) -> str:
-    if rep in ("single", "input"):
-        return rep
-    if rep == "random":
-        return f"random{k}"
-    return f"{rep}{k}"
+def kind_of(comp: Comparison, column: str) -> str:
+    info = comp.column_info.get(column)
+    return info.kind if info else column
+
+
+def metrics(rows: Iterable[Any]) -> list[str]:
+    """The metrics present, accuracy first, then in order of appearance."""
+    seen = list(dict.fromkeys(r.get("metric", PRIMARY_METRIC) for r in rows))
+    return sorted(seen, key=lambda m: (m != PRIMARY_METRIC, seen.index(m)))
+
+
+def size_rank(size: Any) -> float:
+    return math.inf if str(size) == "all" else float(size) if _isnum(size) else math.inf - 1
+
+
+def _isnum(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def build_comparison(
-    rows: Sequence[dict[str, Any]], entries: Sequence[str] | None = None
+    rows: Sequence[Any], entries: Sequence[str] | None = None, metric: str = PRIMARY_METRIC
 ) -> Comparison:
-    """Aggregate tidy rows into the table (mean ± std over seed subsets and draws)."""
-    agg = aggregate(rows, KEYS)
-    cols: dict[str, tuple[int, int]] = {}
-    table: dict[tuple, dict[str, Cell]] = {}
-    meta: dict[str, dict[str, Any]] = {}
+    """Aggregate result rows (``Row`` objects or dicts) of ``metric`` into the table.
+
+    ``entries`` orders the targets (the suite's order); entries it does not name follow in
+    order of appearance. Rows of another metric are ignored."""
+    agg = aggregate(rows, CELL_KEYS, metric=metric)
+    info: dict[str, Column] = {}
+    table: dict[Target, dict[str, Cell]] = {}
     for a in agg:
-        col = column(a["representation"], a["k"])
-        cols[col] = (ORDER.get(a["representation"], 9), a["k"])
-        key = (a["entry"], a["protocol"], a["size"])
-        table.setdefault(key, {})[col] = Cell(
-            a["mean"], a["std"], a["n"], a["ci95"], a["dim"], a["params"]
+        col = str(a["column"])
+        info.setdefault(
+            col, Column(col, str(a["representation"]), int(a["k"] or 0), a["dim"], a["params"])
         )
-        meta[col] = {"dim": a["dim"], "params": a["params"]}
-    columns = sorted(cols, key=lambda c: cols[c])
-    entry_order = list(entries) if entries else list(dict.fromkeys(r["entry"] for r in rows))
-    size_rank = lambda s: 10**9 if s == "all" else int(s)  # noqa: E731
-    keys = sorted(
+        target = Target(
+            str(a["entry"]),
+            str(a["protocol"]),
+            str(a["shift"] if a["shift"] is not None else "none"),
+            a["size"] if a["size"] is not None else "all",
+            a["group"],
+            a["environment"],
+        )
+        ci = a["ci95"] if a["n"] > 1 and math.isfinite(a["ci95"]) else None
+        table.setdefault(target, {})[col] = Cell(
+            a["mean"], a["std"], a["n"], ci, a["dim"], a["params"], a["by_draw"]
+        )
+    columns = sorted(info, key=lambda c: (info[c].display.order, info[c].k, c))
+    order = list(entries or [])
+    order += [e for e in dict.fromkeys(str(r.get("entry")) for r in rows) if e not in order]
+    protos = list(dict.fromkeys(t.protocol for t in table))
+    targets = sorted(
         table,
-        key=lambda k: (
-            entry_order.index(k[0]) if k[0] in entry_order else 999,
-            k[1],
-            size_rank(k[2]),
+        key=lambda t: (
+            order.index(t.entry) if t.entry in order else len(order),
+            protos.index(t.protocol),
+            t.shift,
+            size_rank(t.size),
+            str(t.size),
+            t.group or "",
+            t.environment or "",
         ),
     )
-    cats = [c for c in columns if c.startswith("cat")]
-    cat_max = max(cats, key=lambda c: cols[c][1]) if cats else None
-    wides = [c for c in columns if c.startswith("wide") and not c.startswith("wide_dim")]
-    wide_col = wides[-1] if wides else None
-    out_rows, gains = [], []
-    for key in keys:
-        label = f"{key[0]} · {key[1]} · {key[2] if key[2] == 'all' else f'{key[2]}/class'}"
-        cells = table[key]
-        out_rows.append((label, cells))
-        g_single = (
-            cells[cat_max].mean - cells["single"].mean
-            if cat_max in cells and "single" in cells
-            else None
-        )
-        g_wide = (
-            cells[cat_max].mean - cells[wide_col].mean
-            if cat_max in cells and wide_col in cells
-            else None
-        )
-        gains.append((label, g_single, g_wide))
-    return Comparison(columns, out_rows, gains, cat_max, wide_col, meta)
+    k, gain_columns = _gain_columns(info)
+    out = []
+    for t in targets:
+        cells = table[t]
+        gains = {g.name: gain(cells.get(g.left), cells.get(g.right), g) for g in gain_columns}
+        out.append(TableRow(t, cells, gains))
+    return Comparison(metric, columns, info, out, gain_columns, k)
 
 
-def to_markdown(c: Comparison, digits: int = 3) -> str:
-    head = ["target", *c.columns]
-    if c.cat_max:
-        head += [f"{c.cat_max} − single"] + ([f"{c.cat_max} − {c.wide_col}"] if c.wide_col else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (label, cells), (_, gs, gw) in zip(c.rows, c.gains, strict=True):
-        vals = [cells[col].text(digits) if col in cells else "" for col in c.columns]
-        if c.cat_max:
-            vals.append(_signed(gs))
-            if c.wide_col:
-                vals.append(_signed(gw))
-        lines.append("| " + " | ".join([label, *vals]) + " |")
-    dims = [
-        "dim / params",
-        *[f"{c.meta[col]['dim']} / {_count(c.meta[col]['params'])}" for col in c.columns],
+def _gain_columns(info: dict[str, Column]) -> tuple[int | None, list[GainColumn]]:
+    """catK − single / wideK / distillK for the largest K with both cat and wide (else the
+    largest cat K)."""
+
+    def find(kind: str, k: int | None) -> str | None:
+        hits = [c for c in info.values() if c.kind == kind and (k is None or c.k == k)]
+        return hits[0].name if hits else None
+
+    cat_ks = sorted({c.k for c in info.values() if c.kind == "cat"})
+    if not cat_ks:
+        return None, []
+    both = [k for k in cat_ks if find("wide", k)]
+    k = both[-1] if both else cat_ks[-1]
+    cat = find("cat", k)
+    assert cat is not None
+    out = []
+    for kind in GAIN_AGAINST:
+        other = find(kind, None if kind == "single" else k)
+        if other is not None:
+            out.append(GainColumn(f"{cat} − {other}", cat, other))
+    return k, out
+
+
+def gain(a: Cell | None, b: Cell | None, g: GainColumn) -> Gain | None:
+    """``a − b`` with its 95% interval: paired over shared draws when both sides have several,
+    otherwise Welch from the cells' std and n; no interval when both have one value."""
+    if a is None or b is None:
+        return None
+    p = None
+    if len(a.by_draw) > 1 and len(b.by_draw) > 1:
+        p = paired_difference(a.by_draw, b.by_draw)
+    if p is not None and p["ci95"] is not None and math.isfinite(p["ci95"]):
+        return Gain(g.left, g.right, p["mean"], p["ci95"], p["n"], "paired")
+    w = welch_interval(a.mean, a.std, a.n, b.mean, b.std, b.n)
+    if w is None:
+        return Gain(g.left, g.right, a.mean - b.mean, None, 1, "none")
+    return Gain(g.left, g.right, w["mean"], w["ci95"], w["n"], "welch")
+
+
+# ---------------------------------------------------------------------------- plain text
+
+
+def clean(s: Any) -> str:
+    """Text of an untrusted value on one line, without terminal escape sequences, control
+    characters or bidirectional overrides."""
+    return strip_control(re.sub(r"[\t\n\r]+", " ", str(s)))
+
+
+def caption(comp: Comparison) -> str:
+    """What the numbers of a table are."""
+    return (
+        f"test {comp.metric}: mean ± 95% interval half-width (n = seeds or seed subsets × "
+        "draws); gains ± 95% interval, paired over draws where possible"
+    )
+
+
+def count(n: int | None) -> str:
+    """A parameter count, short: 0, 12k, 1.25M."""
+    if not n:
+        return "0"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
+
+
+def _md(s: Any) -> str:
+    return clean(s).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def to_markdown(comp: Comparison, digits: int = 3) -> str:
+    """The table in GitHub markdown: **bold** a best standing clear of noise and a gain whose
+    interval excludes 0."""
+    if not comp.rows:
+        return f"_no {_md(comp.metric)} result rows_"
+    head = ["target", *comp.columns, *(g.name for g in comp.gain_columns)]
+    lines = [
+        f"_{_md(caption(comp))}_",
+        "",
+        "| " + " | ".join(_md(h) for h in head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
     ]
-    lines.append("| " + " | ".join(dims + [""] * (len(head) - len(dims))) + " |")
+    for r in comp.rows:
+        best = comp.best(r)
+        vals = []
+        for c in comp.columns:
+            cell = r.cells.get(c)
+            text = cell.text(digits) if cell else ""
+            vals.append(f"**{text}**" if c in best else text)
+        for g in comp.gain_columns:
+            x = r.gains.get(g.name)
+            text = "" if x is None else x.text(digits)
+            vals.append(f"**{text}**" if x is not None and x.significant else text)
+        lines.append("| " + " | ".join([_md(r.label), *vals]) + " |")
+    dims = ["dim / params"]
+    for c in comp.columns:
+        i = comp.column_info[c]
+        dims.append(f"{i.dim} / {count(i.params)}")
+    dims += [""] * len(comp.gain_columns)
+    lines.append("| " + " | ".join(dims) + " |")
     return "\n".join(lines)
 
 
-def _signed(v: float | None) -> str:
-    return "" if v is None else f"{v:+.3f}"
+def to_csv(rows: Iterable[Any]) -> str:
+    """The tidy rows as CSV (one line per row; ``extra`` keys flattened)."""
+    dicts = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in rows]
+    for d in dicts:
+        extra = d.pop("extra", None) or {}
+        for k, v in extra.items():
+            d.setdefault(k, v)
+        if isinstance(d.get("seeds"), list | tuple):
+            d["seeds"] = " ".join(str(s) for s in d["seeds"])
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for d in dicts:
+        w.writerow({k: _csv_safe(d.get(k)) for k in keys})
+    return buf.getvalue()
 
 
-def _count(n: int | None) -> str:
-    if not n:
-        return "0"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+def _csv_safe(v: Any) -> Any:
+    """Neutralize spreadsheet formulas in text fields (``=``, ``+``, ``-``, ``@`` first)."""
+    if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _isnum(v):
+        return "'" + v
+    return v

@@ -1,7 +1,3 @@
-"""Training: K seeds and the baselines, checkpointed in the run store."""
-
-from richrep.training.engine import load_member, train_local
-from richrep.training.members import Member, build_model, plan_members
-from richrep.training.seeding import seed_hash
-
-__all__ = ["Member", "build_model", "load_member", "plan_members", "seed_hash", "train_local"]
+"""Training: one epoch loop (:mod:`.loop`) for every strategy (:mod:`.workers`, :mod:`.fused`,
+:mod:`.plan`), the engines that train a run's members into its folder (:mod:`.engines`),
+checkpoints, device and seeding."""

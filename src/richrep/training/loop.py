@@ -1,42 +1,38 @@
-"""The ERM training loop for one member, checkpointing every epoch.
+"""The one epoch loop: every strategy trains its models through :func:`train_unit`.
 
-Data order for epoch ``e`` is a permutation drawn from ``(seed, "order", e)``, so a run resumed
-from an epoch checkpoint sees exactly the batches an uninterrupted run would, and its weights
-are bit-identical on CPU.
+A unit is one model, or several of one architecture folded into a
+:class:`~richrep.training.fused.FusedClassifier` (``fused=True``). For each model ``k``: epoch
+``e`` visits the data in ``epoch_order(seeds[k], e, n)`` in batches of ``cfg.batch_size`` (last
+partial batch kept), the learning rate follows ``lr_at`` per step, its optimizer updates its
+parameters with its own gradients only, its objective turns its logits (and the batch: labels
+and per-example targets such as a teacher's logits) into its loss, and an epoch checkpoint is
+written after every epoch, from which a killed run resumes bit-identically (data order is a
+function of seed and epoch). A model whose loss becomes non-finite is reported as failed with
+its seed and epoch, and the others go on.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from richrep.config import TrainingConfig
 from richrep.data import Split
-from richrep.errors import StoreError, TrainingError
+from richrep.errors import ConfigError, StoreError, TrainingError
+from richrep.objectives import CrossEntropy, Objective
 from richrep.store import remove
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
 from richrep.training.device import autocast
+from richrep.training.fused import FusedClassifier, fuse_optimizer_state, unfuse_optimizer_state
 from richrep.training.seeding import generator
 
-
-@dataclass
-class Objective:
-    """Cross-entropy ERM; plug-in objectives subclass and override :meth:`loss`."""
-
-    def loss(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of a batch."""
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits
+UnitProgress = Callable[[int, int, int], None]  # (model index, steps done, steps total)
 
 
 def make_optimizer(
@@ -72,6 +68,166 @@ def uses_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
     return x.ndim == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def resume(model: nn.Module, cfg: TrainingConfig, path: Path | None):  # noqa: ANN201
+    """(start epoch, history, optimizer) of ``model`` after loading its epoch checkpoint
+    ``path`` if there is one; a corrupt one is dropped (never used) and training restarts."""
+    opt = make_optimizer(model, cfg)
+    if path is None or not path.exists():
+        return 0, [], opt
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        meta = load_checkpoint(path, model, opt)
+        return int(meta["epoch"]), list(meta.get("history", [])), opt
+    except (StoreError, KeyError, RuntimeError, ValueError):
+        remove(path)  # richrep's own resume point, bad: drop it and restart
+        model.load_state_dict(initial)
+        return 0, [], make_optimizer(model, cfg)
+
+
+def train_unit(
+    models: Sequence[nn.Module],
+    seeds: Sequence[int],
+    train: Split,
+    cfg: TrainingConfig,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    fused: bool = False,
+    objectives: Sequence[Objective] | None = None,
+    targets: Sequence[dict[str, torch.Tensor]] | None = None,
+    partial_paths: Sequence[Path | None] | None = None,
+    names: Sequence[str] | None = None,
+    on_step: UnitProgress | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``models[k]`` in place with ``seeds[k]``; one result per model:
+    ``{"history": [...]}`` plus ``"failed": message`` for a model whose loss became non-finite.
+
+    Without ``fused`` the unit is a single model. ``objectives[k]`` (default cross-entropy)
+    gives model ``k``'s loss from its logits and the batch; ``targets[k]`` are its per-example
+    training targets beside the labels; ``partial_paths[k]`` its epoch checkpoint (resumed from
+    if present); ``names[k]`` its name in messages; ``on_step(k, done, total)`` its progress.
+    """
+    k = len(models)
+    if not fused and k != 1:
+        raise ConfigError(f"train_unit: {k} models need fused=True")
+    objs = list(objectives) if objectives is not None else [CrossEntropy() for _ in models]
+    tgts = list(targets) if targets is not None else [{} for _ in models]
+    paths = list(partial_paths) if partial_paths is not None else [None] * k
+    labels = list(names) if names is not None else [""] * k
+    if not (len(seeds) == len(objs) == len(tgts) == len(paths) == len(labels) == k):
+        raise ConfigError(
+            "train_unit: seeds, objectives, targets, paths and names need one per model"
+        )
+    if fused and not all(o.folds for o in objs):
+        raise ConfigError("train_unit: these objectives cannot train fused models")
+    for j, o in enumerate(objs):
+        missing = [t for t in o.needs if t not in tgts[j]]
+        if missing:
+            raise ConfigError(f"train_unit: {labels[j] or 'model'} needs targets {missing}")
+    models = [m.to(device) for m in models]
+    starts, histories, opts = [0] * k, [[] for _ in range(k)], []
+    for j, m in enumerate(models):
+        starts[j], histories[j], opt_j = resume(m, cfg, paths[j])
+        opts.append(opt_j)
+    failed: dict[int, str] = {}
+    x_all, y_all = train.x.to(device), train.y.to(device)
+    tgts = [{name: t.to(device) for name, t in tg.items()} for tg in tgts]
+    n, bs = len(train), cfg.batch_size
+    steps = math.ceil(n / bs)
+    total = cfg.epochs * steps
+    if on_step:
+        for j in range(k):
+            on_step(j, starts[j] * steps, total)
+    channels_last = uses_channels_last(models[0], x_all)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last and not fused:
+        models[0].to(memory_format=torch.channels_last)
+    for epoch in range(min(starts), cfg.epochs):
+        active = [j for j in range(k) if starts[j] <= epoch and j not in failed]
+        if not active:
+            continue
+        t0 = time.perf_counter()
+        if fused:
+            module: nn.Module = FusedClassifier([models[j] for j in active]).to(device)
+            if channels_last:
+                module.to(memory_format=torch.channels_last)
+            opt = make_optimizer(module.parameters(), cfg)
+            fuse_optimizer_state(module, opt, [opts[j] for j in active])
+        else:
+            module, opt = models[0], opts[0]
+        module.train()
+        orders = torch.stack([epoch_order(seeds[j], epoch, n) for j in active]).to(device)
+        loss_sum = torch.zeros(len(active), device=device)
+        correct = torch.zeros(len(active), device=device, dtype=torch.long)
+        for s in range(steps):
+            batch = orders[:, s * bs : (s + 1) * bs]
+            yb = y_all[batch]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * steps + s, total, cfg)
+            with autocast(device, dtype):
+                if fused:
+                    logits = module.body(module.fold(module.standardize(x_all[batch]), fmt))
+                else:
+                    xb = x_all[batch[0]]
+                    if channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    logits = module(xb).unsqueeze(0)
+                losses = torch.stack(
+                    [
+                        objs[j](logits[a], _batch(yb[a], tgts[j], batch[a]))
+                        for a, j in enumerate(active)
+                    ]
+                )
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            loss_sum += losses.detach().float() * batch.shape[1]
+            with torch.no_grad():
+                correct += torch.stack(
+                    [
+                        (objs[j].predict(logits[a].detach()) == yb[a]).sum()
+                        for a, j in enumerate(active)
+                    ]
+                )
+            if on_step:
+                for j in active:
+                    on_step(j, epoch * steps + s + 1, total)
+        if fused:
+            module.unfuse([models[j] for j in active])
+            unfuse_optimizer_state(module, opt, [opts[j] for j in active])
+        seconds = time.perf_counter() - t0
+        mean_losses, accs = (loss_sum / n).tolist(), (correct.double() / n).tolist()
+        for a, j in enumerate(active):
+            if not math.isfinite(mean_losses[a]):
+                failed[j] = nonfinite_message(labels[j], seeds[j], mean_losses[a], epoch)
+                continue
+            histories[j].append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": mean_losses[a],
+                    "train_acc": accs[a],
+                    "seconds": seconds,
+                }
+            )
+            if paths[j] is not None:
+                save_checkpoint(paths[j], models[j], opts[j], epoch=epoch + 1, history=histories[j])
+    if channels_last and not fused:
+        models[0].to(memory_format=torch.contiguous_format)
+    out = []
+    for j in range(k):
+        r: dict[str, Any] = {"history": histories[j]}
+        if j in failed:
+            r["failed"] = failed[j]
+        out.append(r)
+    return out
+
+
+def _batch(
+    y: torch.Tensor, targets: dict[str, torch.Tensor], idx: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    return {"y": y, **{name: t[idx] for name, t in targets.items()}}
+
+
 def train_member(
     model: nn.Module,
     train: Split,
@@ -82,86 +238,44 @@ def train_member(
     dtype: torch.dtype,
     partial_path: Path | None = None,
     objective: Objective | None = None,
+    targets: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     member: str = "",
 ) -> dict[str, Any]:
-    """Train ``model`` in place for ``cfg.epochs`` epochs; return per-epoch metrics.
-
-    With ``partial_path`` an epoch checkpoint is written after every epoch and training resumes
-    from it if present (a corrupt one is discarded and training restarts). ``on_step(done,
-    total)`` reports progress. A non-finite loss raises :class:`TrainingError` naming the seed
-    and epoch.
-    """
-    objective = objective or Objective()
-    model.to(device)
-    channels_last = uses_channels_last(model, train.x)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, cfg)
-    history: list[dict[str, float]] = []
-    start = 0
-    if partial_path is not None and partial_path.exists():
-        initial = {k: v.clone() for k, v in model.state_dict().items()}
-        try:
-            meta = load_checkpoint(partial_path, model, opt)
-            start, history = int(meta["epoch"]), list(meta.get("history", []))
-        except (StoreError, KeyError, RuntimeError, ValueError):
-            remove(partial_path)  # a bad resume point is dropped, never used
-            model.load_state_dict(initial)
-            opt = make_optimizer(model, cfg)
-    x_all, y_all = train.x.to(device), train.y.to(device)
-    n, bs = len(train), cfg.batch_size
-    steps = math.ceil(n / bs)
-    total = cfg.epochs * steps
-    if on_step:
-        on_step(start * steps, total)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = epoch_order(seed, epoch, n).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for i in range(steps):
-            idx = order[i * bs : (i + 1) * bs]
-            xb, yb = x_all[idx], y_all[idx]
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * steps + i, total, cfg)
-            with autocast(device, dtype):
-                loss, logits = objective.loss(model, xb, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach().float() * len(idx)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            if on_step:
-                on_step(epoch * steps + i + 1, total)
-        mean_loss = float(loss_sum) / n
-        if not math.isfinite(mean_loss):
-            raise TrainingError(nonfinite_message(member, seed, mean_loss, epoch))
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": mean_loss,
-                "train_acc": float(correct) / n,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        if partial_path is not None:
-            save_checkpoint(partial_path, model, opt, epoch=epoch + 1, history=history)
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
-    return {"history": history}
+    """Train one model (a unit of one); raise :class:`TrainingError` naming the seed and epoch
+    if its loss becomes non-finite."""
+    (out,) = train_unit(
+        [model],
+        [seed],
+        train,
+        cfg,
+        device=device,
+        dtype=dtype,
+        objectives=None if objective is None else [objective],
+        targets=None if targets is None else [targets],
+        partial_paths=[partial_path],
+        names=[member],
+        on_step=(lambda _k, d, t: on_step(d, t)) if on_step else None,
+    )
+    if "failed" in out:
+        raise TrainingError(out["failed"])
+    return out
 
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, split: Split, device: torch.device, dtype: torch.dtype, batch: int = 2048
+    model: nn.Module,
+    split: Split,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int = 2048,
+    objective: Objective | None = None,
 ) -> float:
+    """Accuracy of ``model`` on ``split`` (predictions through ``objective.predict``)."""
+    objective = objective or CrossEntropy()
     model.eval().to(device)
     correct = 0
     for xb, yb in zip(split.x.split(batch), split.y.split(batch), strict=True):
         with autocast(device, dtype):
-            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
+            correct += int((objective.predict(model(xb.to(device))).cpu() == yb).sum())
     return correct / max(len(split), 1)

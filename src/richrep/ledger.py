@@ -1,0 +1,115 @@
+"""The member ledger of a run folder: which members are finished, failed, partially trained,
+missing or corrupt. The only code that knows how checkpoint files are named::
+
+    checkpoints/<member>.safetensors + .json   finished (sidecar: sha256, metrics, history)
+    checkpoints/<member>.partial.safetensors   the epoch checkpoint training resumes from
+    checkpoints/<member>.failed.json           why the member failed (e.g. its loss diverged)
+    checkpoints/<member>.worker                a Ray worker is training it (pid)
+
+Reading a finished member checks its sha256; a file that does not match is moved to the run's
+``quarantine/`` folder (never deleted) and reported as corrupt.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from richrep.errors import StoreError
+from richrep.store import RunStore, quarantine, read_json, remove, sidecar, verify, write_json
+
+
+class State(enum.Enum):
+    FINISHED = "finished"
+    FAILED = "failed"
+    PARTIAL = "partial"  # an epoch checkpoint exists: training resumes from it
+    MISSING = "missing"
+    CORRUPT = "corrupt"  # its checkpoint did not match its sha256 (now in quarantine/)
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    state: State
+    meta: dict[str, Any] = field(default_factory=dict)  # the finished sidecar
+    error: str = ""  # why it failed / what was wrong
+
+    @property
+    def ok(self) -> bool:
+        return self.state is State.FINISHED
+
+
+class Ledger:
+    """Member states of one run folder."""
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+
+    # -- paths ----------------------------------------------------------------------------
+    def final(self, member: str) -> Path:
+        return self.store.checkpoints / f"{member}.safetensors"
+
+    def partial(self, member: str) -> Path:
+        return self.store.checkpoints / f"{member}.partial.safetensors"
+
+    def failure(self, member: str) -> Path:
+        return self.store.checkpoints / f"{member}.failed.json"
+
+    def worker(self, member: str) -> Path:
+        return self.store.checkpoints / f"{member}.worker"
+
+    # -- states ---------------------------------------------------------------------------
+    def status(self, member: str) -> Status:
+        """The member's state; a finished checkpoint is verified (sha256) on the way."""
+        path, side = self.final(member), sidecar(self.final(member))
+        if path.exists() and not side.exists():
+            remove(path)  # killed between the file and its sidecar: never finished
+        elif side.exists():
+            if verify(path):
+                try:
+                    return Status(member, State.FINISHED, read_json(side))
+                except StoreError:
+                    pass
+            why = f"checkpoint {path.name} does not match its recorded sha256 (truncated, modified or missing)"
+            moved = quarantine(side if not path.exists() else path, why, root=self.store.root)
+            return Status(member, State.CORRUPT, error=f"{why}; moved to {moved}")
+        if self.failure(member).exists():
+            try:
+                why = read_json(self.failure(member)).get("error", "failed")
+            except StoreError as e:
+                why = str(e)
+            return Status(member, State.FAILED, error=str(why))
+        if self.partial(member).exists():
+            return Status(member, State.PARTIAL)
+        return Status(member, State.MISSING)
+
+    def statuses(self, members: Iterable[str]) -> dict[str, Status]:
+        return {m: self.status(m) for m in members}
+
+    def finished(self, members: Iterable[str]) -> list[str]:
+        return [m for m, s in self.statuses(members).items() if s.ok]
+
+    # -- records --------------------------------------------------------------------------
+    def record_failure(self, member: str, error: str, info: dict[str, Any] | None = None) -> None:
+        write_json(self.failure(member), {"member": info or {"name": member}, "error": error})
+
+    def clear_failure(self, member: str) -> None:
+        self.failure(member).unlink(missing_ok=True)
+
+    def mark_worker(self, member: str) -> None:
+        self.store.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.worker(member).write_text(f"{os.getpid()}\n")
+
+    def unmark_worker(self, member: str) -> None:
+        self.worker(member).unlink(missing_ok=True)
+
+    def drop_partial(self, member: str) -> None:
+        remove(self.partial(member))
+
+    def sidecars(self, members: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The finished sidecar of each finished member (the run's members table)."""
+        return {m: s.meta for m, s in self.statuses(members).items() if s.ok}

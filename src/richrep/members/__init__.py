@@ -1,0 +1,26 @@
+"""Member kinds (``MEMBERS``): single, wide, wide_dim, joint, distill — see :mod:`.kinds`."""
+
+from richrep.members import kinds  # noqa: F401  (registration)
+from richrep.members.base import (
+    Loader,
+    Member,
+    MemberKind,
+    PlanContext,
+    build_model,
+    kind_of,
+    order_by_dependencies,
+    plan_members,
+    waves,
+)
+
+__all__ = [
+    "Loader",
+    "Member",
+    "MemberKind",
+    "PlanContext",
+    "build_model",
+    "kind_of",
+    "order_by_dependencies",
+    "plan_members",
+    "waves",
+]

@@ -1,0 +1,13 @@
+"""Training objectives: one ``nn.Module`` per loss, registered in ``OBJECTIVES``.
+
+An objective maps one model's logits on a batch (and the batch: labels and any per-example
+targets such as a teacher's logits) to a scalar loss; ``predict`` turns logits into class
+predictions for the training and validation accuracy. ``folds = True`` says the loss of K
+models is the sum of their own losses, so the fused strategy may train them as one module.
+"""
+
+from richrep.objectives.base import Batch, Objective, build_objective
+from richrep.objectives.cross_entropy import CrossEntropy
+from richrep.objectives.distillation import MultiHeadDistillation
+
+__all__ = ["Batch", "CrossEntropy", "MultiHeadDistillation", "Objective", "build_objective"]

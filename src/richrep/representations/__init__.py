@@ -1,0 +1,112 @@
+"""Representations: what a probe sees. ``single`` (one seed's penultimate features), ``cat``
+(K seeds' features concatenated, Zhang & Bottou 2023), one per trained baseline member
+(``wide``, ``wide_dim``, ``joint``, ``distill``, …), and the floors every comparison needs
+(``FLOORS``: ``input``, ``random``).
+
+A representation is a list of *parts* (encoders, by name) whose features are concatenated;
+features are extracted once per (part, data) and cached (:mod:`.features`), so catK never
+extracts a seed twice, whatever K or subset.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from richrep.data.splits import rng
+from richrep.registries import display
+
+
+@dataclass(frozen=True)
+class Representation:
+    """A named way to turn inputs into features.
+
+    ``parts`` are the encoders (by name) whose features are concatenated; ``params`` counts
+    their parameters, ``dim`` the features."""
+
+    kind: str  # single | cat | a member kind | a floor
+    k: int
+    seeds: tuple[int, ...]
+    parts: tuple[str, ...]
+    dim: int
+    params: int
+    label: str = field(default="")
+
+    @property
+    def column(self) -> str:
+        """The table column: ``single``, ``cat5``, ``wide5``, ``random5``…"""
+        return display(self.kind).column(self.k)
+
+    @property
+    def id(self) -> str:
+        return self.label or f"{self.kind}{self.k}[{','.join(map(str, self.seeds))}]"
+
+
+def seed_subsets(
+    seeds: Sequence[int], k: int, n_subsets: int, seed: int = 0
+) -> list[tuple[int, ...]]:
+    """Seed subsets of size ``k`` for catK: disjoint groups first (a shuffled partition), then
+    distinct random subsets, up to ``n_subsets``; all of them when K equals the seed count."""
+    seeds = list(seeds)
+    if k >= len(seeds):
+        return [tuple(seeds)]
+    g = rng(seed, "subsets", k)
+    order = [seeds[i] for i in g.permutation(len(seeds))]
+    chosen = [tuple(sorted(order[i * k : (i + 1) * k])) for i in range(len(seeds) // k)][:n_subsets]
+    all_sets = [c for c in itertools.combinations(sorted(seeds), k) if c not in chosen]
+    for i in g.permutation(len(all_sets)):
+        if len(chosen) >= n_subsets:
+            break
+        chosen.append(all_sets[i])
+    return chosen
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A finished member as the representations see it."""
+
+    name: str
+    kind: str
+    k: int
+    seed: int
+    feature_dim: int
+    encoder_params: int
+
+
+def plan_representations(
+    trained: Sequence[Trained],
+    *,
+    subsets: int,
+    seed: int = 0,
+    floors: Sequence[Any] = (),
+    floor_context: Mapping[str, Any] | None = None,
+) -> list[Representation]:
+    """Every representation of a run: floors, each single, catK subsets for K = 2..N, then one
+    per trained member of another kind. ``trained`` are the finished members (failed ones are
+    left out, so catK draws only from the seeds that trained); ``floors`` are floor objects
+    (:mod:`.floors`)."""
+    singles = {t.seed: t for t in trained if t.kind == "single"}
+    seeds = sorted(singles)
+    reps: list[Representation] = []
+    for f in floors:
+        reps += f.representations([singles[s] for s in seeds], floor_context or {})
+    for k in range(1, len(seeds) + 1):
+        for sub in seed_subsets(seeds, k, len(seeds) if k == 1 else subsets, seed):
+            reps.append(
+                Representation(
+                    "single" if k == 1 else "cat",
+                    k,
+                    sub,
+                    tuple(singles[s].name for s in sub),
+                    sum(singles[s].feature_dim for s in sub),
+                    sum(singles[s].encoder_params for s in sub),
+                )
+            )
+    for t in trained:
+        if t.kind != "single":
+            reps.append(
+                Representation(t.kind, t.k, (t.seed,), (t.name,), t.feature_dim, t.encoder_params)
+            )
+    return reps

@@ -1,0 +1,197 @@
+"""Feature extraction and the feature cache.
+
+Features are computed in eval mode without gradients, in cache-sized batches, channels_last
+for convolutions, autocast to the run's precision, and cached by (part, part fingerprint,
+data hash): in memory (least recently used dropped first) and, for a run, on disk in the run
+folder's ``features/`` as safetensors with sha256 sidecars, so a resumed run, ``--only
+evaluate`` and ``richrep analyze`` never extract a member's features twice. A cached file that
+does not match its sha256 is moved to quarantine and recomputed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from richrep.data import Split
+from richrep.errors import StoreError
+from richrep.representations import Representation
+from richrep.store import load_tensors, quarantine, save_tensors, sidecar
+from richrep.training.device import autocast
+from richrep.training.loop import uses_channels_last
+
+
+class FeatureCache:
+    """Features by key: kept in memory up to ``budget_bytes`` (least recently used dropped
+    first) and, with ``directory``, on disk as safetensors with sha256 sidecars."""
+
+    def __init__(self, budget_bytes: int = 4 << 30, directory: Path | None = None) -> None:
+        self.budget = budget_bytes
+        self.directory = directory
+        self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0  # served from memory or disk
+        self.disk_hits = 0
+        self.misses = 0  # extracted
+
+    def get(self, key: str) -> torch.Tensor | None:
+        if key in self._mem:
+            self._mem.move_to_end(key)
+            self.hits += 1
+            return self._mem[key]
+        if self.directory is not None:
+            path = self._path(key)
+            if path.exists() or sidecar(path).exists():
+                try:
+                    t = load_tensors(path)[0]["features"].float()
+                except StoreError as e:
+                    quarantine(path, f"cached features: {e}")
+                    return None
+                self.hits += 1
+                self.disk_hits += 1
+                self._put(key, t)
+                return t
+        return None
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        self.misses += 1
+        if self.directory is not None:
+            save_tensors(self._path(key), {"features": _compact(value)}, {"key": key})
+        self._put(key, value)
+
+    def _put(self, key: str, value: torch.Tensor) -> None:
+        self._mem[key] = value
+        self._bytes += value.numel() * value.element_size()
+        while self._bytes > self.budget and len(self._mem) > 1:
+            _, old = self._mem.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+    def _path(self, key: str) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{key}.safetensors"
+
+
+def _compact(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as bfloat16 when that loses nothing (features extracted under bf16 autocast are
+    bf16 values), else as it is: half the disk for the common case."""
+    if x.dtype == torch.float32 and x.numel():
+        b = x.to(torch.bfloat16)
+        if torch.equal(b.float(), x):
+            return b
+    return x
+
+
+def batch_size_for(encoder: nn.Module, x: torch.Tensor, device: torch.device) -> int:
+    """Extraction batch size: on CPU, as many examples as keep the largest activation within
+    ~24 MB (cache-sized; batches of 4,096 CNN images ran 2.4× slower than 128 here, see
+    ``benchmarks/extract.py``), a power of two in [64, 4096]; 2,048 on accelerators."""
+    if device.type != "cpu":
+        return 2048
+    largest = [0]
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output[0].numel() * 4)
+
+    hooks = [m.register_forward_hook(hook) for m in encoder.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            encoder.eval().cpu()(x[:1].float().cpu())
+    finally:
+        for h in hooks:
+            h.remove()
+    fit = (24 << 20) // max(largest[0], 1)
+    return int(min(4096, max(64, 1 << max(fit, 1).bit_length() - 1)))
+
+
+@torch.no_grad()
+def extract(
+    encoder: nn.Module,
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Features ``(N, d)`` of ``x`` (float32, on CPU), eval mode, no gradients, batched
+    (``batch_size_for`` unless given), channels_last for convolutions, autocast to ``dtype``."""
+    if len(x) == 0:
+        return torch.zeros(0, 0)
+    encoder.eval()
+    bs = batch_size or batch_size_for(encoder, x, device)
+    encoder.to(device)
+    channels_last = uses_channels_last(encoder, x)
+    if channels_last:
+        encoder.to(memory_format=torch.channels_last)
+    out = []
+    for xb in x.split(bs):
+        xb = xb.to(device, non_blocking=True)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            out.append(encoder(xb).float().cpu())
+    if channels_last:
+        encoder.to(memory_format=torch.contiguous_format)
+    return torch.cat(out)
+
+
+class Featurizer:
+    """Turns (representation, split) into features through the cache. ``encoders`` maps a part
+    name to its encoder (``nn.Module``); ``fingerprints`` maps a part to what identifies its
+    weights (a checkpoint's sha256), so a retrained member never reuses stale features. A part
+    whose encoder sets ``cacheable = False`` (the raw input) is computed every time."""
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module] | Callable[[str], nn.Module],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache: FeatureCache | None = None,
+        fingerprints: Mapping[str, str] | None = None,
+    ) -> None:
+        self._encoders = encoders
+        self.device = device
+        self.dtype = dtype
+        self.cache = cache or FeatureCache()
+        self.fingerprints = dict(fingerprints or {})
+
+    def encoder(self, part: str) -> nn.Module:
+        if callable(self._encoders) and not isinstance(self._encoders, Mapping):
+            return self._encoders(part)
+        return self._encoders[part]
+
+    def key(self, part: str, split: Split) -> str:
+        fp = self.fingerprints.get(part, "")[:12]
+        dt = str(self.dtype).replace("torch.", "")
+        return f"{part}-{fp}-{split.hash}-{dt}" if fp else f"{part}-{split.hash}-{dt}"
+
+    def part(self, name: str, split: Split) -> torch.Tensor:
+        key = self.key(name, split)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        encoder = self.encoder(name)
+        if not getattr(encoder, "cacheable", True):
+            return encoder(split.x).float()
+        feats = extract(encoder, split.x, device=self.device, dtype=self.dtype)
+        self.cache.put(key, feats)
+        return feats
+
+    def __call__(self, rep: Representation, split: Split) -> torch.Tensor:
+        parts = [self.part(p, split) for p in rep.parts]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+class Flatten(nn.Flatten):
+    """The raw input as features (the ``input`` floor); not worth caching."""
+
+    cacheable = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).float()

@@ -1,0 +1,352 @@
+"""A run: one experiment and its folder — the object every stage takes, and the public API to
+a run's encoders and features (``richrep.open_run``)::
+
+    run = richrep.open_run("runs/quickstart-1a2b3c4d5e")
+    run.representations()                      # single, cat2…, wide5, distill5, floors
+    X = run.features("cat5", test_split)       # cached on disk in the run folder
+    rows = run.evaluate(target, protocol="transfer", sizes=[10, "all"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from richrep import __version__
+from richrep.config import Experiment, SuiteEntry, load_experiment
+from richrep.data import Split, Task, apply_shifts, load_task
+from richrep.data.checks import ValueStats, value_stats
+from richrep.errors import ConfigError, DataError, StoreError
+from richrep.ledger import Ledger, State, Status
+from richrep.members import Member, kind_of, plan_members
+from richrep.registries import FLOORS, PROTOCOLS
+from richrep.representations import Representation, Trained, plan_representations
+from richrep.representations.features import FeatureCache, Featurizer, Flatten
+from richrep.results import Row
+from richrep.store import RunStore, read_json, write_json
+from richrep.training.checkpoint import load_checkpoint
+from richrep.training.device import resolve_device, resolve_precision
+
+FORMAT = 2  # the run folder's layout; folders of another format are refused, never mixed
+
+
+def base_task(exp: Experiment) -> Task:
+    """The experiment's dataset, split (train / validation / test) by its seed."""
+    d = exp.data
+    return load_task(
+        d.dataset,
+        d.params,
+        val_fraction=d.val_fraction,
+        max_train_per_class=d.max_train_per_class,
+        seed=exp.seed,
+    )
+
+
+def source_task(exp: Experiment, base: Task | None = None) -> Task:
+    """The task the members train on: the dataset with the ``data.source`` shifts applied."""
+    base = base if base is not None else base_task(exp)
+    return apply_shifts(base, [s.as_tuple() for s in exp.data.source], where="data.source")
+
+
+class Run:
+    """An experiment and its run folder: tasks, planned members and their ledger, encoders,
+    representations and features."""
+
+    def __init__(self, exp: Experiment, store: RunStore) -> None:
+        self.exp = exp
+        self.store = store
+        self.ledger = Ledger(store)
+        self._encoders: dict[str, nn.Module] = {}
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, exp: Experiment, out: Path) -> Run:
+        """The run of ``exp`` under the folder ``out`` (``out/<name>-<hash>``)."""
+        out = Path(out)
+        store = RunStore(out / exp.run_id())
+        if store.root.resolve().parent != out.resolve():
+            raise StoreError(f"run name {exp.name!r} would leave the output directory {out}")
+        run = cls(exp, store)
+        if store.exists():
+            run.check_format()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """An existing run folder."""
+        store = RunStore(Path(path))
+        if not store.exists():
+            raise StoreError(f"{path} is not a richrep run folder (no config.yaml)")
+        cls._check(store)
+        return cls(load_experiment(store.root / "config.yaml"), store)
+
+    @staticmethod
+    def _check(store: RunStore) -> None:
+        marker = store.root / "richrep.json"
+        fmt = read_json(marker).get("format") if marker.exists() else 1
+        if fmt != FORMAT:
+            raise StoreError(
+                f"{store.root} was written by another version of richrep (run folder format "
+                f"{fmt}; this richrep reads format {FORMAT}); rerun its experiment into a new "
+                f"folder (richrep run EXPERIMENT.yaml --out NEW_DIR) rather than mixing the two"
+            )
+
+    def check_format(self) -> None:
+        self._check(self.store)
+
+    def mark_format(self) -> None:
+        write_json(self.store.root / "richrep.json", {"format": FORMAT, "richrep": __version__})
+
+    # -- data ---------------------------------------------------------------------------------
+    @cached_property
+    def base_task(self) -> Task:
+        return base_task(self.exp)
+
+    @cached_property
+    def source_task(self) -> Task:
+        """The task the members train on: the dataset with the ``data.source`` shifts applied."""
+        return source_task(self.exp, self.base_task)
+
+    @cached_property
+    def source_stats(self) -> ValueStats:
+        """Mean, std and largest magnitude of the source's training inputs."""
+        return value_stats(self.source_task.train.x)
+
+    def target(self, entry: SuiteEntry, base: Task | None = None) -> Task:
+        """A suite entry's target: the run's dataset (or the entry's own ``dataset``) with the
+        entry's shifts applied; its inputs must fit the encoders."""
+        where = f"evaluation.suite.{entry.name}"
+        if entry.dataset is not None:
+            task = load_task(
+                entry.dataset,
+                entry.params,
+                val_fraction=self.exp.data.val_fraction,
+                seed=self.exp.seed,
+            )
+        else:
+            task = base if base is not None else self.base_task
+        task = apply_shifts(task, [s.as_tuple() for s in entry.shifts], where=where)
+        if task.input_shape != self.source_task.input_shape:
+            raise DataError(
+                f"{where}: the target's inputs have shape {task.input_shape} but the run's "
+                f"encoders take {self.source_task.input_shape}"
+            )
+        return task
+
+    # -- members ------------------------------------------------------------------------------
+    @cached_property
+    def members(self) -> list[Member]:
+        return plan_members(self.exp, self.source_task.input_shape)
+
+    def member(self, name: str) -> Member:
+        for m in self.members:
+            if m.name == name:
+                return m
+        raise ConfigError(
+            f"{self.store.root} has no member {name!r}; it has {[m.name for m in self.members]}"
+        )
+
+    def statuses(self) -> dict[str, Status]:
+        return self.ledger.statuses([m.name for m in self.members])
+
+    def trained(self) -> list[Trained]:
+        """The finished members, as the representations see them."""
+        out = []
+        for m in self.members:
+            s = self.ledger.status(m.name)
+            if s.ok:
+                out.append(
+                    Trained(
+                        m.name,
+                        m.kind,
+                        m.k,
+                        m.seed,
+                        int(s.meta["feature_dim"]),
+                        int(s.meta["encoder_params"]),
+                    )
+                )
+        return out
+
+    def problems(self) -> dict[str, Status]:
+        """Planned members that are neither finished nor failed (missing, partial, corrupt)."""
+        return {
+            n: s
+            for n, s in self.statuses().items()
+            if s.state not in (State.FINISHED, State.FAILED)
+        }
+
+    # -- encoders and features ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.exp.runtime.evaluation_device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return resolve_precision(self.exp.training.precision, self.device)
+
+    def encoder(self, part: str) -> nn.Module:
+        """The encoder of a representation part: a trained member (``single-s0``), an
+        untrained one (``random-single-s0``: same seed, no training) or the raw ``input``."""
+        if part not in self._encoders:
+            if part == "input":
+                enc: nn.Module = Flatten()
+            else:
+                name = part.removeprefix("random-")
+                member = self.member(name)
+                model = kind_of(member).build(member, self.exp, self.source_task)
+                if name == part:
+                    status = self.ledger.status(name)
+                    if not status.ok:
+                        raise StoreError(
+                            f"member {name} is {status.state.value}"
+                            f"{': ' + status.error if status.error else ''}; run `richrep run` to train it"
+                        )
+                    load_checkpoint(self.ledger.final(name), model)
+                enc = model.encoder.eval()
+            self._encoders[part] = enc
+        return self._encoders[part]
+
+    def encoders(self) -> dict[str, nn.Module]:
+        """The trained encoder of every finished member, by member name."""
+        return {t.name: self.encoder(t.name) for t in self.trained()}
+
+    @cached_property
+    def featurizer(self) -> Featurizer:
+        directory = self.store.features if self.exp.evaluation.cache_features else None
+        fingerprints = {}
+        for t in self.trained():
+            sha = self.ledger.status(t.name).meta.get("sha256", "")
+            fingerprints[t.name] = sha
+            fingerprints[f"random-{t.name}"] = "init" + self.exp.run_hash()
+        return Featurizer(
+            self.encoder,
+            device=self.device,
+            dtype=self.dtype,
+            cache=FeatureCache(directory=directory),
+            fingerprints=fingerprints,
+        )
+
+    def representations(self) -> list[Representation]:
+        floors = [FLOORS.build(f.name, **f.params) for f in self.exp.evaluation.floors]
+        input_dim = int(np.prod(self.source_task.input_shape))
+        return plan_representations(
+            self.trained(),
+            subsets=self.exp.evaluation.subsets,
+            seed=self.exp.seed,
+            floors=floors,
+            floor_context={"input_dim": input_dim, "run": self},
+        )
+
+    def representation(self, name: str | Representation) -> Representation:
+        """A representation by column (``single``, ``cat5``, ``wide5``…; the first subset when
+        there are several) or by id."""
+        if isinstance(name, Representation):
+            return name
+        reps = self.representations()
+        for r in reps:
+            if name in (r.column, r.id):
+                return r
+        raise ConfigError(
+            f"no representation {name!r} in {self.store.root}; it has "
+            f"{sorted({r.column for r in reps})}"
+        )
+
+    def features(
+        self, representation: str | Representation, data: Split | Task | Any
+    ) -> torch.Tensor:
+        """Features ``(N, dim)`` of ``data`` (a Split, a Task's test split, or an array of
+        inputs shaped like the source's), through the run's feature cache."""
+        rep = self.representation(representation)
+        if isinstance(data, Task):
+            data = data.test
+        if not isinstance(data, Split):
+            x = torch.as_tensor(np.asarray(data), dtype=torch.float32)
+            if tuple(x.shape[1:]) != self.source_task.input_shape:
+                raise DataError(
+                    f"inputs of shape {tuple(x.shape)} do not fit the encoders, which take "
+                    f"(N, {', '.join(map(str, self.source_task.input_shape))})"
+                )
+            data = Split(x, torch.zeros(len(x), dtype=torch.long))
+        return self.featurizer(rep, data)
+
+    def evaluate(
+        self,
+        target: Task | SuiteEntry | dict[str, Any],
+        protocol: str = "transfer",
+        representations: Sequence[str | Representation] | None = None,
+        **entry: Any,
+    ) -> list[Row]:
+        """Evaluate representations (default: all) on ``target`` — a Task, or a suite entry
+        (as in the experiment file) — with ``protocol``; return the rows (nothing is written)."""
+        from richrep.evaluation.protocols import Context, protocol_of
+
+        if isinstance(target, dict):
+            target = SuiteEntry.model_validate(target)
+        if isinstance(target, SuiteEntry):
+            spec = target
+            task = self.target(spec)
+        else:
+            task = target
+            spec = SuiteEntry.model_validate(
+                {"name": entry.pop("name", task.name or "target"), "protocol": protocol, **entry}
+            )
+        spec = spec.model_copy(update={"protocol": spec.protocol.resolved(PROTOCOLS, "protocol")})
+        ctx = Context(
+            self.featurizer,
+            self.source_task,
+            self.exp.evaluation.probe,
+            self.exp.seed,
+            run=self.exp.run_id(),
+            device=str(self.device),
+        )
+        proto = protocol_of(spec)
+        reps = (
+            [self.representation(r) for r in representations]
+            if representations
+            else self.representations()
+        )
+        return [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
+
+    # -- record -------------------------------------------------------------------------------
+    def members_info(self) -> list[dict[str, Any]]:
+        """Each planned member's state and training record (for the report)."""
+        out = []
+        for m in self.members:
+            s = self.ledger.status(m.name)
+            meta = s.meta
+            out.append(
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "k": m.k,
+                    "seed": m.seed,
+                    "status": s.state.value,
+                    "error": s.error,
+                    "encoder_params": meta.get("encoder_params"),
+                    "feature_dim": meta.get("feature_dim"),
+                    "val_acc": meta.get("val_acc"),
+                    "train_seconds": meta.get("train_seconds"),
+                    "precision": meta.get("precision"),
+                    "device": meta.get("device"),
+                    "history": meta.get("history", []),
+                }
+            )
+        return out
+
+    def env(self) -> dict[str, Any]:
+        path = self.store.root / "env.json"
+        return read_json(path) if path.exists() else {}
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.store.root)!r})"
+
+
+def open_run(path: str | Path) -> Run:
+    """The run in folder ``path`` (written by ``richrep run``)."""
+    return Run.open(path)

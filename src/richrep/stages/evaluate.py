@@ -1,0 +1,157 @@
+"""The evaluate stage: every suite entry's protocol on every representation, one results file
+per entry (named by a hash of everything its rows depend on, with a sha256 sidecar), gathered
+into ``results.jsonl``. A rerun evaluates only what changed; a truncated or modified results
+file is moved to quarantine and recomputed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from richrep.config import Experiment, SuiteEntry, stable_hash
+from richrep.data import Task, apply_shifts
+from richrep.data.checks import value_range_warning
+from richrep.errors import StoreError
+from richrep.evaluation.protocols import Context, check_entries, protocol_of
+from richrep.ledger import State, Status
+from richrep.representations import Representation
+from richrep.results import ROW_VERSION, Row
+from richrep.run import Run
+from richrep.store import quarantine, read_jsonl, write_jsonl
+
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+def preflight(run: Run) -> None:
+    """Build every target on a miniature of the data (and check each protocol's needs), so a
+    bad class list, a shift that does not fit, a dataset whose inputs do not fit the encoders
+    or a robustness target with other classes fails before any training starts."""
+    mini = run.base_task.miniature()
+    source = apply_shifts(mini, [s.as_tuple() for s in run.exp.data.source], where="data.source")
+    targets = [run.target(e, base=mini) for e in run.exp.evaluation.suite]
+    check_entries(run.exp.evaluation.suite, source, targets)
+
+
+def entry_hash(
+    exp: Experiment, entry: SuiteEntry, reps: Sequence[Representation], status: dict[str, Status]
+) -> str:
+    return stable_hash(
+        {
+            "entry": entry.model_dump(mode="json"),
+            "probe": exp.evaluation.probe.model_dump(mode="json"),
+            "reps": [r.id for r in reps],
+            "checkpoints": {
+                k: v.meta.get("sha256") if v.ok else v.state.value
+                for k, v in sorted(status.items())
+            },
+            "run": exp.run_id(),
+            "rows": ROW_VERSION,
+        }
+    )
+
+
+def check_members(run: Run, allow_missing: bool = False) -> dict[str, Status]:
+    """Each member's status; a planned member that is missing, partial or corrupt is an error
+    unless ``allow_missing`` (failed members are left out with their reason); no trained seed
+    at all is an error that says why each failed."""
+    status = run.statuses()
+    bad = {n: s for n, s in status.items() if s.state not in (State.FINISHED, State.FAILED)}
+    if bad and not allow_missing:
+        listing = "; ".join(
+            f"{n} is {s.state.value}{': ' + s.error if s.error else ''}" for n, s in bad.items()
+        )
+        raise StoreError(
+            f"{run.store.root}: {listing}. Run `richrep run` on the experiment to (re)train "
+            f"them, or pass --allow-missing to evaluate without them"
+        )
+    singles = {m.name: status[m.name] for m in run.members if m.kind == "single"}
+    if not any(s.ok for s in singles.values()):
+        why = "; ".join(
+            f"{n}: {s.state.value}{' — ' + s.error if s.error else ''}" for n, s in singles.items()
+        )
+        raise StoreError(f"{run.store.root} has no trained seed to evaluate ({why})")
+    return status
+
+
+def evaluate(
+    run: Run,
+    *,
+    log: Log = print,
+    progress: Progress | None = None,
+    allow_missing: bool = False,
+) -> list[Row]:
+    """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``."""
+    exp, store = run.exp, run.store
+    status = check_members(run, allow_missing)
+    reps = run.representations()
+    cache = run.featurizer.cache
+    ctx: Context | None = None
+    files = []
+    for entry in exp.evaluation.suite:
+        path = store.results_dir / f"{entry.name}-{entry_hash(exp, entry, reps, status)}.jsonl"
+        files.append(path)
+        if path.exists():
+            try:
+                read_jsonl(path)
+                log(f"{entry.name}: reused {path.name}")
+                if progress:
+                    progress(entry.name, len(reps), len(reps))
+                continue
+            except StoreError as e:
+                log(f"{entry.name}: {e}; moved to {quarantine(path, str(e))}, evaluating again")
+        if ctx is None:
+            ctx = Context(
+                run.featurizer,
+                run.source_task,
+                exp.evaluation.probe,
+                exp.seed,
+                run=exp.run_id(),
+                device=str(run.device),
+            )
+        t0 = time.perf_counter()
+        target = run.target(entry)
+        ctx.info = target_facts(run, target, log, entry.name)
+        protocol = protocol_of(entry)
+        rows: list[Row] = []
+        if progress:
+            progress(entry.name, 0, len(reps))
+        for i, rep in enumerate(reps):
+            rows += protocol.evaluate(ctx, rep, target, entry)
+            if progress:
+                progress(entry.name, i + 1, len(reps))
+        write_jsonl(path, [r.to_dict() for r in rows])
+        log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
+    all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
+    write_jsonl(store.results, [r.to_dict() for r in all_rows])
+    log(
+        f"features: extracted {cache.misses}, read {cache.disk_hits} from the run folder's cache"
+        if exp.evaluation.cache_features
+        else f"features: extracted {cache.misses}"
+    )
+    return all_rows
+
+
+def target_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
+    """What every row of a target records about it (how its test split was made), and a
+    warning when its inputs' range differs grossly from the source's."""
+    facts: dict[str, Any] = {}
+    info = target.recipe.get("info") or {}
+    for key in ("test_split", "scaled"):
+        if key in info:
+            facts[key] = info[key]
+    warn = value_range_warning(run.source_stats, target.test.x, name)
+    if warn:
+        log(f"WARNING: {warn}")
+        facts["warning"] = warn
+    return facts
+
+
+def read_results(run: Run) -> list[Row]:
+    """The run's result rows (checked against their sha256)."""
+    if not run.store.results.exists():
+        raise StoreError(
+            f"{run.store.root} has no results.jsonl yet; run `richrep run` (or --only evaluate) first"
+        )
+    return [Row.from_dict(d) for d in read_jsonl(run.store.results)]

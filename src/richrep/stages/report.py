@@ -1,0 +1,86 @@
+"""The report stage: gathers what the report shows from the run folder (result rows, member
+records, the seed analysis, config and environment) and writes ``report.html`` and its plots."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from richrep.errors import StoreError
+from richrep.report.html import ReportData, write_report
+from richrep.run import Run
+from richrep.stages.evaluate import read_results
+from richrep.store import read_json
+
+
+def report_data(run: Run) -> ReportData:
+    """Everything the report shows, as plain data."""
+    exp = run.exp
+    rows = read_results(run)
+    suite = exp.evaluation.suite
+    chance = {}
+    warnings = []
+    for e in suite:
+        mine = [r for r in rows if r.entry == e.name]
+        if mine:
+            chance[e.name] = _chance(run, e)
+        warnings += sorted({str(r.extra["warning"]) for r in mine if r.extra.get("warning")})
+    analysis_path = run.store.root / "analysis" / "summary.json"
+    analysis = None
+    if analysis_path.exists():
+        try:
+            analysis = read_json(analysis_path)
+        except StoreError as e:
+            warnings.append(f"the seed analysis could not be read: {e}")
+    members = run.members_info()
+    for m in members:
+        if m["status"] not in ("finished", "failed"):
+            warnings.append(
+                f"member {m['name']} is {m['status']}{': ' + m['error'] if m['error'] else ''}"
+            )
+    t = exp.training
+    intro = {
+        "encoder": exp.model.encoder,
+        "width": exp.model.width,
+        "dataset": exp.data.dataset,
+        "source": ", ".join(s.label() for s in exp.data.source) or "all classes",
+        "seeds": len(t.seed_list),
+        "epochs": t.epochs,
+        "optimizer": t.optimizer,
+        "lr": t.lr,
+        "weight_decay": t.weight_decay,
+        "objective": t.objective.label(),
+        "baselines": [f"{b.kind}{b.k}" for b in t.baselines],
+    }
+    config = run.store.root / "config.yaml"
+    return ReportData(
+        name=exp.name,
+        run_id=run.store.root.name,
+        rows=rows,
+        entries=[e.name for e in suite],
+        entry_protocols={e.name: e.protocol.name for e in suite},
+        chance=chance,
+        intro=intro,
+        members=members,
+        analysis=analysis,
+        config_text=config.read_text() if config.exists() else "",
+        env=run.env(),
+        warnings=warnings,
+    )
+
+
+def _chance(run: Run, entry) -> float:  # noqa: ANN001
+    """1 / the number of classes of an entry's target (without building it when avoidable)."""
+    for s in entry.shifts:
+        if s.name == "classes" and s.params.get("keep"):
+            return 1.0 / len(s.params["keep"])
+    if entry.dataset is None:
+        return 1.0 / run.base_task.num_classes
+    return 1.0 / run.target(entry).num_classes
+
+
+def report(run: Run, *, log: Callable[[str], None] = print) -> Path:
+    """Write the run's ``report.html`` (and plots); return its path."""
+    path = write_report(report_data(run), run.store.root)
+    log(f"report: {path}")
+    return path

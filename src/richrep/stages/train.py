@@ -1,0 +1,29 @@
+"""The train stage: the engine ``runtime.engine`` names trains every unfinished member."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from richrep.ledger import Status
+from richrep.registries import ENGINES
+from richrep.run import Run
+
+Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+def train(
+    run: Run, *, log: Callable[[str], None] = print, progress: Progress | None = None
+) -> dict[str, Status]:
+    """Train (or resume) the run's members; return each member's status."""
+    spec = run.exp.runtime.engine
+    engine = ENGINES.build(spec.name, where="runtime.engine", **spec.params)
+    t0 = time.perf_counter()
+    status = engine.train(run.exp, run.source_task, run.members, run.store, progress)
+    failed = {n: s for n, s in status.items() if not s.ok}
+    log(
+        f"trained {len(status) - len(failed)}/{len(status)} members in "
+        f"{time.perf_counter() - t0:.1f} s"
+        + "".join(f"\n  {n} failed: {s.error}" for n, s in failed.items())
+    )
+    return status

@@ -1,0 +1,229 @@
+"""The local engine: trains a run's members in this process, teachers before students, the
+members of one architecture together (:func:`~richrep.training.workers.train_group`), reusing
+every finished checkpoint. A member whose loss diverges is recorded as failed and the others
+go on; a student whose teacher failed is recorded as failed too."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from richrep.config import Experiment
+from richrep.data import Task
+from richrep.ledger import Ledger, State, Status
+from richrep.members import Member, kind_of, waves
+from richrep.models import Classifier, count_params
+from richrep.registries import ENGINES
+from richrep.store import RunStore
+from richrep.training.checkpoint import load_checkpoint, save_checkpoint
+from richrep.training.device import resolve_device, resolve_precision, set_threads
+from richrep.training.loop import accuracy
+from richrep.training.plan import choose_strategy, plan_units
+from richrep.training.workers import train_group
+
+Progress = Callable[[str, int, int], None]  # (member, done, total)
+
+
+def load_member(exp: Experiment, task: Task, member: Member, store: RunStore) -> Classifier:
+    """The trained classifier of ``member`` from the store (checked against its sha256)."""
+    model = kind_of(member).build(member, exp, task)
+    load_checkpoint(Ledger(store).final(member.name), model)
+    return model.eval()
+
+
+def groups_of(members: Sequence[Member]) -> list[list[Member]]:
+    """Members that train together: one kind, architecture, arguments and teachers."""
+    out: dict[tuple, list[Member]] = {}
+    for m in members:
+        key = (
+            m.kind,
+            m.k,
+            m.width,
+            m.feature_dim,
+            json.dumps(m.params, sort_keys=True),
+            m.requires,
+        )
+        out.setdefault(key, []).append(m)
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Members the local engine trains together: folded into one module (``fused``) or alone
+    (``sequential``), on ``threads`` intra-op threads."""
+
+    members: tuple[Member, ...]
+    strategy: str
+    threads: int
+
+
+def work_units(
+    exp: Experiment, task: Task, members: Sequence[Member], budget: int
+) -> list[WorkUnit]:
+    """The units of work the local engine runs for ``members`` (one wave) with ``budget``
+    threads (:func:`~richrep.training.plan.plan_units`). Each unit trained on its own with its
+    strategy and thread count does the same arithmetic as inside the local engine, which is how
+    the Ray engine gives bit-identical weights."""
+    device = resolve_device(exp.runtime.device)
+    out = []
+    for group in groups_of(members):
+        strategy = exp.runtime.strategy
+        kind = kind_of(group[0])
+        folds = kind.objective(group[0], exp).folds
+        if strategy == "auto":
+            models = [kind.build(m, exp, task) for m in group]
+            strategy = choose_strategy(models, device, folds=folds, threads=budget)
+        for u in plan_units(len(group), strategy, budget):
+            out.append(
+                WorkUnit(
+                    tuple(group[i] for i in u.indices),
+                    "fused" if u.fused else "sequential",
+                    u.threads,
+                )
+            )
+    return out
+
+
+def finalize(
+    exp: Experiment,
+    task: Task,
+    member: Member,
+    model: Classifier,
+    history: list[dict[str, Any]],
+    ledger: Ledger,
+    device: torch.device,
+    dtype: torch.dtype,
+    strategy: str,
+) -> dict[str, Any]:
+    """Save a trained member's final checkpoint with its metrics; drop its epoch checkpoint."""
+    objective = kind_of(member).objective(member, exp)
+    meta = {
+        "member": member.to_dict(),
+        "encoder_params": count_params(model.encoder),
+        "feature_dim": model.encoder.feature_dim,
+        "val_acc": accuracy(model, task.val, device, dtype, objective=objective),
+        "history": history,
+        "train_seconds": sum(h["seconds"] for h in history),
+        "device": str(device),
+        "precision": str(dtype).replace("torch.", ""),
+        "strategy": strategy,
+        "task_hash": task.hash,
+    }
+    digest = save_checkpoint(ledger.final(member.name), model.cpu(), **meta)
+    ledger.drop_partial(member.name)
+    ledger.clear_failure(member.name)
+    return {"sha256": digest, **meta}
+
+
+def train_local(
+    exp: Experiment,
+    task: Task,
+    members: Sequence[Member],
+    store: RunStore,
+    progress: Progress | None = None,
+) -> dict[str, Status]:
+    """Train every unfinished member of ``members`` in this process, wave by wave (teachers
+    before students); return each member's status."""
+    set_threads(exp.runtime.threads)
+    device = resolve_device(exp.runtime.device)
+    dtype = resolve_precision(exp.training.precision, device)
+    ledger = Ledger(store)
+    status: dict[str, Status] = {}
+    planned = {m.name for m in members}
+    for wave in waves(members):
+        todo = []
+        for m in wave:
+            s = ledger.status(m.name)
+            if s.ok:
+                status[m.name] = s
+                if progress:
+                    progress(m.name, 1, 1)
+                continue
+            bad = [r for r in m.requires if r in planned and not status.get(r, ledger.status(r)).ok]
+            if bad:
+                why = f"its teacher(s) {', '.join(bad)} did not train"
+                ledger.record_failure(m.name, why, m.to_dict())
+                status[m.name] = Status(m.name, State.FAILED, error=why)
+                continue
+            todo.append(m)
+        for group in groups_of(todo):
+            status.update(
+                train_members(
+                    exp, task, group, store, device, dtype, exp.runtime.strategy, progress
+                )
+            )
+    return {m.name: status[m.name] for m in members}
+
+
+def train_members(
+    exp: Experiment,
+    task: Task,
+    group: Sequence[Member],
+    store: RunStore,
+    device: torch.device,
+    dtype: torch.dtype,
+    strategy: str,
+    progress: Progress | None = None,
+) -> dict[str, Status]:
+    """Train one group of members of one kind and architecture together."""
+    ledger = Ledger(store)
+    kind = kind_of(group[0])
+    models = [kind.build(m, exp, task) for m in group]
+
+    def targets_of(m: Member) -> Callable[[], dict[str, torch.Tensor]]:
+        def compute() -> dict[str, torch.Tensor]:
+            teachers = [load_member(exp, task, t, store) for t in _members(m.requires, exp, task)]
+            return kind.targets(m, task, teachers, device=device, dtype=dtype)
+
+        return compute
+
+    outs = train_group(
+        models,
+        task.train,
+        exp.training,
+        [m.seed for m in group],
+        device=device,
+        dtype=dtype,
+        partial_paths=[ledger.partial(m.name) for m in group],
+        members=[m.name for m in group],
+        strategy=strategy,
+        objectives=[kind.objective(m, exp) for m in group],
+        targets=[targets_of(m) if m.requires else {} for m in group],
+        on_step=(lambda k, d, t: progress(group[k].name, d, t)) if progress else None,
+    )
+    status = {}
+    for m, model, out in zip(group, models, outs, strict=True):
+        if "failed" in out:
+            ledger.record_failure(m.name, out["failed"], m.to_dict())
+            status[m.name] = Status(m.name, State.FAILED, error=out["failed"])
+            continue
+        finalize(exp, task, m, model, out["history"], ledger, device, dtype, out["strategy"])
+        status[m.name] = ledger.status(m.name)
+    return status
+
+
+def _members(names: Sequence[str], exp: Experiment, task: Task) -> list[Member]:
+    from richrep.members import plan_members
+
+    by_name = {m.name: m for m in plan_members(exp, task.input_shape)}
+    return [by_name[n] for n in names]
+
+
+@ENGINES.register("local", description="train in this process (CPU threads or one GPU)")
+class LocalEngine:
+    """Train in this process: the seeds of one architecture together, on ``runtime.threads``
+    threads and ``runtime.device``."""
+
+    def train(
+        self,
+        exp: Experiment,
+        task: Task,
+        members: Sequence[Member],
+        store: RunStore,
+        progress: Progress | None = None,
+    ) -> dict[str, Status]:
+        return train_local(exp, task, members, store, progress)

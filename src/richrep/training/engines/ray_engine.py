@@ -1,0 +1,251 @@
+"""Train a run's members as Ray tasks, into the same run store.
+
+By default a task is one of the local engine's work units (:func:`work_units`: the same members
+folded together or not, on the same number of threads, planned from the experiment and the
+thread budget ``runtime.threads``), with as many CPUs as the unit has threads: the weights are
+bit-identical to the local engine's for the same file. Setting ``cpus_per_task`` (or
+``gpus_per_task``) sizes tasks for a cluster instead: one member per task.
+
+Members run in waves, teachers before students. A task trains its members with the local
+engine's code and writes their checkpoints into the store (shared filesystem) or returns them
+for the driver to write (``shared_storage: false``; then a student's task also receives its
+teachers' checkpoints). Ray retries a task whose worker dies (``max_retries``); the retry
+resumes from each member's last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from richrep.config import Experiment
+from richrep.data import Task
+from richrep.errors import ConfigError, TrainingError
+from richrep.ledger import Ledger, State, Status
+from richrep.members import Member, waves
+from richrep.registries import ENGINES
+from richrep.store import RunStore, load_tensors, save_tensors
+from richrep.training.device import set_threads
+from richrep.training.engines.local import Progress, WorkUnit, work_units
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "the Ray engine needs Ray, which is not installed: `pip install 'richrep[ray]'` "
+            "(or use the default local engine)"
+        ) from None
+    return ray
+
+
+def _worker(
+    exp_json: dict[str, Any],
+    task: Task,
+    members: list[dict[str, Any]],
+    strategy: str,
+    threads: int,
+    root: str,
+    shared: bool,
+    teachers: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    """Runs inside a Ray worker: train one unit of members with the local engine's code, on
+    ``threads`` threads; return each member's sidecar (and tensors if storage is not shared)."""
+    from safetensors.torch import load_file
+
+    from richrep.config import Experiment
+    from richrep.training.engines.local import train_local
+
+    exp = Experiment.model_validate(exp_json)
+    runtime = exp.runtime.model_copy(
+        update={"strategy": strategy, "threads": threads, "engine": {"name": "local"}}
+    )
+    exp = exp.model_copy(update={"runtime": runtime})
+    unit = [Member.from_dict(m) for m in members]
+    if not shared:  # the run folder is not visible here: train into a scratch folder
+        root = tempfile.mkdtemp(prefix="richrep-")
+    store = RunStore(Path(root))
+    ledger = Ledger(store)
+    for name, (tensors, meta) in teachers.items():
+        save_tensors(ledger.final(name), tensors, {k: v for k, v in meta.items() if k != "sha256"})
+    if shared:
+        for m in unit:
+            ledger.mark_worker(m.name)
+    status = train_local(exp, task, unit, store)
+    out: dict[str, dict[str, Any]] = {}
+    for m in unit:
+        s = status[m.name]
+        if not s.ok:
+            out[m.name] = {"failed": s.error}
+        elif shared:
+            out[m.name] = {"meta": s.meta}
+        else:
+            out[m.name] = {"meta": s.meta, "tensors": load_file(ledger.final(m.name))}
+    return out
+
+
+@ENGINES.register("ray", description="train as Ray tasks, on a local Ray instance or a cluster")
+class RayEngine:
+    """Train the members as Ray tasks: the local engine's work units by default (bit-identical
+    weights), or one member per task with ``cpus_per_task`` / ``gpus_per_task`` CPUs/GPUs.
+    ``address``: None starts a local Ray instance (with ``num_cpus``), ``auto`` or
+    ``ray://host:port`` joins a cluster. ``max_retries``: retries of a task whose worker died.
+    ``shared_storage``: whether workers see the run folder (else checkpoints travel back)."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        num_cpus: Annotated[int, Field(ge=1)] | None = None,
+        cpus_per_task: Annotated[int, Field(ge=1)] | None = None,
+        gpus_per_task: Annotated[float, Field(ge=0)] = 0,
+        max_retries: Annotated[int, Field(ge=0)] = 2,
+        shared_storage: bool = True,
+    ) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.max_retries = max_retries
+        self.shared_storage = shared_storage
+
+    def train(
+        self,
+        exp: Experiment,
+        task: Task,
+        members: Sequence[Member],
+        store: RunStore,
+        progress: Progress | None = None,
+    ) -> dict[str, Status]:
+        """Train every unfinished member as a Ray task; return each member's status."""
+        ray = _import_ray()
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        started = False
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "configure_logging": False,
+            }
+            if self.address:
+                ray.init(address=self.address, **kw)
+            else:
+                ray.init(num_cpus=self.num_cpus, **kw)
+            started = True
+        try:
+            status: dict[str, Status] = {}
+            for wave in waves(members):
+                status.update(self._wave(ray, exp, task, wave, store, status, progress))
+            return {m.name: status[m.name] for m in members}
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _wave(
+        self,
+        ray: Any,
+        exp: Experiment,
+        task: Task,
+        wave: Sequence[Member],
+        store: RunStore,
+        done: dict[str, Status],
+        progress: Progress | None,
+    ) -> dict[str, Status]:
+        ledger = Ledger(store)
+        status: dict[str, Status] = {}
+        todo = []
+        for m in wave:
+            s = ledger.status(m.name)
+            if s.ok:
+                status[m.name] = s
+                if progress:
+                    progress(m.name, 1, 1)
+                continue
+            bad = [r for r in m.requires if not done.get(r, ledger.status(r)).ok]
+            if bad:
+                why = f"its teacher(s) {', '.join(bad)} did not train"
+                ledger.record_failure(m.name, why, m.to_dict())
+                status[m.name] = Status(m.name, State.FAILED, error=why)
+                continue
+            todo.append(m)
+        if not todo:
+            return status
+        if self.cpus_per_task is None and not self.gpus_per_task:
+            units = work_units(exp, task, todo, set_threads(exp.runtime.threads))
+        else:  # tasks sized for a cluster: one member each
+            n = max(1, int(self.cpus_per_task or 1))
+            units = [WorkUnit((m,), "sequential", n) for m in todo]
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        biggest = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
+        need = max(u.threads for u in units)
+        if nodes and need > biggest:  # such a task would wait forever for a node
+            raise ConfigError(
+                f"runtime: a Ray task needs {need} CPUs but the largest Ray node has {biggest:g}; "
+                f"set runtime.threads (the thread budget the work units are planned for) or "
+                f"runtime.engine.ray.cpus_per_task to at most {biggest:g}"
+            )
+        remote = ray.remote(_worker)
+        task_ref = ray.put(task)
+        exp_json = exp.model_dump(mode="json")
+        pending = {}
+        for u in units:
+            teachers: dict[str, Any] = {}
+            if not self.shared_storage:
+                for m in u.members:
+                    for t in m.requires:
+                        tensors, meta = load_tensors(ledger.final(t))
+                        teachers[t] = (tensors, meta)
+            ref = remote.options(
+                num_cpus=u.threads,
+                num_gpus=self.gpus_per_task,
+                max_retries=self.max_retries,
+                retry_exceptions=False,
+            ).remote(
+                exp_json,
+                task_ref,
+                [m.to_dict() for m in u.members],
+                u.strategy,
+                u.threads,
+                str(store.root.resolve()),
+                self.shared_storage,
+                teachers,
+            )
+            pending[ref] = u
+        lost: dict[str, str] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            unit = pending.pop(ready[0])
+            try:
+                outs = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001  (a worker that died after all retries)
+                why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                lost.update({m.name: why for m in unit.members})
+                continue
+            finally:
+                for m in unit.members:
+                    ledger.unmark_worker(m.name)
+            for m in unit.members:
+                out = outs[m.name]
+                if "failed" in out:
+                    ledger.record_failure(m.name, out["failed"], m.to_dict())
+                    status[m.name] = Status(m.name, State.FAILED, error=out["failed"])
+                else:
+                    if "tensors" in out:
+                        meta = {k: v for k, v in out["meta"].items() if k != "sha256"}
+                        save_tensors(ledger.final(m.name), out["tensors"], meta)
+                    ledger.clear_failure(m.name)
+                    status[m.name] = ledger.status(m.name)
+                if progress:
+                    progress(m.name, 1, 1)
+        if lost:
+            listing = "; ".join(f"{k} ({v})" for k, v in lost.items())
+            raise TrainingError(
+                f"Ray lost {len(lost)} member(s) after {self.max_retries} retries: {listing}. "
+                f"Finished members are kept; rerun to resume the others."
+            )
+        return status

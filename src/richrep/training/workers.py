@@ -1,0 +1,377 @@
+"""K models of one architecture trained together, each model's result equal to
+:func:`~richrep.training.loop.train_member` on its own (per-seed semantics: see
+:mod:`richrep.training.loop`). A run killed under one strategy resumes under any other.
+
+Strategies (``strategy=``):
+
+``sequential``
+    each model in turn, as a unit of one: the reference.
+``threads``
+    (CPU) the models are handed out to ``P`` Python threads of this process, each with its own
+    OpenMP/MKL budget of ``threads // P`` cores (``torch.set_num_threads`` is per calling
+    thread); the GIL is released inside every kernel and the backward pass. Models left over
+    after the full rounds (K mod P) then share all cores. Nothing is copied or pickled.
+``processes``
+    (CPU) the same split over spawned worker processes, the training tensors handed over once
+    through shared memory; each worker costs a process start and ``import torch`` (2-4 s), and,
+    as any spawn, needs the caller's script to be import-safe.
+``fused``
+    the K models folded into one module (:mod:`richrep.training.fused`), when their objectives
+    say they fold.
+``fused-threads``
+    (CPU) the models split into ``P`` groups, each folded and trained in its own thread.
+
+:func:`~richrep.training.plan.plan_units` fixes the units; ``auto`` picks with
+:func:`~richrep.training.plan.choose_strategy`. See ``benchmarks/train_seeds.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from richrep.config import TrainingConfig
+from richrep.data import Split
+from richrep.errors import ConfigError, TrainingError
+from richrep.objectives import CrossEntropy, Objective
+from richrep.training.allocator import tune_cpu_allocator
+from richrep.training.fused import fusable
+from richrep.training.loop import UnitProgress, train_unit
+from richrep.training.plan import STRATEGIES, Unit, choose_strategy, plan_units
+
+# Per-example training targets of a model, or a function computing them inside its unit.
+Targets = dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]
+
+
+@dataclass
+class _Group:
+    """What every model of a group shares, and each model's own settings."""
+
+    train: Split
+    cfg: TrainingConfig
+    device: torch.device
+    dtype: torch.dtype
+    models: Sequence[nn.Module]
+    seeds: Sequence[int]
+    objectives: list[Objective]
+    targets: list[Targets]
+    paths: list[Path | None]
+    names: list[str]
+
+    def run(self, unit: Unit, on_step: UnitProgress | None) -> list[dict[str, Any]]:
+        """Train one unit; progress is reported with indices into the group."""
+        idx = list(unit.indices)
+        hook = (lambda j, d, t: on_step(idx[j], d, t)) if on_step else None
+        # Targets given as callables are computed here, on this unit's threads, so their
+        # arithmetic is the unit's wherever it runs (a thread here, a Ray task elsewhere).
+        targets = [self.targets[i]() if callable(self.targets[i]) else self.targets[i] for i in idx]
+        return train_unit(
+            [self.models[i] for i in idx],
+            [self.seeds[i] for i in idx],
+            self.train,
+            self.cfg,
+            device=self.device,
+            dtype=self.dtype,
+            fused=unit.fused,
+            objectives=[self.objectives[i] for i in idx],
+            targets=targets,
+            partial_paths=[self.paths[i] for i in idx],
+            names=[self.names[i] for i in idx],
+            on_step=hook,
+        )
+
+
+def train_group(
+    models: Sequence[nn.Module],
+    train: Split,
+    cfg: TrainingConfig,
+    seeds: Sequence[int],
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    partial_paths: Sequence[Path | None] | None = None,
+    on_step: UnitProgress | None = None,
+    members: Sequence[str] | None = None,
+    strategy: str = "auto",
+    objectives: Sequence[Objective] | None = None,
+    targets: Sequence[Targets] | None = None,
+    workers: int | None = None,
+    tune_allocator: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``models[k]`` in place with ``seeds[k]``; return one result per model:
+    ``{"history": [...], "strategy": name}`` plus ``"failed": message`` for a seed whose loss
+    became non-finite (the others go on). ``partial_paths[k]`` is model ``k``'s epoch
+    checkpoint, ``members[k]`` its name in messages, ``objectives[k]`` / ``targets[k]`` its
+    loss and per-example targets, ``on_step(k, done, total)`` its progress (serialized by a
+    lock under ``threads``). ``workers`` sets the worker count of ``threads``/``processes``.
+    Other exceptions stop every worker and propagate; the epoch checkpoints written so far
+    stay. ``tune_allocator`` applies :func:`tune_cpu_allocator` on a CPU (a process policy)."""
+    k = len(models)
+    if len(seeds) != k:
+        raise ConfigError(f"train_group: {k} models but {len(seeds)} seeds")
+    group = _Group(
+        train,
+        cfg,
+        device,
+        dtype,
+        models,
+        seeds,
+        list(objectives) if objectives is not None else [CrossEntropy() for _ in range(k)],
+        list(targets) if targets is not None else [{} for _ in range(k)],
+        list(partial_paths) if partial_paths is not None else [None] * k,
+        list(members) if members is not None else [""] * k,
+    )
+    if not (
+        len(group.objectives) == len(group.targets) == len(group.paths) == len(group.names) == k
+    ):
+        raise ConfigError(
+            "train_group: objectives, targets, partial_paths and members need one per model"
+        )
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise ConfigError(
+            f"train_group: unknown strategy {strategy!r} (one of auto, {', '.join(STRATEGIES)})"
+        )
+    if k == 0:
+        return []
+    if device.type == "cpu" and tune_allocator:
+        tune_cpu_allocator()
+    folds = all(o.folds for o in group.objectives)
+    if strategy == "auto":
+        strategy = choose_strategy(models, device, folds=folds)
+    if strategy.startswith("fused") and not (folds and fusable(models)):
+        raise ConfigError(
+            "train_group: the fused strategies need foldable models (mlp/cnn families) and "
+            "objectives that fold"
+        )
+    if strategy in ("threads", "processes", "fused-threads") and device.type != "cpu":
+        raise ConfigError(f"train_group: the {strategy} strategy is for CPUs")
+    budget = torch.get_num_threads()
+    units = plan_units(k, strategy, budget, workers)
+    if strategy in ("sequential", "fused"):
+        out: dict[int, dict[str, Any]] = {}
+        for u in units:
+            out.update(zip(u.indices, group.run(u, on_step), strict=True))
+        results = [out[i] for i in range(k)]
+    elif strategy == "processes":
+        results = _train_processes(group, on_step, workers)
+    else:
+        results = _train_threads(group, units, budget, on_step)
+    for r in results:
+        r["strategy"] = strategy
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# threads: units handed out to Python threads, each with its own cores
+
+
+class _Stop(Exception):
+    """Raised in a worker's progress hook once another worker has failed."""
+
+
+def _train_threads(
+    group: _Group, units: list[Unit], budget: int, on_step: UnitProgress | None
+) -> list[dict[str, Any]]:
+    """Run ``units`` in waves of equal thread counts, each wave on ``budget // threads``
+    Python threads that each keep their own OpenMP/MKL budget."""
+    lock = threading.Lock()
+    out: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def hook(i: int, done: int, total: int) -> None:
+        if stop.is_set():
+            raise _Stop
+        if on_step:
+            with lock:
+                on_step(i, done, total)
+
+    def work(todo: list[Unit], threads: int) -> None:
+        torch.set_num_threads(threads)  # this thread's OpenMP and MKL budget only
+        while not stop.is_set():
+            with lock:
+                if not todo:
+                    return
+                unit = todo.pop(0)
+            try:
+                results = group.run(unit, hook)
+            except _Stop:
+                return
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(e)
+                stop.set()
+                return
+            with lock:
+                out.update(zip(unit.indices, results, strict=True))
+
+    waves: list[list[Unit]] = []
+    for u in units:
+        if waves and waves[-1][0].threads == u.threads:
+            waves[-1].append(u)
+        else:
+            waves.append([u])
+    pool: list[threading.Thread] = []
+    try:
+        for wave in waves:
+            n = max(1, min(len(wave), budget // wave[0].threads))
+            pool = [
+                threading.Thread(
+                    target=work,
+                    args=(wave, wave[0].threads),
+                    name=f"richrep-seeds-{j}",
+                    daemon=True,
+                )
+                for j in range(n)
+            ]
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            if errors or stop.is_set():
+                break
+    finally:
+        stop.set()
+        for t in pool:  # on an interrupt: let the running workers stop at their next step
+            t.join()
+        torch.set_num_threads(budget)  # the workers moved the default new threads start with
+    if errors:
+        raise errors[0]
+    return [out[i] for i in range(len(group.models))]
+
+
+# --------------------------------------------------------------------------------------------
+# processes: models handed out to spawned CPU workers
+
+
+def _worker(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tasks: Any,
+    results: Any,
+    remaining: Any,
+    budget: int,
+    nproc: int,
+) -> None:
+    tune_cpu_allocator()
+    split = Split(x, y)
+    threads = max(1, budget // nproc)
+    torch.set_num_threads(threads)
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        i, model, cfg, seed, dtype, path, member, objective, targets = task
+        last = [0.0]
+
+        def progress(_j: int, done: int, total: int, i: int = i, last: list[float] = last) -> None:
+            nonlocal threads
+            want = max(1, budget // max(1, min(nproc, remaining.value)))
+            if want != threads:
+                threads = want
+                torch.set_num_threads(want)
+            now = time.perf_counter()
+            if done in (0, total) or now - last[0] > 0.25:
+                last[0] = now
+                results.put(("progress", i, done, total))
+
+        try:
+            (res,) = train_unit(
+                [model],
+                [seed],
+                split,
+                cfg,
+                device=torch.device("cpu"),
+                dtype=dtype,
+                objectives=[objective],
+                targets=[targets],
+                partial_paths=[path],
+                names=[member],
+                on_step=progress,
+            )
+        except BaseException:  # noqa: BLE001 - reported to the parent
+            results.put(("error", i, traceback.format_exc(), None))
+            return
+        with remaining.get_lock():
+            remaining.value -= 1
+        # Plain arrays, copied through the pipe: a tensor would travel as a shared-memory file
+        # descriptor that dies with this process, which may exit before the parent reads it.
+        state = {k: v.detach().contiguous().numpy() for k, v in model.state_dict().items()}
+        results.put(("done", i, res, state))
+
+
+def _train_processes(
+    group: _Group, on_step: UnitProgress | None, workers: int | None
+) -> list[dict[str, Any]]:
+    import torch.multiprocessing as mp
+
+    budget = torch.get_num_threads()
+    k = len(group.models)
+    nproc = max(1, min(k, workers or budget))
+    ctx = mp.get_context("spawn")
+    x, y = group.train.x.detach(), group.train.y.detach()
+    x = x if x.is_shared() else x.clone().share_memory_()
+    y = y if y.is_shared() else y.clone().share_memory_()
+    tasks, results = ctx.Queue(), ctx.Queue()
+    remaining = ctx.Value("i", k)
+    targets = [t() if callable(t) else t for t in group.targets]
+    for i, m in enumerate(group.models):
+        tasks.put(
+            (
+                i,
+                copy.deepcopy(m).cpu(),
+                group.cfg,
+                group.seeds[i],
+                group.dtype,
+                group.paths[i],
+                group.names[i],
+                group.objectives[i],
+                targets[i],
+            )
+        )
+    for _ in range(nproc):
+        tasks.put(None)
+    procs = [
+        ctx.Process(
+            target=_worker, args=(x, y, tasks, results, remaining, budget, nproc), daemon=True
+        )
+        for _ in range(nproc)
+    ]
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        for p in procs:
+            p.start()
+        while len(out) < k:
+            try:
+                kind, i, a, b = results.get(timeout=1.0)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    raise TrainingError("train_group: the worker processes exited early") from None
+                continue
+            if kind == "progress":
+                if on_step:
+                    on_step(i, a, b)
+            elif kind == "error":
+                raise TrainingError(f"train_group: the worker training model {i} failed:\n{a}")
+            else:
+                with torch.no_grad():
+                    group.models[i].load_state_dict({n: torch.from_numpy(v) for n, v in b.items()})
+                out[i] = a
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+        tasks.close()
+        results.close()
+    return [out[i] for i in range(k)]
