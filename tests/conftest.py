@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# RICHREP_TEST_THREADS=1 lets the suite share the machine with another job without both
+# processes' OpenMP threads spinning against each other.
+torch.set_num_threads(int(os.environ.get("RICHREP_TEST_THREADS", "2")))
 
 TINY: dict[str, Any] = {
     "name": "tiny",

@@ -176,12 +176,12 @@ class _Ticker:
                 self.tasks[name] = self.bar.add_task(show(name), total=total)
             self.bar.update(self.tasks[name], completed=done, total=total)
             return
+        if name.startswith("eval "):
+            return  # the evaluate stage logs one line per suite entry
         before = self.state.get(name)
         self.state[name] = (done, total)
-        if before is None and done < total:
-            say(f"{name}: started ({total} steps)")
-        elif done >= total and (before is None or before[0] < total):
-            say(f"{name}: done")
+        if done >= total and (before is None or before[0] < total):
+            say(f"{name}: trained")
 
     def log(self, message: str) -> None:
         if self.bar is not None:

@@ -237,6 +237,16 @@ class RuntimeConfig(Strict):
         "auto"
     )
 
+    @field_validator("device", "eval_device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        from richrep.training.device import check_device
+
+        check_device(v, available=False)  # availability is checked where it is used
+        return v
+
     @property
     def evaluation_device(self) -> str:
         return self.eval_device or self.device

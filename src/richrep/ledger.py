@@ -93,6 +93,25 @@ class Ledger:
     def finished(self, members: Iterable[str]) -> list[str]:
         return [m for m, s in self.statuses(members).items() if s.ok]
 
+    def strays(self, members: Iterable[str]) -> list[Path]:
+        """Files in ``checkpoints/`` that belong to no planned member (ignored, never read)."""
+        if not self.store.checkpoints.is_dir():
+            return []
+        own = set()
+        for m in members:
+            own |= {
+                self.final(m),
+                sidecar(self.final(m)),
+                self.partial(m),
+                sidecar(self.partial(m)),
+            }
+            own |= {self.failure(m), self.worker(m)}
+        return sorted(
+            p
+            for p in self.store.checkpoints.iterdir()
+            if p not in own and not p.name.startswith(".")
+        )
+
     # -- records --------------------------------------------------------------------------
     def record_failure(self, member: str, error: str, info: dict[str, Any] | None = None) -> None:
         write_json(self.failure(member), {"member": info or {"name": member}, "error": error})

@@ -20,6 +20,7 @@ from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, verify, write_atomic, write_json
+from richrep.training.device import resolve_device
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
@@ -81,6 +82,8 @@ def run_experiment(
     allow_missing: bool = False,
 ) -> Run:
     """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused."""
+    resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
+    resolve_device(exp.runtime.evaluation_device)
     run = Run.create(exp, Path(out))
     store = run.store
     with store.lock(wait=wait):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -424,7 +425,12 @@ def to_csv(rows: Iterable[Any]) -> str:
 
 
 def _csv_safe(v: Any) -> Any:
-    """Neutralize spreadsheet formulas in text fields (``=``, ``+``, ``-``, ``@`` first)."""
+    """Text stripped of control characters and terminal escapes (structured values as JSON),
+    and spreadsheet formulas neutralized (``=``, ``+``, ``-``, ``@`` first)."""
+    if isinstance(v, dict | list | tuple):
+        v = json.dumps(v, sort_keys=True, default=str)
+    if isinstance(v, str):
+        v = clean(v)
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _isnum(v):
         return "'" + v
     return v

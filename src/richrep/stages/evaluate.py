@@ -21,6 +21,7 @@ from richrep.run import Run
 from richrep.store import quarantine, read_jsonl, write_jsonl
 
 Log = Callable[[str], None]
+EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (representations done / total)
 Progress = Callable[[str, int, int], None]
 
 
@@ -85,6 +86,12 @@ def evaluate(
     """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``."""
     exp, store = run.exp, run.store
     status = check_members(run, allow_missing)
+    strays = run.ledger.strays(m.name for m in run.members)
+    if strays:
+        log(
+            f"WARNING: ignored {len(strays)} file(s) in checkpoints/ that belong to no member of "
+            f"this experiment: {', '.join(p.name for p in strays[:5])}{' …' if len(strays) > 5 else ''}"
+        )
     reps = run.representations()
     cache = run.featurizer.cache
     ctx: Context | None = None
@@ -96,8 +103,6 @@ def evaluate(
             try:
                 read_jsonl(path)
                 log(f"{entry.name}: reused {path.name}")
-                if progress:
-                    progress(entry.name, len(reps), len(reps))
                 continue
             except StoreError as e:
                 log(f"{entry.name}: {e}; moved to {quarantine(path, str(e))}, evaluating again")
@@ -115,12 +120,13 @@ def evaluate(
         ctx.info = target_facts(run, target, log, entry.name)
         protocol = protocol_of(entry)
         rows: list[Row] = []
+        task = f"{EVAL_PREFIX}{entry.name}"
         if progress:
-            progress(entry.name, 0, len(reps))
+            progress(task, 0, len(reps))
         for i, rep in enumerate(reps):
             rows += protocol.evaluate(ctx, rep, target, entry)
             if progress:
-                progress(entry.name, i + 1, len(reps))
+                progress(task, i + 1, len(reps))
         write_jsonl(path, [r.to_dict() for r in rows])
         log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]

@@ -14,6 +14,41 @@ from richrep.errors import ConfigError
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+def check_device(name: str, available: bool = True) -> torch.device:
+    """``name`` as a device richrep can train and evaluate on (here, if ``available``), or a
+    ConfigError saying why not (not a device name, ``meta``, which holds no data, or an
+    accelerator this machine does not have)."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(
+            f"device {name!r} is not a device name (try 'auto', 'cpu', 'cuda', 'cuda:1')"
+        ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(
+            f"device {name!r}: richrep trains on 'cpu', 'cuda' or 'mps' ('{dev.type}' holds no data "
+            f"or is not supported)"
+        )
+    if not available:
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} was asked for but CUDA is not available on this machine"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if not (mps and mps.is_available()):
+            raise ConfigError(
+                f"device {name!r} was asked for but MPS is not available on this machine"
+            )
+    return dev
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -21,17 +56,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"device {name!r} is not a device name (try 'auto', 'cpu', 'cuda', 'cuda:1')"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {name!r} was asked for but CUDA is not available on this machine"
-        )
-    return dev
+    return check_device(name)
 
 
 def cpu_supports_bf16() -> bool:

@@ -107,6 +107,7 @@ def train_group(
     targets: Sequence[Targets] | None = None,
     workers: int | None = None,
     tune_allocator: bool = True,
+    units: Sequence[Unit] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``models[k]`` in place with ``seeds[k]``; return one result per model:
     ``{"history": [...], "strategy": name}`` plus ``"failed": message`` for a seed whose loss
@@ -115,7 +116,10 @@ def train_group(
     loss and per-example targets, ``on_step(k, done, total)`` its progress (serialized by a
     lock under ``threads``). ``workers`` sets the worker count of ``threads``/``processes``.
     Other exceptions stop every worker and propagate; the epoch checkpoints written so far
-    stay. ``tune_allocator`` applies :func:`tune_cpu_allocator` on a CPU (a process policy)."""
+    stay. ``tune_allocator`` applies :func:`tune_cpu_allocator` on a CPU (a process policy).
+    ``units`` (indices into ``models``) replaces the plan of :func:`plan_units`: an engine that
+    retrains some members of a group passes the units planned for the whole group, so each
+    member keeps the arithmetic it was first trained with."""
     k = len(models)
     if len(seeds) != k:
         raise ConfigError(f"train_group: {k} models but {len(seeds)} seeds")
@@ -156,7 +160,9 @@ def train_group(
     if strategy in ("threads", "processes", "fused-threads") and device.type != "cpu":
         raise ConfigError(f"train_group: the {strategy} strategy is for CPUs")
     budget = torch.get_num_threads()
-    units = plan_units(k, strategy, budget, workers)
+    units = list(units) if units is not None else plan_units(k, strategy, budget, workers)
+    if sorted(i for u in units for i in u.indices) != list(range(k)):
+        raise ConfigError("train_group: the units must cover every model exactly once")
     if strategy in ("sequential", "fused"):
         out: dict[int, dict[str, Any]] = {}
         for u in units:

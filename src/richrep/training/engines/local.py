@@ -22,7 +22,7 @@ from richrep.store import RunStore
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
 from richrep.training.device import resolve_device, resolve_precision, set_threads
 from richrep.training.loop import accuracy
-from richrep.training.plan import choose_strategy, plan_units
+from richrep.training.plan import Unit, choose_strategy, plan_units
 from richrep.training.workers import train_group
 
 Progress = Callable[[str, int, int], None]  # (member, done, total)
@@ -61,22 +61,29 @@ class WorkUnit:
     threads: int
 
 
+def resolve_strategy(exp: Experiment, task: Task, group: Sequence[Member], budget: int) -> str:
+    """The strategy of a group: ``runtime.strategy``, or for ``auto`` the one
+    :func:`~richrep.training.plan.choose_strategy` picks for the whole group."""
+    if exp.runtime.strategy != "auto":
+        return exp.runtime.strategy
+    kind = kind_of(group[0])
+    models = [kind.build(m, exp, task) for m in group]
+    folds = kind.objective(group[0], exp).folds
+    return choose_strategy(models, resolve_device(exp.runtime.device), folds=folds, threads=budget)
+
+
 def work_units(
     exp: Experiment, task: Task, members: Sequence[Member], budget: int
 ) -> list[WorkUnit]:
-    """The units of work the local engine runs for ``members`` (one wave) with ``budget``
-    threads (:func:`~richrep.training.plan.plan_units`). Each unit trained on its own with its
-    strategy and thread count does the same arithmetic as inside the local engine, which is how
-    the Ray engine gives bit-identical weights."""
-    device = resolve_device(exp.runtime.device)
+    """The units of work the local engine runs for ``members`` (one wave, finished members
+    included) with ``budget`` threads (:func:`~richrep.training.plan.plan_units`). Units are
+    planned from the experiment alone, so a member retrained later, alone, keeps its unit's
+    arithmetic; each unit trained on its own with its strategy and thread count does the same
+    arithmetic as inside the local engine, which is how the Ray engine gives bit-identical
+    weights."""
     out = []
     for group in groups_of(members):
-        strategy = exp.runtime.strategy
-        kind = kind_of(group[0])
-        folds = kind.objective(group[0], exp).folds
-        if strategy == "auto":
-            models = [kind.build(m, exp, task) for m in group]
-            strategy = choose_strategy(models, device, folds=folds, threads=budget)
+        strategy = resolve_strategy(exp, task, group, budget)
         for u in plan_units(len(group), strategy, budget):
             out.append(
                 WorkUnit(
@@ -150,27 +157,37 @@ def train_local(
                 status[m.name] = Status(m.name, State.FAILED, error=why)
                 continue
             todo.append(m)
-        for group in groups_of(todo):
-            status.update(
-                train_members(
-                    exp, task, group, store, device, dtype, exp.runtime.strategy, progress
+        names = {m.name for m in todo}
+        for group in groups_of(wave):
+            if any(m.name in names for m in group):
+                status.update(
+                    train_members(exp, task, group, names, store, device, dtype, progress)
                 )
-            )
     return {m.name: status[m.name] for m in members}
 
 
 def train_members(
     exp: Experiment,
     task: Task,
-    group: Sequence[Member],
+    planned: Sequence[Member],
+    todo: set[str],
     store: RunStore,
     device: torch.device,
     dtype: torch.dtype,
-    strategy: str,
     progress: Progress | None = None,
 ) -> dict[str, Status]:
-    """Train one group of members of one kind and architecture together."""
+    """Train the members named in ``todo`` of one group (one kind and architecture), in the
+    units planned for the whole group."""
     ledger = Ledger(store)
+    budget = torch.get_num_threads()
+    strategy = resolve_strategy(exp, task, planned, budget)
+    group = [m for m in planned if m.name in todo]
+    index = {m.name: i for i, m in enumerate(group)}
+    units = []
+    for u in plan_units(len(planned), strategy, budget):
+        left = tuple(index[planned[i].name] for i in u.indices if planned[i].name in index)
+        if left:
+            units.append(Unit(left, u.fused, u.threads))
     kind = kind_of(group[0])
     models = [kind.build(m, exp, task) for m in group]
 
@@ -193,6 +210,7 @@ def train_members(
         strategy=strategy,
         objectives=[kind.objective(m, exp) for m in group],
         targets=[targets_of(m) if m.requires else {} for m in group],
+        units=None if strategy == "processes" else units,
         on_step=(lambda k, d, t: progress(group[k].name, d, t)) if progress else None,
     )
     status = {}

@@ -176,7 +176,12 @@ class RayEngine:
         if not todo:
             return status
         if self.cpus_per_task is None and not self.gpus_per_task:
-            units = work_units(exp, task, todo, set_threads(exp.runtime.threads))
+            names = {m.name for m in todo}
+            units = []
+            for u in work_units(exp, task, wave, set_threads(exp.runtime.threads)):
+                left = tuple(m for m in u.members if m.name in names)
+                if left:
+                    units.append(WorkUnit(left, u.strategy, u.threads))
         else:  # tasks sized for a cluster: one member each
             n = max(1, int(self.cpus_per_task or 1))
             units = [WorkUnit((m,), "sequential", n) for m in todo]
