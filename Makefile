@@ -1,33 +1,45 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Each creates (or reuses) .venv and installs what it needs. torch is installed first and pinned,
-# so this machine takes its local CPU build instead of a multi-GB CUDA download.
+# Each creates (or reuses) .venv and installs what it needs: the demo only richrep and its
+# dependencies; the tests also pytest, hypothesis, ruff and Ray. torch is installed first and
+# pinned, so a machine with a local CPU build takes it instead of a multi-GB CUDA download
+# (elsewhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu make demo).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
+INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-slow bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q $(INDEX) "$(TORCH)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 demo: $(BIN)/.installed
 	$(BIN)/richrep run examples/quickstart.yaml
+	@echo "next: $(BIN)/richrep results runs/quickstart-*   (or: source $(BIN)/activate)"
 
-test: $(BIN)/.installed
+test: $(BIN)/.dev
 	$(BIN)/python -m pytest -m "not slow" -q
 
-bench: $(BIN)/.installed
+test-slow: $(BIN)/.dev
+	$(BIN)/python -m pytest -m slow -q
+
+bench: $(BIN)/.dev
 	$(BIN)/python benchmarks/train_seeds.py
 	$(BIN)/python benchmarks/probe.py
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/similarity.py
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.dev
 	$(BIN)/ruff check src tests benchmarks
 
 clean:

@@ -33,5 +33,11 @@ def tiny() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def fashion():
     from richrep.data import load_task
+    from richrep.errors import DataError
 
-    return load_task("fashion_mnist", {"download": False})
+    try:
+        return load_task("fashion_mnist", {"download": False})
+    except DataError as e:
+        if os.environ.get("CI"):  # CI installs the files: their absence is a failure there
+            raise
+        pytest.skip(f"needs the Fashion-MNIST files: {e}")

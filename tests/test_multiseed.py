@@ -100,7 +100,10 @@ def test_sequential_is_train_member_bit_for_bit():
     assert all(_same(m, r) for m, r in zip(models, ref, strict=True))
 
 
-@pytest.mark.parametrize("strategy", ["threads", "processes", "fused-threads"])
+@pytest.mark.parametrize(
+    "strategy",
+    ["threads", pytest.param("processes", marks=pytest.mark.slow), "fused-threads"],
+)
 def test_parallel_strategies_match_train_member(strategy):
     split, cfg = _data((1, 12, 12)), _cfg()
     models = _models("cnn2d")
@@ -194,7 +197,7 @@ def test_resume_after_interruption(tmp_path, resume_with):
     assert all(load_tensors(p)[1]["epoch"] == 3 for p in paths)
 
 
-@pytest.mark.parametrize("strategy", ["threads", "processes"])
+@pytest.mark.parametrize("strategy", ["threads", pytest.param("processes", marks=pytest.mark.slow)])
 def test_parallel_kill_and_resume(tmp_path, strategy):
     split, cfg = _data((1, 12, 12)), _cfg(epochs=3)
     steps = -(-len(split) // cfg.batch_size)

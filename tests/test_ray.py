@@ -20,6 +20,7 @@ from richrep.store import RunStore, load_tensors
 from richrep.training.engines import train_local, work_units
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'richrep[ray]'")
+pytestmark = pytest.mark.slow  # a real Ray instance and its worker processes
 
 
 @pytest.fixture(scope="module")

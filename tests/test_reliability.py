@@ -69,6 +69,7 @@ def _rows(run: Path) -> list[str]:
     return sorted((run / "results.jsonl").read_text().splitlines())
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume(tiny, tmp_path):
     cfg = tmp_path / "small.yaml"
     tiny = _small(tiny)
@@ -100,6 +101,7 @@ def test_sigkill_at_random_points_then_resume(tiny, tmp_path):
     assert not leftovers  # a killed writer's temporary file is swept by the next run
 
 
+@pytest.mark.slow
 def test_sigkill_while_the_student_trains_then_resume(tiny, tmp_path):
     """A run with a distilled student, killed while the student trains (after its teachers),
     resumes from the student's epoch checkpoint and ends with the uninterrupted run's results."""
@@ -136,6 +138,7 @@ def test_sigkill_while_the_student_trains_then_resume(tiny, tmp_path):
         assert all((a[k] == b[k]).all() for k in a), ck.name
 
 
+@pytest.mark.slow
 def test_concurrent_run_is_refused_or_waits(tiny, tmp_path):
     tiny = _small(tiny)
     tiny["data"]["params"]["num_samples"] = 3000

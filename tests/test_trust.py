@@ -51,6 +51,8 @@ def finished(tmp_path_factory):
     from tests.conftest import TINY
 
     tiny = _suite(copy.deepcopy(TINY))
+    tiny["data"]["params"]["num_samples"] = 2000
+    tiny["training"]["epochs"] = 8
     base = tmp_path_factory.mktemp("finished")
     cfg = base / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny))
@@ -289,6 +291,7 @@ def test_a_suite_entry_may_name_a_dataset(tiny, tmp_path):
     assert not list((tmp_path / "b").rglob("*.safetensors"))  # refused before any training
 
 
+@pytest.mark.slow
 def test_sigterm_prints_how_to_resume(tiny, tmp_path):
     tiny["data"]["params"]["num_samples"] = 3000
     tiny["training"]["epochs"] = 30
@@ -312,6 +315,28 @@ def test_sigterm_prints_how_to_resume(tiny, tmp_path):
     out = p.communicate(timeout=60)[0]
     assert p.returncode == 130 and "interrupted; run the same command again to resume" in out, out
     assert "Traceback" not in out
+
+
+def test_analyze_a_finished_run(run_copy):
+    _, _, run = run_copy
+    r = _invoke("analyze", run, "--permutations", 20, "--max-samples", 150)
+    assert r.exit_code == 0, r.output
+    s = json.loads((run / "analysis" / "summary.json").read_text())
+    assert s["n"] == 150 and s["members"] == ["single-s0", "single-s1"]
+    assert s["self"]["linear_cka"] == pytest.approx(1.0)
+    values = [v for m in s["measures"].values() for row in m for v in row]
+    assert values and all(np.isfinite(values))
+    assert 0 < s["measures"]["linear_cka"][0][1] < 1 and 0 < s["permutation_test"]["p_value"] <= 1
+    assert "Are the seeds different?" in (run / "report.html").read_text()
+
+
+def test_trained_seeds_beat_the_floors_in_distribution(finished):
+    from richrep.run import open_run
+    from richrep.stages.evaluate import read_results
+
+    rows = [r for r in read_results(open_run(finished[1])) if r.entry == "in"]
+    by = {c: np.mean([r.value for r in rows if r.column == c]) for c in ("single", "random2")}
+    assert by["single"] > by["random2"] + 0.05 and by["single"] > 1 / 5 + 0.2  # 5 classes
 
 
 def test_readme_python_example_runs(finished):
