@@ -38,6 +38,8 @@ BUILTIN_PLUGINS = (
     "richrep.members",
     "richrep.evaluation.probe_entries",
     "richrep.evaluation.protocols",
+    "richrep.evaluation.few_shot",
+    "richrep.evaluation.finetune",
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",

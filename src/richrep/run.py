@@ -304,6 +304,7 @@ class Run:
             self.exp.seed,
             run=self.exp.run_id(),
             device=str(self.device),
+            owner=self,
         )
         proto = protocol_of(spec)
         reps = (

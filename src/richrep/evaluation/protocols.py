@@ -42,6 +42,7 @@ class Context:
     seed: int
     run: str = ""
     device: str = "cpu"
+    owner: Any = None  # the Run being evaluated (protocols that need networks, not features)
     info: dict[str, Any] = field(default_factory=dict)  # target facts every row records
     fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
     _pools: dict[str, Split] = field(default_factory=dict)

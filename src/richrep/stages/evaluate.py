@@ -114,6 +114,7 @@ def evaluate(
                 exp.seed,
                 run=exp.run_id(),
                 device=str(run.device),
+                owner=run,
             )
         t0 = time.perf_counter()
         target = run.target(entry)
