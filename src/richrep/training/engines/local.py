@@ -126,6 +126,33 @@ def finalize(
     return {"sha256": digest, **meta}
 
 
+def sort_wave(
+    wave: Sequence[Member],
+    ledger: Ledger,
+    earlier: dict[str, Status],
+    progress: Progress | None = None,
+) -> tuple[dict[str, Status], list[Member]]:
+    """The wave's finished members (reported to ``progress`` as done), students whose teachers
+    did not train (recorded as failed, with why), and the members still to train."""
+    status: dict[str, Status] = {}
+    todo = []
+    for m in wave:
+        s = ledger.status(m.name)
+        if s.ok:
+            status[m.name] = s
+            if progress:
+                progress(m.name, 1, 1)
+            continue
+        bad = [r for r in m.requires if not (earlier.get(r) or ledger.status(r)).ok]
+        if bad:
+            why = f"its teacher(s) {', '.join(bad)} did not train"
+            ledger.record_failure(m.name, why, m.to_dict())
+            status[m.name] = Status(m.name, State.FAILED, error=why)
+            continue
+        todo.append(m)
+    return status, todo
+
+
 def train_local(
     exp: Experiment,
     task: Task,
@@ -140,23 +167,9 @@ def train_local(
     dtype = resolve_precision(exp.training.precision, device)
     ledger = Ledger(store)
     status: dict[str, Status] = {}
-    planned = {m.name for m in members}
     for wave in waves(members):
-        todo = []
-        for m in wave:
-            s = ledger.status(m.name)
-            if s.ok:
-                status[m.name] = s
-                if progress:
-                    progress(m.name, 1, 1)
-                continue
-            bad = [r for r in m.requires if r in planned and not status.get(r, ledger.status(r)).ok]
-            if bad:
-                why = f"its teacher(s) {', '.join(bad)} did not train"
-                ledger.record_failure(m.name, why, m.to_dict())
-                status[m.name] = Status(m.name, State.FAILED, error=why)
-                continue
-            todo.append(m)
+        done, todo = sort_wave(wave, ledger, status, progress)
+        status.update(done)
         names = {m.name for m in todo}
         for group in groups_of(wave):
             if any(m.name in names for m in group):

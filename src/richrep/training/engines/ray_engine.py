@@ -31,7 +31,7 @@ from richrep.members import Member, waves
 from richrep.registries import ENGINES
 from richrep.store import RunStore, load_tensors, save_tensors
 from richrep.training.device import set_threads
-from richrep.training.engines.local import Progress, WorkUnit, work_units
+from richrep.training.engines.local import Progress, WorkUnit, sort_wave, work_units
 
 
 def _import_ray() -> Any:
@@ -157,22 +157,7 @@ class RayEngine:
         progress: Progress | None,
     ) -> dict[str, Status]:
         ledger = Ledger(store)
-        status: dict[str, Status] = {}
-        todo = []
-        for m in wave:
-            s = ledger.status(m.name)
-            if s.ok:
-                status[m.name] = s
-                if progress:
-                    progress(m.name, 1, 1)
-                continue
-            bad = [r for r in m.requires if not done.get(r, ledger.status(r)).ok]
-            if bad:
-                why = f"its teacher(s) {', '.join(bad)} did not train"
-                ledger.record_failure(m.name, why, m.to_dict())
-                status[m.name] = Status(m.name, State.FAILED, error=why)
-                continue
-            todo.append(m)
+        status, todo = sort_wave(wave, ledger, done, progress)
         if not todo:
             return status
         if self.cpus_per_task is None and not self.gpus_per_task:
