@@ -1,0 +1,199 @@
+"""The training half of the ``finetune`` protocol (:mod:`richrep.evaluation.finetune`): one
+fine-tuning run with validation after every epoch, the head-only phase of [2ft], and the
+concatenated head that starts it (Zhang & Bottou, ICML 2023, § fine-tuning).
+
+The epoch loop of :mod:`richrep.training.loop` has no validation hook, so :func:`fit` is a small
+loop of its own built from the same pieces (``make_optimizer``, ``lr_at``, ``epoch_order``,
+``autocast``, channels_last for convolutions): SGD with momentum 0.9, the learning rate
+following a cosine from ``lr`` to 0 over ``epochs``, data order a function of the seed and
+epoch, and the model evaluated on the validation split after every epoch so the best epoch is
+chosen within one run (the weights of that epoch are kept).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from richrep.config import TrainingConfig
+from richrep.data import Split
+from richrep.models import Classifier, JointEncoder
+from richrep.training.device import autocast
+from richrep.training.loop import epoch_order, lr_at, make_optimizer, uses_channels_last
+from richrep.training.seeding import seeded
+
+EVAL_BATCH = 512
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit` returns: the chosen epoch's weights (``None`` when the loss became
+    non-finite before any epoch finished) and its validation accuracy and loss."""
+
+    state: dict[str, torch.Tensor] | None
+    epoch: int = 0
+    val_acc: float = float("-inf")
+    val_loss: float = float("inf")
+    history: list[dict[str, float]] = field(default_factory=list)
+    failed: str = ""
+
+    def score(self) -> tuple[float, float]:
+        """The selection criterion: higher validation accuracy, then lower validation loss."""
+        return (self.val_acc, -self.val_loss)
+
+
+@dataclass
+class Tuned:
+    """One network fine-tuned with one (lr, weight decay) for [2ft]: the fit, its new head,
+    its frozen features of the fine-tuning, validation and test data (``train``, ``val``,
+    ``test``) and, when weights are kept, its encoder's."""
+
+    fitted: Fitted
+    head: nn.Linear | None = None
+    features: dict[str, torch.Tensor] | None = None
+    encoder: dict[str, torch.Tensor] | None = None
+
+
+def network(run: Any, parts: Sequence[str], classes: int, *salt: Any) -> Classifier:
+    """Copies of the run's trained encoders of ``parts`` (side by side, one
+    :class:`~richrep.models.JointEncoder`, when several) under a new linear head initialized
+    from ``salt``: the networks are never trained in place."""
+    encoders = [copy.deepcopy(run.encoder(p)) for p in parts]
+    enc = encoders[0] if len(encoders) == 1 else JointEncoder(encoders)
+    with seeded("finetune-head", *salt):
+        model = Classifier(enc, classes)
+    return model.requires_grad_(True).train()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Logits ``(N, classes)`` of ``model`` on ``x`` (float32, CPU): eval mode, no gradients,
+    batched, channels_last for convolutions, autocast to ``dtype``."""
+    was_training = model.training
+    model.eval().to(device)
+    channels_last = uses_channels_last(model, x)
+    out = []
+    for xb in x.split(EVAL_BATCH):
+        xb = xb.to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device, dtype):
+            out.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``logits`` against labels ``y``."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    acc = float((logits.argmax(1) == y).double().mean())
+    return acc, float(F.cross_entropy(logits.double(), y))
+
+
+def fit(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    *,
+    lr: float,
+    weight_decay: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    select: bool = True,
+) -> Fitted:
+    """Train every parameter of ``model`` in place on ``train`` (cross-entropy, SGD momentum
+    0.9, cosine schedule over ``epochs``) and evaluate it on ``val`` after each epoch. With
+    ``select`` the weights of the best epoch (validation accuracy, ties to the lower
+    validation loss, then the earlier epoch) are loaded back and returned; without, those of
+    the last epoch. A non-finite loss stops the run: epochs finished before it still count."""
+    cfg = TrainingConfig(
+        lr=lr,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer="sgd",
+        momentum=0.9,
+        schedule="cosine",
+    )
+    model.to(device).train()
+    opt = make_optimizer(model, cfg)
+    x_all, y_all = train.x.to(device), train.y.to(device)
+    n, bs = len(train), batch_size
+    steps = max(math.ceil(n / bs), 1)
+    channels_last = uses_channels_last(model, x_all)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    out = Fitted(None)
+    for epoch in range(epochs):
+        order = epoch_order(seed, epoch, n).to(device)
+        loss_sum = 0.0
+        for s in range(steps):
+            idx = order[s * bs : (s + 1) * bs]
+            xb = x_all[idx]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * steps + s, epochs * steps, cfg)
+            with autocast(device, dtype):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(idx)
+        if not math.isfinite(loss_sum):
+            out.failed = f"the training loss became {loss_sum} in epoch {epoch + 1} at lr {lr}"
+            break
+        val_acc, val_loss = scores(predict(model, val.x, device, dtype), val.y)
+        out.history.append(
+            {"epoch": epoch + 1, "loss": loss_sum / n, "val_acc": val_acc, "val_loss": val_loss}
+        )
+        better = (val_acc, -val_loss) > out.score() if select else True
+        if better or out.state is None:
+            out.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            out.epoch, out.val_acc, out.val_loss = epoch + 1, val_acc, val_loss
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    if out.state is not None:
+        model.load_state_dict(out.state)
+    model.eval()
+    return out
+
+
+def concat_heads(heads: Sequence[nn.Linear]) -> nn.Linear:
+    """The head of [2ft]cat before its own training: the K fine-tuned heads side by side, each
+    scaled by 1/K, so that on the concatenated features its logits are the mean of the K
+    fine-tuned models' logits: ``[W_1 … W_K]/K · [f_1; …; f_K] + Σ b_k/K = Σ_k (W_k f_k +
+    b_k)/K``."""
+    k = len(heads)
+    out_features = heads[0].out_features
+    if any(h.out_features != out_features for h in heads):
+        raise ValueError("concat_heads: the heads predict different numbers of classes")
+    head = nn.Linear(sum(h.in_features for h in heads), out_features)
+    with torch.no_grad():
+        head.weight.copy_(torch.cat([h.weight.detach().float() for h in heads], dim=1) / k)
+        head.bias.copy_(torch.stack([h.bias.detach().float() for h in heads]).sum(0) / k)
+    return head
+
+
+def head_of(state: dict[str, Any], prefix: str = "head.") -> nn.Linear:
+    """The ``nn.Linear`` stored under ``prefix`` in a classifier's state dict."""
+    w, b = state[prefix + "weight"], state[prefix + "bias"]
+    head = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(w.float().cpu())
+        head.bias.copy_(b.float().cpu())
+    return head
