@@ -84,7 +84,8 @@ def test_examples_parse(path):
         ),
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
-            r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; choose one of: robustness, transfer",
+            r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; "
+            r"choose one of: few_shot, finetune, robustness, transfer",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],
