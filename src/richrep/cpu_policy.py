@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from richrep.training.device import resolve_device
+
 SMALL_PROBLEM = 1 << 20  # feature values (n x d) below which a CPU probe solve runs on one thread
 
 _FAST_MATMUL_OK: bool | None = None  # result of the one-off accuracy check, once made
@@ -97,7 +99,7 @@ def _device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device == "auto":  # as a probe resolves "auto" for non-tensor input
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device(device)
     return torch.device(device)
 
 

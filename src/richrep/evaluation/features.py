@@ -16,8 +16,9 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
-from richrep.errors import ConfigError, DataError
+from richrep.errors import DataError
 from richrep.evaluation.solver import CHUNK
+from richrep.training.device import resolve_device as resolve_named_device
 
 
 def resolve_device(device: str | torch.device, X: Any) -> torch.device:
@@ -25,14 +26,9 @@ def resolve_device(device: str | torch.device, X: Any) -> torch.device:
     when available, else CPU; anything else must name a torch device (:class:`ConfigError`)."""
     if isinstance(device, torch.device):
         return device
-    if device == "auto":
-        if isinstance(X, torch.Tensor):
-            return X.device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"device={device!r} is not a torch device ({e})") from None
+    if device == "auto" and isinstance(X, torch.Tensor):
+        return X.device
+    return resolve_named_device(device)
 
 
 def check_finite(X: torch.Tensor, name: str) -> None:

@@ -107,7 +107,9 @@ def metric_vs_k(
     ax.grid(alpha=0.3)
     if ks:
         ax.set_xticks(sorted(ks))
-    if metric == "accuracy":  # an interval of a few draws can reach past [0, 1]: keep the axis there
+    if (
+        metric == "accuracy"
+    ):  # an interval of a few draws can reach past [0, 1]: keep the axis there
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, 0.0), min(hi, 1.0))
     if ax.get_legend_handles_labels()[0]:
