@@ -108,20 +108,25 @@ class Baseline(Strict):
     arguments of the kind go beside (``{kind: distill, k: 5, temperature: 4}``) or under
     ``params``."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
-
     kind: str
     k: Annotated[int, Field(ge=2)]
     seeds: Annotated[int, Field(ge=1)] = 1
     params: dict[str, Any] = {}
 
-    @model_validator(mode="after")
-    def _gather(self) -> Baseline:
-        extra = dict(self.__pydantic_extra__ or {})
-        if extra:
-            object.__setattr__(self, "params", {**self.params, **extra})
-            self.__pydantic_extra__.clear()  # type: ignore[union-attr]
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _gather(cls, v: Any) -> Any:
+        """Arguments of the kind written beside ``kind`` and ``k`` go into ``params``."""
+        if not isinstance(v, dict):
+            return v
+        own = {"kind", "k", "seeds", "params"}
+        extra = {key: value for key, value in v.items() if key not in own}
+        if not extra:
+            return v
+        params = v.get("params") or {}
+        if not isinstance(params, dict):
+            return v
+        return {**{key: v[key] for key in own if key in v}, "params": {**params, **extra}}
 
 
 def _seed_count(v: Any) -> Any:
