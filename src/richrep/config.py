@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +19,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from richrep.errors import ConfigError
+from richrep.legacy import runtime_from_older_files
 from richrep.registries import (
     ENGINES,
     FLOORS,
@@ -257,9 +257,6 @@ class RuntimeConfig(Strict):
         return self.eval_device or self.device
 
 
-_MOVED = {"device": "device", "threads": "threads", "engine": "engine", "strategy": "strategy"}
-
-
 class Experiment(Strict):
     name: Name
     seed: Seed = 0  # data splits and subset draws
@@ -272,45 +269,7 @@ class Experiment(Strict):
     @model_validator(mode="before")
     @classmethod
     def _migrate(cls, raw: Any) -> Any:
-        """Settings of how to run that older files kept under ``training``/``evaluation`` move
-        to ``runtime`` (with a warning)."""
-        if not isinstance(raw, dict):
-            return raw
-        raw = dict(raw)
-        runtime = dict(raw.get("runtime") or {})
-        moved = []
-        training = raw.get("training")
-        if isinstance(training, dict):
-            training = dict(training)
-            for key in ("device", "threads", "engine", "strategy", "ray"):
-                if key in training:
-                    moved.append(f"training.{key}")
-                    value = training.pop(key)
-                    if key == "ray":
-                        engine = runtime.get("engine", "ray")
-                        name = engine if isinstance(engine, str) else next(iter(engine))
-                        runtime["engine"] = {name: value}
-                    elif key == "engine" and isinstance(runtime.get("engine"), dict):
-                        ((_, params),) = runtime["engine"].items()
-                        runtime["engine"] = {value: params}
-                    else:
-                        runtime.setdefault(_MOVED[key], value)
-            raw["training"] = training
-        evaluation = raw.get("evaluation")
-        if isinstance(evaluation, dict) and "device" in evaluation:
-            evaluation = dict(evaluation)
-            runtime.setdefault("eval_device", evaluation.pop("device"))
-            moved.append("evaluation.device")
-            raw["evaluation"] = evaluation
-        if moved:
-            warnings.warn(
-                f"{', '.join(moved)} moved to the runtime: section (how to run is not part of "
-                f"the run's identity); read as runtime settings",
-                FutureWarning,
-                stacklevel=2,
-            )
-            raw["runtime"] = runtime
-        return raw
+        return runtime_from_older_files(raw)
 
     def identity(self) -> dict[str, Any]:
         """What determines the trained models: the run folder's hash covers exactly this."""
