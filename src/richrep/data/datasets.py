@@ -33,6 +33,9 @@ class RawData:
     g_train: np.ndarray | None = None
     g_test: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    e_train: np.ndarray | None = None  # environment ids (e.g. the ``colored`` datasets)
+    e_test: np.ndarray | None = None
+    val_index: np.ndarray | None = None  # the dataset's own validation examples (of train)
 
 
 DATASETS: Registry[Callable[..., RawData]] = Registry("dataset")
@@ -94,25 +97,30 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
     vf = recipe["val_fraction"]
     if not 0.0 < vf < 1.0:
         raise DataError(f"val_fraction must be in (0, 1), got {vf}")
-    keep, held = stratified_split(y_pool, vf, recipe["seed"], name)
+    if raw.val_index is not None:  # the dataset holds out its own (e.g. per environment)
+        held = np.sort(np.asarray(raw.val_index, dtype=np.int64))
+        keep = np.setdiff1d(np.arange(len(y_pool)), held)
+    else:
+        keep, held = stratified_split(y_pool, vf, recipe["seed"], name)
     cap = recipe.get("max_train_per_class")
     if cap is not None:
         keep = keep[per_class_sample(y_pool[keep], cap, recipe["seed"], name, "cap")]
 
-    def split(x: np.ndarray, y: np.ndarray, g: np.ndarray | None, idx: np.ndarray | None) -> Split:
-        if idx is not None:
-            x, y, g = x[idx], y[idx], (None if g is None else g[idx])
-        return Split(
-            torch.from_numpy(_float32(x)),
-            torch.from_numpy(y.astype(np.int64)),
-            None if g is None else torch.from_numpy(g.astype(np.int64)),
-        )
+    def ids(a: np.ndarray | None, idx: np.ndarray | None) -> torch.Tensor | None:
+        if a is None:
+            return None
+        return torch.from_numpy(np.asarray(a if idx is None else a[idx]).astype(np.int64))
 
+    def split(x: np.ndarray, y: np.ndarray, g: Any, e: Any, idx: np.ndarray | None) -> Split:
+        x = x if idx is None else x[idx]
+        return Split(torch.from_numpy(_float32(x)), ids(y, idx), ids(g, idx), ids(e, idx))
+
+    e_pool, e_test = raw.e_train, raw.e_test
     task = Task(
         name=name,
-        train=split(x_pool, y_pool, g_pool, keep),
-        val=split(x_pool, y_pool, g_pool, held),
-        test=split(x_test, y_test, g_test, None),
+        train=split(x_pool, y_pool, g_pool, e_pool, keep),
+        val=split(x_pool, y_pool, g_pool, e_pool, held),
+        test=split(x_test, y_test, g_test, e_test, None),
         classes=classes,
         class_names=names,
         kind=raw.kind,

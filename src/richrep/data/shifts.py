@@ -50,7 +50,7 @@ def apply_shifts(task: Task, specs: Sequence[tuple[str, dict[str, Any]]], where:
 def _map_splits(task: Task, fn: Callable[[torch.Tensor, str], torch.Tensor]) -> Task:
     out = {}
     for sname, s in task.splits().items():
-        out[sname] = Split(fn(s.x, sname), s.y, s.groups)
+        out[sname] = s.with_x(fn(s.x, sname))
     return task.with_splits(**out)
 
 
@@ -91,7 +91,7 @@ def classes(task: Task, keep: Annotated[list[int], Field(min_length=1)]) -> Task
                 f"shift 'classes': keeping {keep} leaves the {sname} split of {task.name!r} empty"
             )
         sub = s.subset(idx)
-        out[sname] = Split(sub.x, lut[sub.y], sub.groups)
+        out[sname] = Split(sub.x, lut[sub.y], sub.groups, sub.env)
     names = tuple(task.class_names[task.classes.index(c)] for c in keep)
     t = task.with_splits(**out)
     object.__setattr__(t, "classes", tuple(keep))

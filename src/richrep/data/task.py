@@ -34,17 +34,22 @@ def hash_tensors(*tensors: torch.Tensor | None, extra: str = "") -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: inputs ``x`` (N, ...), integer labels ``y`` (N,), optional ``groups`` (N,)."""
+    """One split: inputs ``x`` (N, ...), integer labels ``y`` (N,), optional ``groups`` (N,)
+    and environments ``env`` (N,): integer ids, named in the task's ``recipe["info"]``
+    (``groups`` / ``environments``) when a dataset or shift made them."""
 
     x: torch.Tensor
     y: torch.Tensor
     groups: torch.Tensor | None = None
+    env: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise DataError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
-        if self.groups is not None and self.groups.shape[0] != self.y.shape[0]:
-            raise DataError(f"groups has {self.groups.shape[0]} rows but y has {self.y.shape[0]}")
+        for name in ("groups", "env"):
+            t = getattr(self, name)
+            if t is not None and t.shape[0] != self.y.shape[0]:
+                raise DataError(f"{name} has {t.shape[0]} rows but y has {self.y.shape[0]}")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -52,11 +57,17 @@ class Split:
     def subset(self, index: torch.Tensor | np.ndarray) -> Split:
         index = torch.as_tensor(index, dtype=torch.long)
         g = None if self.groups is None else self.groups[index]
-        return Split(self.x[index], self.y[index], g)
+        e = None if self.env is None else self.env[index]
+        return Split(self.x[index], self.y[index], g, e)
+
+    def with_x(self, x: torch.Tensor) -> Split:
+        """The same examples (labels, groups, environments) with inputs ``x``."""
+        return Split(x, self.y, self.groups, self.env)
 
     @cached_property
     def hash(self) -> str:
-        return hash_tensors(self.x, self.y, self.groups)
+        extra = () if self.env is None else (self.env,)  # hashes of splits without env unchanged
+        return hash_tensors(self.x, self.y, self.groups, *extra)
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,10 @@ def draws(
 
 def pool(task: Task) -> Split:
     """All labelled target training data: the task's train and validation splits together."""
-    g = None
-    if task.train.groups is not None and task.val.groups is not None:
-        g = torch.cat([task.train.groups, task.val.groups])
-    return Split(torch.cat([task.train.x, task.val.x]), torch.cat([task.train.y, task.val.y]), g)
+    a, b = task.train, task.val
+    g = None if a.groups is None or b.groups is None else torch.cat([a.groups, b.groups])
+    e = None if a.env is None or b.env is None else torch.cat([a.env, b.env])
+    return Split(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), g, e)
 
 
 def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
