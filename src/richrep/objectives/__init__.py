@@ -9,5 +9,19 @@ models is the sum of their own losses, so the fused strategy may train them as o
 from richrep.objectives.base import Batch, Objective, build_objective
 from richrep.objectives.cross_entropy import CrossEntropy
 from richrep.objectives.distillation import MultiHeadDistillation
+from richrep.objectives.fishr import Fishr
+from richrep.objectives.group_dro import GroupDRO
+from richrep.objectives.irm import IRM
+from richrep.objectives.vrex import VREx
 
-__all__ = ["Batch", "CrossEntropy", "MultiHeadDistillation", "Objective", "build_objective"]
+__all__ = [
+    "IRM",
+    "Batch",
+    "CrossEntropy",
+    "Fishr",
+    "GroupDRO",
+    "MultiHeadDistillation",
+    "Objective",
+    "VREx",
+    "build_objective",
+]

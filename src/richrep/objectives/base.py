@@ -17,6 +17,7 @@ class Objective(nn.Module):
 
     folds: ClassVar[bool] = True  # K models' losses add up: they may train fused
     needs: ClassVar[tuple[str, ...]] = ()  # per-example targets beside the labels it reads
+    uses_env: ClassVar[bool] = False  # reads batch["env"] (and "groups"): the data's Split.env
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

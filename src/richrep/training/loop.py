@@ -124,6 +124,7 @@ def train_unit(
         missing = [t for t in o.needs if t not in tgts[j]]
         if missing:
             raise ConfigError(f"train_unit: {labels[j] or 'model'} needs targets {missing}")
+    tgts = [data_targets(o, train, tg, labels[j]) for j, (o, tg) in enumerate(zip(objs, tgts, strict=True))]
     models = [m.to(device) for m in models]
     starts, histories, opts = [0] * k, [[] for _ in range(k)], []
     for j, m in enumerate(models):
@@ -219,6 +220,23 @@ def train_unit(
         if j in failed:
             r["failed"] = failed[j]
         out.append(r)
+    return out
+
+
+def data_targets(
+    objective: Objective, train: Split, targets: dict[str, torch.Tensor], name: str
+) -> dict[str, torch.Tensor]:
+    """``targets`` plus the data's environments and groups for an objective that reads them."""
+    if not objective.uses_env:
+        return targets
+    if train.env is None:
+        raise ConfigError(
+            f"{name or 'model'}: objective {type(objective).__name__} needs environments, and "
+            f"the training data has none (use a dataset with environments, e.g. colored_*)"
+        )
+    out = {**targets, "env": train.env}
+    if train.groups is not None:
+        out["groups"] = train.groups
     return out
 
 

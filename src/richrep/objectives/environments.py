@@ -1,0 +1,81 @@
+"""What the out-of-distribution objectives share: risks per environment, and a penalty weight
+that is annealed in (IRM's schedule: weight 1 for ``anneal_steps`` steps, then
+``penalty_weight``, the loss divided by the weight when it exceeds 1 so the step size keeps its
+scale; Arjovsky et al. 2019, and DomainBed's implementations, Gulrajani & Lopez-Paz 2021).
+
+An environment objective reads ``batch["env"]`` (integer environment ids), which the training
+loop and the ``ood`` protocol supply from the data's ``Split.env``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from richrep.errors import ConfigError
+from richrep.objectives.base import Batch, Objective
+
+
+def env_index(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct environment ids present, each example's position among them)."""
+    ids, pos = torch.unique(env, return_inverse=True)
+    return ids, pos
+
+
+def env_means(values: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` (N,) within each environment present, in id order."""
+    ids, pos = env_index(env)
+    sums = torch.zeros(len(ids), dtype=values.dtype, device=values.device).index_add(0, pos, values)
+    counts = torch.bincount(pos, minlength=len(ids)).to(values.dtype)
+    return sums / counts
+
+
+def env_risks(logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy risk of each environment present (in id order)."""
+    return env_means(F.cross_entropy(logits.float(), y, reduction="none"), env)
+
+
+class EnvironmentObjective(Objective):
+    """Base: ERM over the pooled batch plus ``weight(step) * penalty``; subclasses define
+    :meth:`penalty`. The step counts forward passes in training mode."""
+
+    uses_env: ClassVar[bool] = True
+
+    def __init__(self, penalty_weight: float = 1.0, anneal_steps: int = 0) -> None:
+        super().__init__()
+        if penalty_weight < 0:
+            raise ConfigError(f"penalty_weight must be non-negative, got {penalty_weight}")
+        if anneal_steps < 0:
+            raise ConfigError(f"anneal_steps must be non-negative, got {anneal_steps}")
+        self.penalty_weight = float(penalty_weight)
+        self.anneal_steps = int(anneal_steps)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def weight(self) -> float:
+        return self.penalty_weight if int(self.step) >= self.anneal_steps else 1.0
+
+    @property
+    def reset_optimizer_at(self) -> int | None:
+        """The step at which the penalty weight jumps (DomainBed resets Adam there)."""
+        return self.anneal_steps if self.anneal_steps > 0 else None
+
+    def penalty(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def risk(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), batch["y"])
+
+    def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if "env" not in batch:
+            raise ConfigError(
+                f"objective {type(self).__name__} needs environments (Split.env), and the "
+                f"training data has none: use a dataset with environments (e.g. colored_*)"
+            )
+        w = self.weight()
+        loss = self.risk(logits, batch)
+        if w > 0:
+            loss = loss + w * self.penalty(logits, batch)
+        if self.training:
+            self.step += 1
+        return loss / w if w > 1.0 else loss

@@ -1,0 +1,78 @@
+"""Fishr (Rame, Dancette & Cord, ICML 2022, "Fishr: Invariant Gradient Variances for
+Out-of-Distribution Generalization"): match across environments the variance of the
+per-example gradients of the loss with respect to the classifier (the last linear layer), the
+penalty being the mean over environments of the squared distance of each environment's
+variance vector to their mean (DomainBed's form, with its optional exponential moving average
+of the variances, ``ema``).
+
+For a linear head ``logits = z W^T + b`` the per-example gradient of the cross-entropy is
+``(p - onehot(y)) ⊗ [z, 1]``, in closed form (no per-example backward passes); the features
+``z`` come in ``batch["features"]``."""
+
+from __future__ import annotations
+
+import torch
+
+from richrep.errors import ConfigError
+from richrep.objectives.base import Batch
+from richrep.objectives.environments import EnvironmentObjective, env_index
+from richrep.registries import OBJECTIVES
+
+
+def head_gradients(logits: torch.Tensor, y: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Per-example gradients of the cross-entropy w.r.t. a linear head's weight and bias,
+    flattened: ``(N, classes * (d + 1))``."""
+    p = logits.float().softmax(-1)
+    p = p - torch.nn.functional.one_hot(y, p.shape[-1]).to(p)
+    z1 = torch.cat([features.float(), torch.ones_like(features[:, :1]).float()], 1)
+    return (p[:, :, None] * z1[:, None, :]).flatten(1)
+
+
+def gradient_variances(grads: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+    """Per-coordinate (population) variance of the gradients within each environment, (E, P)."""
+    ids, pos = env_index(env)
+    out = []
+    for i in range(len(ids)):
+        g = grads[pos == i]
+        out.append((g - g.mean(0)).pow(2).mean(0))
+    return torch.stack(out)
+
+
+def fishr_penalty(variances: torch.Tensor) -> torch.Tensor:
+    """Mean over environments of the mean squared difference of the variance vectors to their
+    mean over environments."""
+    return (variances - variances.mean(0)).pow(2).mean(1).mean()
+
+
+@OBJECTIVES.register("fishr")
+class Fishr(EnvironmentObjective):
+    """ERM + ``penalty_weight`` · Fishr penalty on the head's gradient variances."""
+
+    def __init__(
+        self, penalty_weight: float = 1.0, anneal_steps: int = 0, ema: float = 0.0
+    ) -> None:
+        super().__init__(penalty_weight, anneal_steps)
+        if not 0 <= ema < 1:
+            raise ConfigError(f"fishr: ema must be in [0, 1), got {ema}")
+        self.ema = float(ema)
+        self.running: dict[int, torch.Tensor] = {}
+
+    def penalty(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if "features" not in batch:
+            raise ConfigError(
+                "fishr needs the head's input features: it trains heads and networks in the "
+                "`ood` protocol, not members"
+            )
+        grads = head_gradients(logits, batch["y"], batch["features"])
+        v = gradient_variances(grads, batch["env"])
+        if self.ema > 0:
+            ids, _ = env_index(batch["env"])
+            rows = []
+            for i, e in enumerate(ids.tolist()):
+                prev = self.running.get(e)
+                cur = v[i] if prev is None else self.ema * prev + (1 - self.ema) * v[i]
+                if self.training:
+                    self.running[e] = cur.detach()
+                rows.append(cur)
+            v = torch.stack(rows)
+        return fishr_penalty(v)

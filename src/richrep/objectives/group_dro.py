@@ -1,0 +1,52 @@
+"""Group DRO (Sagawa, Koh, Hashimoto & Liang, ICLR 2020): minimize the q-weighted risk of the
+groups, q updated by exponentiated gradient ascent, ``q_g ∝ q_g · exp(eta · R_g)``, so the
+weight moves to the worst group. Groups are the environments (DomainBed's choice) or, with
+``by: groups``, the data's groups (``batch["groups"]``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from richrep.errors import ConfigError
+from richrep.objectives.base import Batch, Objective
+from richrep.objectives.environments import env_index, env_risks
+from richrep.registries import OBJECTIVES
+
+
+def dro_update(q: torch.Tensor, risks: torch.Tensor, eta: float) -> torch.Tensor:
+    """One exponentiated-gradient step of the group weights: ``q · exp(eta · risks)``, normalized."""
+    q = q * torch.exp(eta * risks.detach())
+    return q / q.sum()
+
+
+@OBJECTIVES.register("group_dro")
+class GroupDRO(Objective):
+    """Σ_g q_g R_g with ``q_g ∝ q_g exp(eta R_g)`` updated at every training step."""
+
+    uses_env = True
+
+    def __init__(self, eta: float = 0.01, by: Literal["env", "groups"] = "env") -> None:
+        super().__init__()
+        if eta <= 0:
+            raise ConfigError(f"group_dro: eta must be positive, got {eta}")
+        self.eta, self.by = float(eta), by
+        self.q: dict[int, float] = {}  # group id -> weight, over every group seen so far
+
+    def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        key = "env" if self.by == "env" else "groups"
+        if key not in batch:
+            raise ConfigError(f"group_dro (by {self.by}) needs {key} in the data; it has none")
+        groups = batch[key]
+        ids, _ = env_index(groups)
+        risks = env_risks(logits, batch["y"], groups)
+        for g in ids.tolist():
+            self.q.setdefault(int(g), 1.0)
+        q = torch.tensor([self.q[int(g)] for g in ids.tolist()], device=risks.device)
+        q = q / q.sum()
+        if self.training:
+            q = dro_update(q, risks, self.eta)
+            for g, v in zip(ids.tolist(), q.tolist(), strict=True):
+                self.q[int(g)] = v
+        return (q * risks).sum()
