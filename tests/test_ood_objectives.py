@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from richrep.errors import ConfigError
 from richrep.objectives import IRM, Fishr, GroupDRO, VREx, build_objective
 from richrep.objectives.environments import env_risks
-from richrep.objectives.fishr import fishr_penalty, gradient_variances, head_gradients
+from richrep.objectives.fishr import (
+    fishr_penalty,
+    gradient_variances,
+    head_gradient_variances,
+    head_gradients,
+)
 from richrep.objectives.group_dro import dro_update
 from richrep.objectives.irm import irm_penalty
 from richrep.objectives.vrex import vrex_penalty
@@ -94,6 +99,9 @@ def test_fishr_gradients_equal_autograd_and_the_penalty_vanishes_on_identical_en
     logits = head(twin_z)
     v = gradient_variances(head_gradients(logits, twin_y, twin_z), env)
     assert fishr_penalty(v).item() == pytest.approx(0.0, abs=1e-12)
+    env3 = torch.arange(12) % 3
+    fast = head_gradient_variances(head(z), y, z, env3)
+    assert torch.allclose(fast, gradient_variances(g, env3), atol=1e-6)
     v2 = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # mean [2, 1]: diffs ±[1, 1]
     assert fishr_penalty(v2).item() == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="features"):

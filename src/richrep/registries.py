@@ -40,6 +40,7 @@ BUILTIN_PLUGINS = (
     "richrep.evaluation.protocols",
     "richrep.evaluation.few_shot",
     "richrep.evaluation.finetune",
+    "richrep.evaluation.ood",
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",

@@ -37,6 +37,7 @@ class Row:
     group: str | None = None
     episode: int | None = None
     environment: str | None = None
+    variant: str | None = None  # what runs on top of the representation (e.g. "irm · oracle")
     extra: dict[str, Any] = field(default_factory=dict)  # protocol-specific: C, converged, …
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from richrep.objectives.base import Batch, Objective
+from richrep.objectives.environments import example_losses
 from richrep.registries import OBJECTIVES
 
 
@@ -18,4 +19,7 @@ class CrossEntropy(Objective):
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
+        if logits.ndim == 2:
+            return F.cross_entropy(logits, batch["y"], label_smoothing=self.label_smoothing)
+        # (..., N, C): several heads at once, one loss each
+        return example_losses(logits, batch["y"], self.label_smoothing).mean(-1)

@@ -8,7 +8,7 @@ loop and the ``ood`` protocol supply from the data's ``Split.env``."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,29 +16,43 @@ import torch.nn.functional as F
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
 
+_LAST: list[Any] = [None, None]  # (env tensor, its index): a full batch repeats every step
+
 
 def env_index(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distinct environment ids present, each example's position among them)."""
+    if _LAST[0] is env:
+        return _LAST[1]
     ids, pos = torch.unique(env, return_inverse=True)
+    _LAST[0], _LAST[1] = env, (ids, pos)
     return ids, pos
 
 
 def env_means(values: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
-    """The mean of ``values`` (N,) within each environment present, in id order."""
-    ids, pos = env_index(env)
-    sums = torch.zeros(len(ids), dtype=values.dtype, device=values.device).index_add(0, pos, values)
-    counts = torch.bincount(pos, minlength=len(ids)).to(values.dtype)
-    return sums / counts
+    """The mean of ``values`` (..., N) within each environment present, (..., E) in id order
+    (leading dimensions: several heads at once)."""
+    _, pos = env_index(env)
+    onehot = F.one_hot(pos).to(values.dtype)  # (N, E)
+    return (values @ onehot) / onehot.sum(0)
+
+
+def example_losses(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Per-example cross-entropy of logits (..., N, C): (..., N)."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    yy = y.expand(*logits.shape[:-1]).reshape(-1)
+    ce = F.cross_entropy(flat, yy, reduction="none", label_smoothing=smoothing)
+    return ce.reshape(logits.shape[:-1])
 
 
 def env_risks(logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy risk of each environment present (in id order)."""
-    return env_means(F.cross_entropy(logits.float(), y, reduction="none"), env)
+    """Cross-entropy risk of each environment present, (..., E) in id order."""
+    return env_means(example_losses(logits, y), env)
 
 
 class EnvironmentObjective(Objective):
     """Base: ERM over the pooled batch plus ``weight(step) * penalty``; subclasses define
-    :meth:`penalty`. The step counts forward passes in training mode."""
+    :meth:`penalty`. The step counts forward passes in training mode. Logits may carry leading
+    dimensions (several heads trained at once): the loss then has them too."""
 
     uses_env: ClassVar[bool] = True
 
@@ -51,6 +65,7 @@ class EnvironmentObjective(Objective):
         self.penalty_weight = float(penalty_weight)
         self.anneal_steps = int(anneal_steps)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
+        self.divisor = 1.0
 
     def weight(self) -> float:
         return self.penalty_weight if int(self.step) >= self.anneal_steps else 1.0
@@ -64,7 +79,7 @@ class EnvironmentObjective(Objective):
         raise NotImplementedError
 
     def risk(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), batch["y"])
+        return example_losses(logits, batch["y"]).mean(-1)
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         if "env" not in batch:
@@ -78,4 +93,5 @@ class EnvironmentObjective(Objective):
             loss = loss + w * self.penalty(logits, batch)
         if self.training:
             self.step += 1
-        return loss / w if w > 1.0 else loss
+        self.divisor = max(w, 1.0)  # a caller's own regularizer is divided alike (IRM's code)
+        return loss / self.divisor

@@ -38,10 +38,31 @@ def gradient_variances(grads: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def head_gradient_variances(
+    logits: torch.Tensor, y: torch.Tensor, features: torch.Tensor, env: torch.Tensor
+) -> torch.Tensor:
+    """:func:`gradient_variances` of :func:`head_gradients` without forming the (N, classes·(d+1))
+    gradients: with ``a = p - onehot(y)`` and ``z1 = [z, 1]``, the variance of ``a_c z1_j``
+    within an environment is ``mean(a_c² z1_j²) - mean(a_c z1_j)²``, two small matmuls.
+    Logits (..., N, C) give (..., E, C·(d+1))."""
+    a = logits.float().softmax(-1)
+    a = a - torch.nn.functional.one_hot(y, a.shape[-1]).to(a)
+    z1 = torch.cat([features.float(), torch.ones_like(features[:, :1]).float()], 1)
+    ids, pos = env_index(env)
+    out = []
+    for i in range(len(ids)):
+        m = pos == i
+        ae, ze, n = a[..., m, :].transpose(-1, -2), z1[m], int(m.sum())
+        second = (ae * ae) @ (ze * ze) / n
+        first = ae @ ze / n
+        out.append((second - first * first).flatten(-2))
+    return torch.stack(out, -2)
+
+
 def fishr_penalty(variances: torch.Tensor) -> torch.Tensor:
-    """Mean over environments of the mean squared difference of the variance vectors to their
-    mean over environments."""
-    return (variances - variances.mean(0)).pow(2).mean(1).mean()
+    """Mean over environments of the mean squared difference of the variance vectors (..., E, P)
+    to their mean over environments: (...)."""
+    return (variances - variances.mean(-2, keepdim=True)).pow(2).mean(-1).mean(-1)
 
 
 @OBJECTIVES.register("fishr")
@@ -63,16 +84,16 @@ class Fishr(EnvironmentObjective):
                 "fishr needs the head's input features: it trains heads and networks in the "
                 "`ood` protocol, not members"
             )
-        grads = head_gradients(logits, batch["y"], batch["features"])
-        v = gradient_variances(grads, batch["env"])
+        v = head_gradient_variances(logits, batch["y"], batch["features"], batch["env"])
         if self.ema > 0:
             ids, _ = env_index(batch["env"])
             rows = []
             for i, e in enumerate(ids.tolist()):
                 prev = self.running.get(e)
-                cur = v[i] if prev is None else self.ema * prev + (1 - self.ema) * v[i]
+                cur = v[..., i, :]
+                cur = cur if prev is None else self.ema * prev + (1 - self.ema) * cur
                 if self.training:
                     self.running[e] = cur.detach()
                 rows.append(cur)
-            v = torch.stack(rows)
+            v = torch.stack(rows, -2)
         return fishr_penalty(v)

@@ -18,7 +18,7 @@ from richrep.registries import OBJECTIVES
 def dro_update(q: torch.Tensor, risks: torch.Tensor, eta: float) -> torch.Tensor:
     """One exponentiated-gradient step of the group weights: ``q · exp(eta · risks)``, normalized."""
     q = q * torch.exp(eta * risks.detach())
-    return q / q.sum()
+    return q / q.sum(-1, keepdim=True)
 
 
 @OBJECTIVES.register("group_dro")
@@ -32,21 +32,20 @@ class GroupDRO(Objective):
         if eta <= 0:
             raise ConfigError(f"group_dro: eta must be positive, got {eta}")
         self.eta, self.by = float(eta), by
-        self.q: dict[int, float] = {}  # group id -> weight, over every group seen so far
+        self.q: dict[int, torch.Tensor] = {}  # group id -> weight (per head), groups seen so far
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         key = "env" if self.by == "env" else "groups"
         if key not in batch:
             raise ConfigError(f"group_dro (by {self.by}) needs {key} in the data; it has none")
         groups = batch[key]
-        ids, _ = env_index(groups)
-        risks = env_risks(logits, batch["y"], groups)
-        for g in ids.tolist():
-            self.q.setdefault(int(g), 1.0)
-        q = torch.tensor([self.q[int(g)] for g in ids.tolist()], device=risks.device)
-        q = q / q.sum()
+        ids = env_index(groups)[0].tolist()
+        risks = env_risks(logits, batch["y"], groups)  # (..., G)
+        lead = risks.shape[:-1]
+        q = torch.stack([self.q.get(g, torch.ones(lead, device=risks.device)) for g in ids], -1)
+        q = q / q.sum(-1, keepdim=True)
         if self.training:
             q = dro_update(q, risks, self.eta)
-            for g, v in zip(ids.tolist(), q.tolist(), strict=True):
-                self.q[int(g)] = v
-        return (q * risks).sum()
+            for j, g in enumerate(ids):
+                self.q[g] = q[..., j].detach()
+        return (q * risks).sum(-1)

@@ -12,8 +12,8 @@ from richrep.registries import OBJECTIVES
 
 
 def vrex_penalty(risks: torch.Tensor) -> torch.Tensor:
-    """The (population) variance of the environments' risks."""
-    return (risks - risks.mean()).pow(2).mean()
+    """The (population) variance of the environments' risks (..., E): (...)."""
+    return (risks - risks.mean(-1, keepdim=True)).pow(2).mean(-1)
 
 
 @OBJECTIVES.register("vrex")
@@ -21,7 +21,7 @@ class VREx(EnvironmentObjective):
     """Mean environment risk + ``penalty_weight`` · their variance (annealed like IRM)."""
 
     def risk(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        return env_risks(logits, batch["y"], batch["env"]).mean()
+        return env_risks(logits, batch["y"], batch["env"]).mean(-1)
 
     def penalty(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return vrex_penalty(env_risks(logits, batch["y"], batch["env"]))

@@ -23,7 +23,7 @@ from richrep.evaluation.stats import aggregate, paired_difference, welch_interva
 from richrep.registries import Display, display
 from richrep.text import strip_control
 
-TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment")
+TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment", "variant")
 CELL_KEYS = (*TARGET_KEYS, "column", "representation", "k")
 GAIN_AGAINST = ("single", "wide", "distill")  # catK − these, of the same K
 PRIMARY_METRIC = "accuracy"
@@ -45,6 +45,7 @@ class Target:
     size: int | str = "all"
     group: str | None = None
     environment: str | None = None
+    variant: str | None = None
 
     @property
     def size_text(self) -> str:
@@ -53,6 +54,8 @@ class Target:
     @property
     def parts(self) -> list[str]:
         out = [self.entry, self.protocol, self.size_text]
+        if self.variant is not None:
+            out.append(self.variant)
         if self.group is not None:
             out.append(f"group {self.group}")
         if self.environment is not None:
@@ -276,6 +279,7 @@ def build_comparison(
             a["size"] if a["size"] is not None else "all",
             a["group"],
             a["environment"],
+            a["variant"],
         )
         ci = a["ci95"] if a["n"] > 1 and math.isfinite(a["ci95"]) else None
         table.setdefault(target, {})[col] = Cell(
@@ -285,6 +289,7 @@ def build_comparison(
     order = list(entries or [])
     order += [e for e in dict.fromkeys(str(r.get("entry")) for r in rows) if e not in order]
     protos = list(dict.fromkeys(t.protocol for t in table))
+    variants = list(dict.fromkeys(str(r.get("variant")) for r in rows))  # the protocol's order
     targets = sorted(
         table,
         key=lambda t: (
@@ -293,6 +298,7 @@ def build_comparison(
             t.shift,
             size_rank(t.size),
             str(t.size),
+            variants.index(str(t.variant)) if str(t.variant) in variants else 0,
             t.group or "",
             t.environment or "",
         ),

@@ -124,7 +124,10 @@ def train_unit(
         missing = [t for t in o.needs if t not in tgts[j]]
         if missing:
             raise ConfigError(f"train_unit: {labels[j] or 'model'} needs targets {missing}")
-    tgts = [data_targets(o, train, tg, labels[j]) for j, (o, tg) in enumerate(zip(objs, tgts, strict=True))]
+    tgts = [
+        data_targets(o, train, tg, labels[j])
+        for j, (o, tg) in enumerate(zip(objs, tgts, strict=True))
+    ]
     models = [m.to(device) for m in models]
     starts, histories, opts = [0] * k, [[] for _ in range(k)], []
     for j, m in enumerate(models):
