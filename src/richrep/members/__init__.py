@@ -1,6 +1,7 @@
-"""Member kinds (``MEMBERS``): single, wide, wide_dim, joint, distill — see :mod:`.kinds`."""
+"""Member kinds (``MEMBERS``): single, wide, wide_dim, joint, distill (:mod:`.kinds`), rfc
+(:mod:`.rfc`)."""
 
-from richrep.members import kinds  # noqa: F401  (registration)
+from richrep.members import kinds, rfc  # noqa: F401  (registration)
 from richrep.members.base import (
     Loader,
     Member,

@@ -10,8 +10,9 @@ from richrep.objectives.base import Batch, Objective, build_objective
 from richrep.objectives.cross_entropy import CrossEntropy
 from richrep.objectives.distillation import MultiHeadDistillation
 from richrep.objectives.fishr import Fishr
-from richrep.objectives.group_dro import GroupDRO
+from richrep.objectives.group_dro import GroupDRO, GroupDROSets
 from richrep.objectives.irm import IRM
+from richrep.objectives.pseudo_labels import PseudoLabelHeads
 from richrep.objectives.vrex import VREx
 
 __all__ = [
@@ -20,8 +21,10 @@ __all__ = [
     "CrossEntropy",
     "Fishr",
     "GroupDRO",
+    "GroupDROSets",
     "MultiHeadDistillation",
     "Objective",
+    "PseudoLabelHeads",
     "VREx",
     "build_objective",
 ]

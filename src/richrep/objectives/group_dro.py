@@ -49,3 +49,36 @@ class GroupDRO(Objective):
             for j, g in enumerate(ids):
                 self.q[g] = q[..., j].detach()
         return (q * risks).sum(-1)
+
+
+@OBJECTIVES.register("group_dro_sets")
+class GroupDROSets(Objective):
+    """Group DRO over possibly overlapping example sets given per example in
+    ``batch["group_masks"]`` (N, G) — e.g. RFC's robust rounds, whose groups are the examples
+    each earlier round got right and those it got wrong. A set absent from a batch keeps its
+    weight and adds nothing."""
+
+    needs = ("group_masks",)
+
+    def __init__(self, eta: float = 0.01) -> None:
+        super().__init__()
+        if eta <= 0:
+            raise ConfigError(f"group_dro_sets: eta must be positive, got {eta}")
+        self.eta = float(eta)
+        self.q: torch.Tensor | None = None
+
+    def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        masks = batch["group_masks"].to(torch.float32)  # (N, G)
+        ce = torch.nn.functional.cross_entropy(logits.float(), batch["y"], reduction="none")
+        counts = masks.sum(0)
+        risks = (ce @ masks) / counts.clamp_min(1)
+        if self.q is None or self.q.shape[0] != masks.shape[1]:
+            self.q = torch.full((masks.shape[1],), 1.0 / masks.shape[1], device=ce.device)
+        q = self.q.to(ce.device)
+        if self.training:
+            present = counts > 0
+            step = torch.where(present, torch.exp(self.eta * risks.detach()), torch.ones_like(q))
+            q = q * step
+            q = q / q.sum()
+            self.q = q.detach()
+        return (q * risks).sum()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from richrep.data.splits import rng
-from richrep.registries import display
+from richrep.registries import MEMBERS, display, load_plugins
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,13 @@ class Trained:
     encoder_params: int
 
 
+def is_representation(kind: str) -> bool:
+    """Whether a member kind's networks are representations (not training scaffolding, such as
+    RFC's rounds: registered with ``representation=False``)."""
+    load_plugins()
+    return bool(MEMBERS.meta(kind, "representation", True))
+
+
 def plan_representations(
     trained: Sequence[Trained],
     *,
@@ -105,7 +112,7 @@ def plan_representations(
                 )
             )
     for t in trained:
-        if t.kind != "single":
+        if t.kind != "single" and is_representation(t.kind):
             reps.append(
                 Representation(t.kind, t.k, (t.seed,), (t.name,), t.feature_dim, t.encoder_params)
             )

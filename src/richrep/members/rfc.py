@@ -1,0 +1,175 @@
+"""Rich Feature Construction (Zhang, Lopez-Paz & Bottou, ICML 2022, "Rich Feature Construction
+for the Optimization-Generalization Dilemma") as member kinds.
+
+``{kind: rfc, k: R}`` plans, for each seed, R rounds and one synthesized network:
+
+- round 0 (``rfc_round``, ``round: 0``): the run's objective (ERM);
+- round r ≥ 1: Group DRO (``group_dro_sets``) over the sets of training examples that each
+  earlier round classified correctly and incorrectly (2r overlapping groups), so the round is
+  pushed to the features the earlier rounds did not use;
+- synthesis (``rfc``): a network of one seed's size with R heads, head k fitting round k's
+  predictions (pseudo-labels) on an agree/disagree balanced mix: examples on which all rounds
+  agree and those on which they do not each weigh half (the released recipe's balancing).
+
+The synthesized network's features are the ``rfcR`` representation; rounds are training
+scaffolding, not representations of their own. Every member trains with the run's training
+settings (the released recipe's step counts — ERM 51, DRO 501, synthesis 501 full-batch Adam
+steps — are reached by choosing ``training.epochs`` and ``batch_size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from richrep.config import Baseline, Experiment
+from richrep.data import Task
+from richrep.errors import ConfigError
+from richrep.members.base import Member, MemberKind, PlanContext
+from richrep.models import Classifier
+from richrep.objectives import GroupDROSets, Objective, PseudoLabelHeads
+from richrep.registries import MEMBERS
+from richrep.training.device import autocast
+from richrep.training.seeding import seeded
+
+
+@torch.no_grad()
+def predictions(
+    models: Sequence[Classifier], x: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Each model's predicted class on every input, (N, models)."""
+    out = []
+    for m in models:
+        m.eval().to(device)
+        parts = []
+        for xb in x.split(2048):
+            with autocast(device, dtype):
+                parts.append(m(xb.to(device)).float().argmax(-1).cpu())
+        out.append(torch.cat(parts))
+    return torch.stack(out, 1)
+
+
+def round_groups(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N, 2r) masks: for each earlier round, the examples it got right, then those it got wrong."""
+    right = pred == y[:, None]
+    return torch.stack([m for k in range(pred.shape[1]) for m in (right[:, k], ~right[:, k])], 1)
+
+
+def balance_weights(pred: torch.Tensor) -> torch.Tensor:
+    """Per-example weights (mean 1) giving the examples on which all rounds agree and those on
+    which they disagree half of the total weight each (uniform when either set is empty)."""
+    agree = (pred == pred[:, :1]).all(1)
+    n, a = len(agree), int(agree.sum())
+    if a in (0, n):
+        return torch.ones(n)
+    return torch.where(agree, 0.5 * n / a, 0.5 * n / (n - a)).float()
+
+
+@MEMBERS.register(
+    "rfc_round",
+    label="rfc_round{k}",
+    order=95,
+    representation=False,
+    description="one round of RFC (ERM, then DRO over earlier rounds' right/wrong sets)",
+)
+class RFCRound(MemberKind):
+    """Round ``round`` of RFC: ERM for round 0, Group DRO (step size ``eta``) over the right
+    and wrong sets of every earlier round otherwise."""
+
+    def __init__(self, round: int = 0, eta: float = 0.01) -> None:  # noqa: A002
+        if round < 0:
+            raise ConfigError(f"rfc_round: round must be non-negative, got {round}")
+        if eta <= 0:
+            raise ConfigError(f"rfc: eta must be positive, got {eta}")
+        self.round, self.eta = int(round), float(eta)
+
+    def build(self, member: Member, exp: Experiment, task: Task) -> Classifier:
+        with seeded(member.seed, "init", member.kind, member.k, self.round):
+            model = Classifier(self.encoder(member, exp, task), self.outputs(member, task))
+        model.encoder.set_input_stats(task.train.x)
+        return model
+
+    def objective(self, member: Member, exp: Experiment) -> Objective:
+        if self.round == 0:
+            return super().objective(member, exp)
+        return GroupDROSets(self.eta)
+
+    def targets(
+        self,
+        member: Member,
+        task: Task,
+        teachers: Sequence[Classifier],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[str, torch.Tensor]:
+        if not teachers:
+            return {}
+        pred = predictions(teachers, task.train.x, device, dtype)
+        return {"group_masks": round_groups(pred, task.train.y)}
+
+
+@MEMBERS.register(
+    "rfc",
+    label="rfc{k}",
+    order=75,
+    marker="P",
+    color="tab:brown",
+    description="RFC: K rounds (ERM, then DRO on earlier rounds' errors) synthesized into one network",
+)
+class RFC(MemberKind):
+    """The synthesized RFC network of R = ``k`` rounds (see the module docstring)."""
+
+    def __init__(self, eta: float = 0.01, balance: bool = True) -> None:
+        if eta <= 0:
+            raise ConfigError(f"rfc: eta must be positive, got {eta}")
+        self.eta, self.balance = float(eta), bool(balance)
+
+    def plan(self, spec: Baseline, ctx: PlanContext) -> list[Member]:
+        out = []
+        for seed in [m.seed for m in ctx.singles][: spec.seeds]:
+            rounds = []
+            for r in range(spec.k):
+                rounds.append(
+                    Member(
+                        f"rfc{spec.k}-r{r}-s{seed}",
+                        "rfc_round",
+                        spec.k,
+                        seed,
+                        width=ctx.exp.model.width,
+                        params={"round": r, "eta": self.eta},
+                        requires=tuple(m.name for m in rounds),
+                    )
+                )
+            student = Member(
+                f"rfc{spec.k}-s{seed}",
+                "rfc",
+                spec.k,
+                seed,
+                width=ctx.exp.model.width,
+                params=dict(spec.params),
+                requires=tuple(m.name for m in rounds),
+            )
+            out += [*rounds, student]
+        return out
+
+    def outputs(self, member: Member, task: Task) -> int:
+        return member.k * task.num_classes
+
+    def objective(self, member: Member, exp: Experiment) -> Objective:
+        return PseudoLabelHeads(member.k)
+
+    def targets(
+        self,
+        member: Member,
+        task: Task,
+        teachers: Sequence[Classifier],
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> dict[str, torch.Tensor]:
+        """The rounds' predictions on every training example (N, R) and the balancing weights."""
+        pred = predictions(teachers, task.train.x, device, dtype)
+        weight = balance_weights(pred) if self.balance else torch.ones(len(pred))
+        return {"pseudo": pred, "weight": weight}
