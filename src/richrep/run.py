@@ -169,6 +169,7 @@ class Run:
                         m.seed,
                         int(s.meta["feature_dim"]),
                         int(s.meta["encoder_params"]),
+                        kind_of(m).tag(m),
                     )
                 )
         return out

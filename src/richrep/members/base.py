@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from richrep.config import Baseline, Experiment
-from richrep.data import Task
+from richrep.data import Split, Task
 from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder, count_params
 from richrep.objectives import Objective, build_objective
@@ -117,6 +117,16 @@ class MemberKind:
         if member.feature_dim is not None:
             params["feature_dim"] = member.feature_dim
         return build_encoder(exp.model.encoder, task.input_shape, member.width, **params)
+
+    def tag(self, member: Member) -> str:
+        """What tells this member's column apart from others of its kind and K (e.g. the
+        unlabeled data a ``diverse`` member saw); empty for most kinds."""
+        return ""
+
+    def training_data(self, member: Member, task: Task) -> Split:
+        """The examples the member trains on (the task's training split; a kind that also
+        learns from unlabeled inputs appends them, labelled -1)."""
+        return task.train
 
     def outputs(self, member: Member, task: Task) -> int:
         """Width of the head: the task's classes (times the heads of a multi-head student)."""

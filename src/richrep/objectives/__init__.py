@@ -9,6 +9,7 @@ models is the sum of their own losses, so the fused strategy may train them as o
 from richrep.objectives.base import Batch, Objective, build_objective
 from richrep.objectives.cross_entropy import CrossEntropy
 from richrep.objectives.distillation import MultiHeadDistillation
+from richrep.objectives.divdis import DivDis
 from richrep.objectives.fishr import Fishr
 from richrep.objectives.group_dro import GroupDRO, GroupDROSets
 from richrep.objectives.irm import IRM
@@ -19,6 +20,7 @@ __all__ = [
     "IRM",
     "Batch",
     "CrossEntropy",
+    "DivDis",
     "Fishr",
     "GroupDRO",
     "GroupDROSets",

@@ -33,15 +33,18 @@ class Representation:
     dim: int
     params: int
     label: str = field(default="")
+    tag: str = ""  # tells members of one kind and K apart (MemberKind.tag)
 
     @property
     def column(self) -> str:
-        """The table column: ``single``, ``cat5``, ``wide5``, ``random5``…"""
-        return display(self.kind).column(self.k)
+        """The table column: ``single``, ``cat5``, ``wide5``, ``random5``, ``diverse2-test``…"""
+        col = display(self.kind).column(self.k)
+        return f"{col}-{self.tag}" if self.tag else col
 
     @property
     def id(self) -> str:
-        return self.label or f"{self.kind}{self.k}[{','.join(map(str, self.seeds))}]"
+        kind = f"{self.kind}{self.k}" + (f"-{self.tag}" if self.tag else "")
+        return self.label or f"{kind}[{','.join(map(str, self.seeds))}]"
 
 
 def seed_subsets(
@@ -73,6 +76,7 @@ class Trained:
     seed: int
     feature_dim: int
     encoder_params: int
+    tag: str = ""
 
 
 def is_representation(kind: str) -> bool:
@@ -114,6 +118,8 @@ def plan_representations(
     for t in trained:
         if t.kind != "single" and is_representation(t.kind):
             reps.append(
-                Representation(t.kind, t.k, (t.seed,), (t.name,), t.feature_dim, t.encoder_params)
+                Representation(
+                    t.kind, t.k, (t.seed,), (t.name,), t.feature_dim, t.encoder_params, tag=t.tag
+                )
             )
     return reps

@@ -213,7 +213,7 @@ def train_members(
 
     outs = train_group(
         models,
-        task.train,
+        kind.training_data(group[0], task),
         exp.training,
         [m.seed for m in group],
         device=device,
