@@ -70,6 +70,7 @@ METRICS = (
 @PROTOCOLS.register(
     "ood",
     metrics=METRICS,
+    vs_k=False,  # rows are per algorithm and rule: the report's OOD section draws them
     description="OOD algorithms (ERM, IRM, vREx, GroupDRO, Fishr) as heads or whole networks",
 )
 class OOD:

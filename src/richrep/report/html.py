@@ -17,7 +17,9 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from richrep.registries import PROTOCOLS
 from richrep.report import plots as P
+from richrep.report.ood import RULES, ood_entries, ood_environments, ood_table, ood_view
 from richrep.report.seeds import seed_context, seed_plots
 from richrep.report.summary import summary_lines
 from richrep.report.tables import (
@@ -192,6 +194,8 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         for e in entries:
             if not any(r.target.entry == e for r in comp.rows):
                 continue
+            if not PROTOCOLS.meta(data.entry_protocols.get(e, ""), "vs_k", True):
+                continue
             path = plots_dir / f"{slug(comp.metric)}_vs_k-{slug(e)}.png"
             P.metric_vs_k(
                 data.rows,
@@ -202,6 +206,18 @@ def render_html(data: ReportData, out_dir: Path) -> str:
                 chance=_float(data.chance.get(e)),
             )
             figures.append(_figure(path, f"{comp.metric} against K: {e}"))
+    ood = []
+    for e in ood_entries(data.rows):
+        view = ood_view(ood_table(data.rows, e))
+        view["entry"] = e
+        view["figures"] = []
+        for rule in RULES:
+            path = ood_environments(data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule)
+            if path is not None:
+                view["figures"].append(
+                    _figure(path, f"{e}: accuracy per test environment ({rule} selection)")
+                )
+        ood.append(view)
     curves = P.training_curves(data.members, plots_dir / "training_curves.png")
     seeds = None
     if data.analysis:
@@ -228,6 +244,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         ],
         "tables": [table_view(c) for c in comps],
         "figures": figures,
+        "ood": ood,
         "members": [_member_view(m) for m in data.members],
         "curves": _figure(curves, "training curves") if curves else None,
         "seeds": seeds,
