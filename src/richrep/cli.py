@@ -224,8 +224,17 @@ def results(
         list[str] | None, typer.Option("--entry", help="Only these suite entries.")
     ] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="Only this metric.")] = None,
+    ood: Annotated[
+        bool,
+        typer.Option(
+            "--ood",
+            help="The ood entries as initialization × algorithm tables, one per selection "
+            "rule (markdown, % mean ± std (n); --metric, default worst_env_accuracy).",
+        ),
+    ] = False,
 ) -> None:
     """Print the comparison table: targets × representations, mean ± std (n), catK's gains."""
+    from richrep.report.ood import RULES, ood_entries, ood_markdown, ood_table
     from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
     from richrep.report.terminal import render_table
     from richrep.run import Run
@@ -242,6 +251,17 @@ def results(
             rows = [x for x in rows if x.entry in entry]
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
+            return
+        if ood:
+            names = ood_entries(rows)
+            if not names:
+                raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
+            for e in names:
+                comp = ood_table(rows, e, metric or "worst_env_accuracy")
+                for rule in RULES:
+                    print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
+                    print(ood_markdown(comp, rule))
+                    print()
             return
         order = [e.name for e in r.exp.evaluation.suite]
         for m in [metric] if metric else metrics(rows):
