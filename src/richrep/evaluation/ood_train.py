@@ -52,6 +52,14 @@ class Scorer:
         ]
 
 
+def head_logits(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Logits (H, N, C) of H linear heads W (H, d, C), b (H, C) on shared features z (N, d):
+    one (N, d) × (d, H·C) product (a batched product over heads would run H skinny ones)."""
+    h, d, c = W.shape
+    out = z @ W.permute(1, 0, 2).reshape(d, h * c)  # (N, H·C)
+    return out.view(-1, h, c).permute(1, 0, 2) + b[:, None]
+
+
 class HeadAdam:
     """Adam (Kingma & Ba 2015, as ``torch.optim.Adam`` computes it) over parameters whose first
     dimension indexes heads, with a step count per head so that :meth:`reset` restarts the
@@ -134,13 +142,14 @@ def train_heads(
         for s, o in enumerate(objectives):
             if getattr(o, "reset_optimizer_at", None) == step - 1:
                 opt.reset(slice(bounds[s], bounds[s + 1]))  # the penalty weight jumps (DomainBed)
-        logits = torch.einsum("nd,hdc->hnc", z, W) + b[:, None]
+        logits = head_logits(z, W, b)
         norms = W.pow(2).sum((1, 2)) + b.pow(2).sum(1)
         losses = []
-        for s, o in enumerate(objectives):
-            lo, hi = bounds[s], bounds[s + 1]
-            loss = o(logits[lo:hi], batch)
-            losses.append(loss + l2 * norms[lo:hi] / getattr(o, "divisor", 1.0))
+        sizes = [len(group) for group in seeds]
+        parts = zip(logits.split(sizes), norms.split(sizes), strict=True)  # split: no zero-fills
+        for o, (lg, nm) in zip(objectives, parts, strict=True):
+            loss = o(lg, batch)
+            losses.append(loss + l2 * nm / getattr(o, "divisor", 1.0))
         total = torch.cat(losses)
         if not torch.isfinite(total).all():
             bad = int((~torch.isfinite(total)).nonzero()[0])
@@ -152,8 +161,8 @@ def train_heads(
         opt.step()
         if step % eval_every == 0 or step == steps:
             with torch.no_grad():
-                vl = torch.einsum("nd,hdc->hnc", val_x.float(), W) + b[:, None]
-                tl = torch.einsum("nd,hdc->hnc", test_x.float(), W) + b[:, None]
+                vl = head_logits(val_x.float(), W, b)
+                tl = head_logits(test_x.float(), W, b)
             for h, rec in enumerate(score(vl, tl)):
                 records[h].append({"step": step, **rec})
     return records

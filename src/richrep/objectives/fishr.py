@@ -11,6 +11,8 @@ For a linear head ``logits = z W^T + b`` the per-example gradient of the cross-e
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from richrep.errors import ConfigError
@@ -47,16 +49,35 @@ def head_gradient_variances(
     Logits (..., N, C) give (..., E, C·(d+1))."""
     a = logits.float().softmax(-1)
     a = a - torch.nn.functional.one_hot(y, a.shape[-1]).to(a)
-    z1 = torch.cat([features.float(), torch.ones_like(features[:, :1]).float()], 1)
+    lead, c = a.shape[:-2], a.shape[-1]
+    a = a.movedim(-2, -1).reshape(-1, a.shape[-2])  # (heads·C, N): one GEMM for every head
+    out = []
+    for m, z1, z1sq in _per_env(features, env):
+        ae, n = a[:, m], len(m)
+        second = (ae * ae) @ z1sq / n  # (heads·C, d + 1)
+        first = ae @ z1 / n
+        v = (second - first * first).reshape(*lead, c, z1.shape[1])
+        out.append(v.flatten(-2))
+    return torch.stack(out, -2)
+
+
+_CACHE: list[Any] = [None, None, None]  # (features, env, per-environment pieces)
+
+
+def _per_env(features: torch.Tensor, env: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Per environment: its example indices, ``[z, 1]`` and its square. Full-batch training
+    passes the same tensors at every step, so they are made once."""
+    if _CACHE[0] is features and _CACHE[1] is env:
+        return _CACHE[2]
     ids, pos = env_index(env)
     out = []
     for i in range(len(ids)):
-        m = pos == i
-        ae, ze, n = a[..., m, :].transpose(-1, -2), z1[m], int(m.sum())
-        second = (ae * ae) @ (ze * ze) / n
-        first = ae @ ze / n
-        out.append((second - first * first).flatten(-2))
-    return torch.stack(out, -2)
+        m = torch.nonzero(pos == i).flatten()
+        z = features[m].float()
+        z1 = torch.cat([z, torch.ones_like(z[:, :1])], 1)
+        out.append((m, z1, z1 * z1))
+    _CACHE[:] = [features, env, out]
+    return out
 
 
 def fishr_penalty(variances: torch.Tensor) -> torch.Tensor:
