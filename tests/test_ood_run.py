@@ -53,6 +53,7 @@ CONFIG = {
                     }
                 },
             },
+            {"name": "pick", "protocol": {"disambiguate": {"labels": [4], "draws": 2}}},
         ],
     },
     "runtime": {"threads": 1},
@@ -74,6 +75,8 @@ def test_an_ood_run_end_to_end(tmp_path):
     nets = [r for r in rows if r.entry == "networks"]
     assert {r.column for r in nets} == {"single", "rfc2", "random2"}
     assert all(r.extra["mode"] == "network" for r in nets)
+    picks = [r for r in rows if r.entry == "pick"]
+    assert {r.column for r in picks} == {"rfc2", "diverse2-test"}  # the multi-head members
     page = (run.store.root / "report.html").read_text()
     assert "Out of distribution" in page
     out = CliRunner().invoke(app, ["results", str(run.store.root), "--ood"])

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = (
     "richrep.evaluation.few_shot",
     "richrep.evaluation.finetune",
     "richrep.evaluation.ood",
+    "richrep.evaluation.disambiguate",
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",

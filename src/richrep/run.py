@@ -191,6 +191,21 @@ class Run:
     def dtype(self) -> torch.dtype:
         return resolve_precision(self.exp.training.precision, self.device)
 
+    def classifier(self, name: str, trained: bool = True) -> nn.Module:
+        """Member ``name``'s whole network (encoder and heads), in eval mode: trained (checked
+        against its sha256) or, with ``trained=False``, as initialized from its seed."""
+        member = self.member(name)
+        model = kind_of(member).build(member, self.exp, self.source_task)
+        if trained:
+            status = self.ledger.status(name)
+            if not status.ok:
+                raise StoreError(
+                    f"member {name} is {status.state.value}"
+                    f"{': ' + status.error if status.error else ''}; run `richrep run` to train it"
+                )
+            load_checkpoint(self.ledger.final(name), model)
+        return model.eval()
+
     def encoder(self, part: str) -> nn.Module:
         """The encoder of a representation part: a trained member (``single-s0``), an
         untrained one (``random-single-s0``: same seed, no training) or the raw ``input``."""
@@ -199,17 +214,7 @@ class Run:
                 enc: nn.Module = Flatten()
             else:
                 name = part.removeprefix("random-")
-                member = self.member(name)
-                model = kind_of(member).build(member, self.exp, self.source_task)
-                if name == part:
-                    status = self.ledger.status(name)
-                    if not status.ok:
-                        raise StoreError(
-                            f"member {name} is {status.state.value}"
-                            f"{': ' + status.error if status.error else ''}; run `richrep run` to train it"
-                        )
-                    load_checkpoint(self.ledger.final(name), model)
-                enc = model.encoder.eval()
+                enc = self.classifier(name, trained=name == part).encoder.eval()
             self._encoders[part] = enc
         return self._encoders[part]
 
