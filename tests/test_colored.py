@@ -83,14 +83,14 @@ def test_positive_classes_and_downsampling():
 
 
 def test_registered_dataset_and_shift_give_environments():
-    t = load_task("colored_mnist1d", {"base_params": {"num_samples": 1000}, "label_noise": 0.0})
+    t = load_task("colored_mnist1d", {"base_params": {"num_samples": 2000}, "label_noise": 0.0})
     assert t.classes == (0, 1) and t.input_shape == (2, 40)
     assert set(t.train.env.tolist()) == set(t.val.env.tolist()) == {0, 1}
     assert set(t.test.env.tolist()) == {2, 3, 4}
     names = [e["name"] for e in t.recipe["info"]["environments"]]
     assert names == ["train e=0.1", "train e=0.2", "test e=0.9", "test e=0.1", "test e=0.5"]
     # no label noise: the label is the clean grouping of the original digit
-    base = load_task("mnist1d", {"num_samples": 1000})
+    base = load_task("mnist1d", {"num_samples": 2000})
     s = apply_shift(base, "colored", {"label_noise": 0.0, "test_envs": [0.9]})
     assert s.classes == (0, 1) and set(s.test.env.tolist()) == {2}
     assert torch.equal(s.test.y, (base.test.y < 5).long())

@@ -38,7 +38,7 @@ def test_divdis_fits_labelled_rows_and_diversifies_on_unlabelled_ones():
 
 @pytest.mark.parametrize("source", ["test", "train", "mix"])
 def test_training_data_appends_the_chosen_unlabelled_inputs(source):
-    task = load_task("colored_mnist1d", {"base_params": {"num_samples": 1000}})
+    task = load_task("colored_mnist1d", {"base_params": {"num_samples": 2000}})
     kind = Diverse(unlabeled=source)
     m = Member(f"diverse2-{source}-s0", "diverse", 2, 0, params={"unlabeled": source})
     data = kind.training_data(m, task)
