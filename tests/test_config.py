@@ -35,14 +35,14 @@ def test_examples_parse(path):
         (
             {"training": {"baselines": [{"kind": "wider", "k": 2}]}},
             r"training\.baselines\[0\]: unknown member kind 'wider' \(did you mean 'wide'\?\); "
-            r"choose one of: distill, joint, single, wide, wide_dim",
+            r"choose one of: distill, diverse, joint, rfc, rfc_round, single, wide, wide_dim",
         ),
         ({"training": {"baselines": [{"kind": "wide", "k": 1}]}}, r"training\.baselines\.0\.k"),
         ({"trainig": {}}, r"trainig: unknown field"),
         (
             {"data": {"dataset": "mnist"}},
             r"data\.dataset.*unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); choose one of: "
-            r"digits, fashion_mnist, mnist1d, npz",
+            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, mnist1d, npz",
         ),
         (
             {"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}},
@@ -85,7 +85,7 @@ def test_examples_parse(path):
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
             r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; "
-            r"choose one of: few_shot, finetune, robustness, transfer",
+            r"choose one of: disambiguate, few_shot, finetune, ood, robustness, transfer",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],
