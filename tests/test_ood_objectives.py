@@ -112,3 +112,18 @@ def test_environment_objectives_are_registered_and_refuse_data_without_environme
     assert isinstance(build_objective("vrex", {"penalty_weight": 3.0}), VREx)
     with pytest.raises(ConfigError, match="environments"):
         IRM()(torch.zeros(2, 2), {"y": torch.tensor([0, 1])})
+
+
+def test_environment_indices_are_cached_by_identity_and_dropped_with_the_tensor():
+    import gc
+
+    from richrep.objectives.environments import _INDEX, env_index
+
+    env = torch.tensor([2, 0, 2])
+    first = env_index(env)
+    assert env_index(env) is first  # the same tensor: computed once
+    assert env_index(torch.tensor([2, 0, 2])) is not first  # equal contents, another tensor
+    n = len(_INDEX)
+    del env
+    gc.collect()
+    assert len(_INDEX) < n

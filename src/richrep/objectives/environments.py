@@ -8,6 +8,7 @@ loop and the ``ood`` protocol supply from the data's ``Split.env``."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -16,16 +17,39 @@ import torch.nn.functional as F
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
 
-_LAST: list[Any] = [None, None]  # (env tensor, its index): a full batch repeats every step
+
+class IdentityCache:
+    """Values computed from tensors, keyed by the tensors' identity (not their contents) and
+    dropped when the tensors are: full-batch training passes the same tensors at every step."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[int, ...], tuple[tuple[weakref.ref, ...], Any]] = {}
+
+    def get(self, *keys: torch.Tensor) -> Any:
+        item = self._items.get(tuple(id(k) for k in keys))
+        if item is None or any(r() is not k for r, k in zip(item[0], keys, strict=True)):
+            return None
+        return item[1]
+
+    def put(self, value: Any, *keys: torch.Tensor) -> Any:
+        key = tuple(id(k) for k in keys)
+        refs = tuple(weakref.ref(k, lambda _r, key=key: self._items.pop(key, None)) for k in keys)
+        self._items[key] = (refs, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_INDEX = IdentityCache()
 
 
 def env_index(env: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(distinct environment ids present, each example's position among them)."""
-    if _LAST[0] is env:
-        return _LAST[1]
-    ids, pos = torch.unique(env, return_inverse=True)
-    _LAST[0], _LAST[1] = env, (ids, pos)
-    return ids, pos
+    hit = _INDEX.get(env)
+    if hit is not None:
+        return hit
+    return _INDEX.put(tuple(torch.unique(env, return_inverse=True)), env)
 
 
 def env_means(values: torch.Tensor, env: torch.Tensor) -> torch.Tensor:

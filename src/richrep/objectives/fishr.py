@@ -11,13 +11,11 @@ For a linear head ``logits = z W^T + b`` the per-example gradient of the cross-e
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch
-from richrep.objectives.environments import EnvironmentObjective, env_index
+from richrep.objectives.environments import EnvironmentObjective, IdentityCache, env_index
 from richrep.registries import OBJECTIVES
 
 
@@ -61,14 +59,15 @@ def head_gradient_variances(
     return torch.stack(out, -2)
 
 
-_CACHE: list[Any] = [None, None, None]  # (features, env, per-environment pieces)
+_CACHE = IdentityCache()
 
 
 def _per_env(features: torch.Tensor, env: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """Per environment: its example indices, ``[z, 1]`` and its square. Full-batch training
-    passes the same tensors at every step, so they are made once."""
-    if _CACHE[0] is features and _CACHE[1] is env:
-        return _CACHE[2]
+    passes the same tensors at every step, so they are made once (and dropped with them)."""
+    hit = _CACHE.get(features, env)
+    if hit is not None:
+        return hit
     ids, pos = env_index(env)
     out = []
     for i in range(len(ids)):
@@ -76,8 +75,7 @@ def _per_env(features: torch.Tensor, env: torch.Tensor) -> list[tuple[torch.Tens
         z = features[m].float()
         z1 = torch.cat([z, torch.ones_like(z[:, :1])], 1)
         out.append((m, z1, z1 * z1))
-    _CACHE[:] = [features, env, out]
-    return out
+    return _CACHE.put(out, features, env)
 
 
 def fishr_penalty(variances: torch.Tensor) -> torch.Tensor:
