@@ -127,3 +127,38 @@ def test_environment_indices_are_cached_by_identity_and_dropped_with_the_tensor(
     del env
     gc.collect()
     assert len(_INDEX) < n
+
+
+def test_members_train_with_an_environment_objective_on_data_with_environments():
+    from richrep.config import TrainingConfig
+    from richrep.data import Split
+    from richrep.errors import ConfigError as CE
+    from richrep.models import Classifier, build_encoder
+    from richrep.training.loop import train_member
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 8, generator=g)
+    y = (x[:, 0, 0] > 0).long()
+    env = torch.arange(64) % 2
+    model = Classifier(build_encoder("mlp", (1, 8), 1.0, hidden=[8], feature_dim=4), 2)
+    cfg = TrainingConfig(epochs=2, batch_size=16, optimizer="adamw", lr=1e-2)
+    out = train_member(
+        model,
+        Split(x, y, env=env),
+        cfg,
+        0,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        objective=VREx(penalty_weight=10.0),
+    )
+    assert len(out["history"]) == 2 and all(math.isfinite(h["loss"]) for h in out["history"])
+    with pytest.raises(CE, match="needs environments"):
+        train_member(
+            model,
+            Split(x, y),
+            cfg,
+            0,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            objective=IRM(),
+        )
