@@ -83,3 +83,19 @@ def test_pseudo_label_heads_fit_each_column_with_weights():
         1,
     ).sum(1)
     assert loss.item() == pytest.approx(((w * ce).sum() / w.sum()).item(), rel=1e-6)
+
+
+def test_rfc_phases_override_the_training_settings_per_phase():
+    from richrep.errors import ConfigError
+    from richrep.members import kind_of
+
+    e = exp(seeds=1, phases={"erm": {"epochs": 2}, "dro": {"epochs": 7, "lr": 0.5}})
+    members = {m.name: m for m in plan_members(e, (2, 40))}
+    r0, r1, student = members["rfc3-r0-s0"], members["rfc3-r1-s0"], members["rfc3-s0"]
+    assert kind_of(r0).training(r0, e).epochs == 2
+    assert (kind_of(r1).training(r1, e).epochs, kind_of(r1).training(r1, e).lr) == (7, 0.5)
+    assert kind_of(student).training(student, e) == e.training  # no synthesis override
+    with pytest.raises(ConfigError, match="cannot be set per phase"):
+        plan_members(exp(seeds=1, phases={"erm": {"seeds": 3}}), (2, 40))
+    with pytest.raises(ConfigError, match="phases"):
+        plan_members(exp(seeds=1, phases={"warmup": {"epochs": 1}}), (2, 40))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from richrep.config import Baseline, Experiment
+from richrep.config import Baseline, Experiment, TrainingConfig
 from richrep.data import Split, Task
 from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder, count_params
@@ -117,6 +117,11 @@ class MemberKind:
         if member.feature_dim is not None:
             params["feature_dim"] = member.feature_dim
         return build_encoder(exp.model.encoder, task.input_shape, member.width, **params)
+
+    def training(self, member: Member, exp: Experiment) -> TrainingConfig:
+        """The member's training settings: the run's, unless the kind overrides some (RFC's
+        phases)."""
+        return exp.training
 
     def tag(self, member: Member) -> str:
         """What tells this member's column apart from others of its kind and K (e.g. the

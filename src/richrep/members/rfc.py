@@ -13,17 +13,22 @@ for the Optimization-Generalization Dilemma") as member kinds.
 
 The synthesized network's features are the ``rfcR`` representation; rounds are training
 scaffolding, not representations of their own. Every member trains with the run's training
-settings (the released recipe's step counts — ERM 51, DRO 501, synthesis 501 full-batch Adam
-steps — are reached by choosing ``training.epochs`` and ``batch_size``).
+settings, which ``phases: {erm: {...}, dro: {...}, synthesis: {...}}`` override per phase
+(``epochs``, ``batch_size``, ``optimizer``, ``lr``, ``weight_decay``, ``momentum``,
+``schedule``): the released recipe — full-batch Adam, lr 5e-4, ERM 51 steps, DRO 501,
+synthesis 501 — is e.g. ``batch_size: <N>`` with ``phases: {erm: {epochs: 51}, dro:
+{epochs: 501}, synthesis: {epochs: 501}}``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import pydantic
 import torch
 
-from richrep.config import Baseline, Experiment
+from richrep.config import Baseline, Experiment, TrainingConfig
 from richrep.data import Task
 from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
@@ -66,6 +71,26 @@ def balance_weights(pred: torch.Tensor) -> torch.Tensor:
     return torch.where(agree, 0.5 * n / a, 0.5 * n / (n - a)).float()
 
 
+PHASES = ("erm", "dro", "synthesis")
+SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule")
+
+
+def phase_config(exp: Experiment, overrides: dict[str, Any] | None, where: str) -> TrainingConfig:
+    """The run's training settings with a phase's ``overrides`` (checked)."""
+    if not overrides:
+        return exp.training
+    unknown = sorted(set(overrides) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: {unknown} cannot be set per phase; choose from {list(SETTINGS)}"
+        )
+    try:
+        return TrainingConfig.model_validate({**exp.training.model_dump(), **overrides})
+    except pydantic.ValidationError as e:
+        msg = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"{where}: {msg}") from None
+
+
 @MEMBERS.register(
     "rfc_round",
     label="rfc_round{k}",
@@ -77,12 +102,21 @@ class RFCRound(MemberKind):
     """Round ``round`` of RFC: ERM for round 0, Group DRO (step size ``eta``) over the right
     and wrong sets of every earlier round otherwise."""
 
-    def __init__(self, round: int = 0, eta: float = 0.01) -> None:  # noqa: A002
+    def __init__(
+        self,
+        round: int = 0,  # noqa: A002
+        eta: float = 0.01,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         if round < 0:
             raise ConfigError(f"rfc_round: round must be non-negative, got {round}")
         if eta <= 0:
             raise ConfigError(f"rfc: eta must be positive, got {eta}")
-        self.round, self.eta = int(round), float(eta)
+        self.round, self.eta, self.overrides = int(round), float(eta), overrides or {}
+
+    def training(self, member: Member, exp: Experiment) -> TrainingConfig:
+        phase = "erm" if self.round == 0 else "dro"
+        return phase_config(exp, self.overrides, f"rfc phases.{phase}")
 
     def build(self, member: Member, exp: Experiment, task: Task) -> Classifier:
         with seeded(member.seed, "init", member.kind, member.k, self.round):
@@ -121,10 +155,29 @@ class RFCRound(MemberKind):
 class RFC(MemberKind):
     """The synthesized RFC network of R = ``k`` rounds (see the module docstring)."""
 
-    def __init__(self, eta: float = 0.01, balance: bool = True) -> None:
+    def __init__(
+        self,
+        eta: float = 0.01,
+        balance: bool = True,
+        phases: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         if eta <= 0:
             raise ConfigError(f"rfc: eta must be positive, got {eta}")
         self.eta, self.balance = float(eta), bool(balance)
+        self.phases = dict(phases or {})
+        unknown = sorted(set(self.phases) - set(PHASES))
+        if unknown:
+            raise ConfigError(f"rfc: phases {unknown} unknown; choose from {list(PHASES)}")
+        for name, overrides in self.phases.items():
+            unknown = sorted(set(overrides) - set(SETTINGS))
+            if unknown:
+                raise ConfigError(
+                    f"rfc phases.{name}: {unknown} cannot be set per phase; choose from "
+                    f"{list(SETTINGS)}"
+                )
+
+    def training(self, member: Member, exp: Experiment) -> TrainingConfig:
+        return phase_config(exp, self.phases.get("synthesis"), "rfc phases.synthesis")
 
     def plan(self, spec: Baseline, ctx: PlanContext) -> list[Member]:
         out = []
@@ -138,7 +191,11 @@ class RFC(MemberKind):
                         spec.k,
                         seed,
                         width=ctx.exp.model.width,
-                        params={"round": r, "eta": self.eta},
+                        params={
+                            "round": r,
+                            "eta": self.eta,
+                            "overrides": self.phases.get("erm" if r == 0 else "dro") or {},
+                        },
                         requires=tuple(m.name for m in rounds),
                     )
                 )

@@ -214,7 +214,7 @@ def train_members(
     outs = train_group(
         models,
         kind.training_data(group[0], task),
-        exp.training,
+        kind.training(group[0], exp),
         [m.seed for m in group],
         device=device,
         dtype=dtype,
