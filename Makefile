@@ -38,6 +38,7 @@ bench: $(BIN)/.dev
 	$(BIN)/python benchmarks/probe.py
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/similarity.py
+	$(BIN)/python benchmarks/ood_heads.py
 
 lint: $(BIN)/.dev
 	$(BIN)/ruff check src tests benchmarks
