@@ -181,13 +181,7 @@ class FineTune:
     ) -> list[Row]:
         if not self.wanted(rep):
             return []
-        run = ctx.owner
-        if run is None or not hasattr(run, "encoder"):
-            raise ConfigError(
-                f"suite entry {entry.name!r}: finetune trains the run's networks, so it needs "
-                f"the run (Context.owner); evaluate through the run (Run.evaluate or the "
-                f"evaluate stage)"
-            )
+        run = ctx.run_of(entry, "finetune trains the run's networks, so it")
         data, sets = ctx.probe_sets(target, entry)
         work = self.work_dir(run, ctx, target, entry)
         rows = []

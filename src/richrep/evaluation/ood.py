@@ -201,12 +201,7 @@ class OOD:
     def networks(
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry, score: Scorer
     ) -> dict[str, list[list[dict]]]:
-        run = ctx.owner
-        if run is None or not hasattr(run, "encoder"):
-            raise ConfigError(
-                f"suite entry {entry.name!r}: ood with mode network trains the run's networks; "
-                f"evaluate through the run (Run.evaluate or the evaluate stage)"
-            )
+        run = ctx.run_of(entry, "ood with mode network trains the run's networks, so it")
         out = {}
         for alg in self.algorithms:
             out[alg] = []

@@ -50,6 +50,16 @@ class Context:
         default_factory=dict
     )
 
+    def run_of(self, entry: SuiteEntry, what: str) -> Any:
+        """The Run being evaluated, for a protocol that trains or loads its networks (``what``
+        says which and why); a clear error when the protocol runs on features alone."""
+        if self.owner is None or not hasattr(self.owner, "encoder"):
+            raise ConfigError(
+                f"suite entry {entry.name!r}: {what} needs the run (Context.owner); evaluate "
+                f"through the run (Run.evaluate or the evaluate stage)"
+            )
+        return self.owner
+
     def pool(self, task: Task) -> Split:
         """All labelled training data of ``task`` (train and validation together), made once."""
         if task.hash not in self._pools:

@@ -21,6 +21,7 @@ from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder, count_params
 from richrep.objectives import Objective, build_objective
 from richrep.registries import MEMBERS
+from richrep.training.device import autocast
 from richrep.training.seeding import seeded
 
 
@@ -158,6 +159,28 @@ class MemberKind:
     ) -> dict[str, torch.Tensor]:
         """Per-example training targets beside the labels (e.g. teachers' logits)."""
         return {}
+
+
+@torch.no_grad()
+def network_outputs(
+    models: Sequence[nn.Module],
+    x: torch.Tensor,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int = 1024,
+) -> torch.Tensor:
+    """Each model's outputs on every input, ``(N, models, outputs)``, float32 on the CPU (the
+    teachers' logits a student learns from)."""
+    out = []
+    for m in models:
+        m.eval().to(device)
+        parts = []
+        for xb in x.split(batch):
+            with autocast(device, dtype):
+                parts.append(m(xb.to(device)).float().cpu())
+        out.append(torch.cat(parts))
+    return torch.stack(out, dim=1)
 
 
 def kind_of(member: Member | str, params: dict[str, Any] | None = None) -> MemberKind:

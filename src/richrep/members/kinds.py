@@ -13,11 +13,10 @@ from torch import nn
 from richrep.config import Baseline, Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError
-from richrep.members.base import Member, MemberKind, PlanContext
+from richrep.members.base import Member, MemberKind, PlanContext, network_outputs
 from richrep.models import Classifier, JointEncoder, build_encoder
 from richrep.objectives import MultiHeadDistillation, Objective
 from richrep.registries import MEMBERS
-from richrep.training.device import autocast
 
 
 @MEMBERS.register(
@@ -151,12 +150,5 @@ class Distill(MemberKind):
         dtype: torch.dtype,
     ) -> dict[str, torch.Tensor]:
         """The teachers' logits on every training example, ``(N, K, classes)``, computed once."""
-        out = []
-        for t in teachers:
-            t.eval().to(device)
-            parts = []
-            for xb in task.train.x.split(1024):
-                with autocast(device, dtype):
-                    parts.append(t(xb.to(device)).float().cpu())
-            out.append(torch.cat(parts))
-        return {"teacher_logits": torch.stack(out, dim=1)}
+        logits = network_outputs(teachers, task.train.x, device=device, dtype=dtype)
+        return {"teacher_logits": logits}

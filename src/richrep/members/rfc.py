@@ -31,28 +31,18 @@ import torch
 from richrep.config import Baseline, Experiment, TrainingConfig
 from richrep.data import Task
 from richrep.errors import ConfigError
-from richrep.members.base import Member, MemberKind, PlanContext
+from richrep.members.base import Member, MemberKind, PlanContext, network_outputs
 from richrep.models import Classifier
 from richrep.objectives import GroupDROSets, Objective, PseudoLabelHeads
 from richrep.registries import MEMBERS
-from richrep.training.device import autocast
 from richrep.training.seeding import seeded
 
 
-@torch.no_grad()
 def predictions(
     models: Sequence[Classifier], x: torch.Tensor, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
     """Each model's predicted class on every input, (N, models)."""
-    out = []
-    for m in models:
-        m.eval().to(device)
-        parts = []
-        for xb in x.split(2048):
-            with autocast(device, dtype):
-                parts.append(m(xb.to(device)).float().argmax(-1).cpu())
-        out.append(torch.cat(parts))
-    return torch.stack(out, 1)
+    return network_outputs(models, x, device=device, dtype=dtype, batch=2048).argmax(-1)
 
 
 def round_groups(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
