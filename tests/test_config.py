@@ -85,7 +85,7 @@ def test_examples_parse(path):
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
             r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; "
-            r"choose one of: disambiguate, few_shot, finetune, ood, robustness, transfer",
+            r"choose one of: continual, disambiguate, few_shot, finetune, ood, robustness, transfer",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],

@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = (
     "richrep.evaluation.finetune",
     "richrep.evaluation.ood",
     "richrep.evaluation.disambiguate",
+    "richrep.evaluation.continual",
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",

@@ -206,6 +206,12 @@ def render_html(data: ReportData, out_dir: Path) -> str:
                 chance=_float(data.chance.get(e)),
             )
             figures.append(_figure(path, f"{comp.metric} against K: {e}"))
+    for e in entries:  # a protocol's own figure (registry meta ``figure``)
+        draw = PROTOCOLS.meta(data.entry_protocols.get(e, ""), "figure")
+        if draw is not None:
+            path = draw(data.rows, e, plots_dir / f"{slug(e)}.png")
+            if path is not None:
+                figures.append(_figure(path, e))
     ood = []
     for e in ood_entries(data.rows):
         view = ood_view(ood_table(data.rows, e))
