@@ -43,6 +43,7 @@ BUILTIN_PLUGINS = (
     "richrep.evaluation.ood",
     "richrep.evaluation.disambiguate",
     "richrep.evaluation.continual",
+    "richrep.evaluation.truncation",
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",

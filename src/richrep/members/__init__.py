@@ -1,7 +1,7 @@
 """Member kinds (``MEMBERS``): single, wide, wide_dim, joint, distill (:mod:`.kinds`), rfc
 (:mod:`.rfc`), diverse (:mod:`.diverse`)."""
 
-from richrep.members import diverse, kinds, rfc  # noqa: F401  (registration)
+from richrep.members import diverse, kinds, matryoshka, rfc  # noqa: F401  (registration)
 from richrep.members.base import (
     Loader,
     Member,

@@ -36,3 +36,24 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x))
+
+
+class NestedHeads(nn.Module):
+    """Linear heads on nested prefixes of the features (Matryoshka representations, Kusupati
+    et al., NeurIPS 2022): head i reads the first ``dims[i]`` features; the logits of all heads
+    are concatenated, ``(B, len(dims) * classes)``. ``shared`` (MRL-E) uses one weight matrix
+    whose first ``dims[i]`` columns make head i."""
+
+    def __init__(self, feature_dim: int, classes: int, dims: list[int], shared: bool = False):
+        super().__init__()
+        self.dims, self.shared = [int(m) for m in dims], bool(shared)
+        if self.shared:
+            self.full = nn.Linear(feature_dim, classes)
+        else:
+            self.heads = nn.ModuleList(nn.Linear(m, classes) for m in self.dims)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            w, b = self.full.weight, self.full.bias
+            return torch.cat([z[:, :m] @ w[:, :m].t() + b for m in self.dims], 1)
+        return torch.cat([h(z[:, :m]) for h, m in zip(self.heads, self.dims, strict=True)], 1)

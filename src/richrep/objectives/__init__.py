@@ -13,6 +13,7 @@ from richrep.objectives.divdis import DivDis
 from richrep.objectives.fishr import Fishr
 from richrep.objectives.group_dro import GroupDRO, GroupDROSets
 from richrep.objectives.irm import IRM
+from richrep.objectives.matryoshka import Matryoshka
 from richrep.objectives.pseudo_labels import PseudoLabelHeads
 from richrep.objectives.vrex import VREx
 
@@ -24,6 +25,7 @@ __all__ = [
     "Fishr",
     "GroupDRO",
     "GroupDROSets",
+    "Matryoshka",
     "MultiHeadDistillation",
     "Objective",
     "PseudoLabelHeads",
