@@ -135,24 +135,14 @@ class Continual:
 def accuracy_after_tasks(rows: list, entry: str, path):  # noqa: ANN001, ANN201
     """The report's figure of a continual entry: accuracy after each task, one line per
     representation column (mean over orders and seeds)."""
-    from richrep.report.plots import mpl_text, plt, save
+    from richrep.report.plots import lines_by_column
 
-    mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == "accuracy"]
-    if not mine:
-        return None
-    by: dict[str, dict[int, list[float]]] = {}
-    for r in mine:
-        t = int(str(r.get("variant")).split()[2].split("/")[0])
-        by.setdefault(r.get("column"), {}).setdefault(t, []).append(float(r.get("value")))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for col, points in by.items():
-        ts = sorted(points)
-        ax.plot(ts, [float(np.mean(points[t])) for t in ts], marker="o", label=mpl_text(col))
-    ax.set_xlabel("tasks seen")
-    ax.set_ylabel("test accuracy on the classes seen")
-    ax.set_ylim(0, 1)
-    ax.set_title(mpl_text(f"{entry}: nearest class mean, class-incremental"), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, path)
-    return path
+    return lines_by_column(
+        rows,
+        entry,
+        path,
+        x_of=lambda r: str(r.get("variant")).split()[2].split("/")[0],
+        xlabel="tasks seen",
+        ylabel="test accuracy on the classes seen",
+        title="nearest class mean, class-incremental",
+    )

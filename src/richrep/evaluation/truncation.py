@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -58,28 +57,18 @@ def nearest_neighbour_accuracy(
 def accuracy_against_dims(rows: list, entry: str, path):  # noqa: ANN001, ANN201
     """The report's figure of a truncation entry: probe accuracy against the prefix length,
     one line per column (mean over seeds and subsets), log-scaled dimensions."""
-    from richrep.report.plots import mpl_text, plt, save
+    from richrep.report.plots import lines_by_column
 
-    mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == "accuracy"]
-    if not mine:
-        return None
-    by: dict[str, dict[int, list[float]]] = {}
-    for r in mine:
-        by.setdefault(r.get("column"), {}).setdefault(int(r.get("prefix")), []).append(
-            r.get("value")
-        )
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for col, pts in by.items():
-        ms = sorted(pts)
-        ax.plot(ms, [float(np.mean(pts[m])) for m in ms], marker="o", label=mpl_text(col))
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("first m features")
-    ax.set_ylabel("probe test accuracy")
-    ax.set_title(mpl_text(f"{entry}: accuracy under truncation"), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, path)
-    return path
+    return lines_by_column(
+        rows,
+        entry,
+        path,
+        x_of=lambda r: r.get("prefix"),
+        xlabel="first m features",
+        ylabel="probe test accuracy",
+        title="accuracy under truncation",
+        log2=True,
+    )
 
 
 @PROTOCOLS.register(
