@@ -174,7 +174,7 @@ class FineTune:
             return False
         if any(p == "input" or p.startswith("random-") for p in rep.parts):
             return False
-        return self.columns is None or rep.column in self.columns or rep.id in self.columns
+        return rep.chosen(self.columns)
 
     def evaluate(
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry

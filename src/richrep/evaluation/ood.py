@@ -134,7 +134,7 @@ class OOD:
     def wanted(self, rep: Representation) -> bool:
         if self.mode == "network" and "input" in rep.parts:
             return False  # the input floor has no network
-        return self.columns is None or rep.column in self.columns or rep.id in self.columns
+        return rep.chosen(self.columns)
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(

@@ -41,6 +41,10 @@ class Representation:
         col = display(self.kind).column(self.k)
         return f"{col}-{self.tag}" if self.tag else col
 
+    def chosen(self, columns: Sequence[str] | None) -> bool:
+        """Whether a protocol's ``columns`` option (table columns or ids; None: all) picks it."""
+        return columns is None or self.column in columns or self.id in columns
+
     @property
     def id(self) -> str:
         kind = f"{self.kind}{self.k}" + (f"-{self.tag}" if self.tag else "")
