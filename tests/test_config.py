@@ -35,7 +35,7 @@ def test_examples_parse(path):
         (
             {"training": {"baselines": [{"kind": "wider", "k": 2}]}},
             r"training\.baselines\[0\]: unknown member kind 'wider' \(did you mean 'wide'\?\); "
-            r"choose one of: distill, diverse, joint, matryoshka, rfc, rfc_round, single, wide, wide_dim",
+            r"choose one of: bct, bt2, distill, diverse, joint, matryoshka, rfc, rfc_round, simplex, single, wide, wide_dim",
         ),
         ({"training": {"baselines": [{"kind": "wide", "k": 1}]}}, r"training\.baselines\.0\.k"),
         ({"trainig": {}}, r"trainig: unknown field"),
@@ -85,7 +85,7 @@ def test_examples_parse(path):
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
             r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; "
-            r"choose one of: continual, disambiguate, few_shot, finetune, ood, robustness, transfer, truncation",
+            r"choose one of: compatibility, continual, disambiguate, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],

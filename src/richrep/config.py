@@ -109,7 +109,7 @@ class Baseline(Strict):
     ``params``."""
 
     kind: str
-    k: Annotated[int, Field(ge=2)]
+    k: Annotated[int, Field(ge=1)]  # each kind's own range: registry meta ``k_range``
     seeds: Annotated[int, Field(ge=1)] = 1
     params: dict[str, Any] = {}
 
@@ -381,8 +381,21 @@ def resolve(exp: Experiment) -> Experiment:
     baselines = []
     for i, b in enumerate(exp.training.baselines):
         params = MEMBERS.validate(b.kind, b.params, where=f"training.baselines[{i}]")
+        lo, hi = MEMBERS.meta(b.kind, "k_range", (2, None))
+        if b.k < lo or (hi is not None and b.k > hi):
+            need = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise ConfigError(
+                f"training.baselines.{i}.k: {b.kind} takes k = {need} (it stands for catK); "
+                f"got {b.k}"
+            )
         baselines.append(Baseline(kind=b.kind, k=b.k, seeds=b.seeds, params=_jsonable(params)))
     objective = exp.training.objective.resolved(OBJECTIVES, "training.objective")
+    head = getattr(OBJECTIVES.entry(objective.name).fn, "head", "")
+    if head:
+        raise ConfigError(
+            f"training.objective: {objective.name!r} reads the head of {head!r} members; "
+            f"add a {{kind: {head}}} baseline instead of training every seed with it"
+        )
     needs = getattr(OBJECTIVES.entry(objective.name).fn, "needs", ())
     if needs:
         raise ConfigError(

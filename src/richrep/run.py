@@ -311,12 +311,13 @@ class Run:
             run=self.exp.run_id(),
             device=str(self.device),
             owner=self,
+            representations=self.representations(),
         )
         proto = protocol_of(spec)
         reps = (
             [self.representation(r) for r in representations]
             if representations
-            else self.representations()
+            else ctx.representations
         )
         return [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
 

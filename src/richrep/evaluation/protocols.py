@@ -45,6 +45,7 @@ class Context:
     owner: Any = None  # the Run being evaluated (protocols that need networks, not features)
     info: dict[str, Any] = field(default_factory=dict)  # target facts every row records
     fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
+    representations: list[Representation] = field(default_factory=list)  # all of the run's
     _pools: dict[str, Split] = field(default_factory=dict)
     _sets: dict[str, tuple[Split, list[tuple[Any, int, torch.Tensor]]]] = field(
         default_factory=dict

@@ -56,6 +56,27 @@ class PlanContext:
     exp: Experiment
     input_shape: tuple[int, ...]
     singles: list[Member]
+    planned: list[Member] = field(default_factory=list)  # every member planned so far
+
+    def planned_member(self, name: str, where: str) -> Member:
+        """A member planned before this one (a seed, or an earlier baseline's), by name."""
+        for m in self.planned or self.singles:
+            if m.name == name:
+                return m
+        have = [m.name for m in (self.planned or self.singles)]
+        raise ConfigError(
+            f"{where}: no member {name!r} is planned before it; the run plans {have} "
+            f"(list the baseline it depends on earlier in training.baselines)"
+        )
+
+    def feature_dim_of(self, member: Member) -> int:
+        """A planned member's feature dimension."""
+        if member.feature_dim is not None:
+            return int(member.feature_dim)
+        with torch.device("meta"):
+            return build_encoder(
+                self.exp.model.encoder, self.input_shape, member.width, **self.exp.model.params
+            ).feature_dim
 
     def encoder_params(self, width: float, **override: Any) -> int:
         with torch.device("meta"):
@@ -160,6 +181,12 @@ class MemberKind:
         """Per-example training targets beside the labels (e.g. teachers' logits)."""
         return {}
 
+    def prepare(self, member: Member, model: Classifier, teachers: Sequence[Classifier]) -> None:
+        """Give a freshly built ``model`` what it takes from the members it requires, before
+        training (e.g. BCT's frozen copy of the old model's classifier); nothing by default.
+        What it sets must live in the model's state (parameters or buffers), so a resumed or
+        reloaded member has it from its checkpoint."""
+
 
 @torch.no_grad()
 def network_outputs(
@@ -202,8 +229,8 @@ def plan_members(exp: Experiment, input_shape: tuple[int, ...]) -> list[Member]:
         Member(f"single-s{s}", "single", 1, s, width=exp.model.width)
         for s in exp.training.seed_list
     ]
-    ctx = PlanContext(exp, tuple(input_shape), singles)
     out = list(singles)
+    ctx = PlanContext(exp, tuple(input_shape), singles, out)
     for b in exp.training.baselines:
         out += kind_of(b.kind, b.params).plan(b, ctx)
     names = [m.name for m in out]

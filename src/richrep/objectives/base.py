@@ -18,6 +18,7 @@ class Objective(nn.Module):
     folds: ClassVar[bool] = True  # K models' losses add up: they may train fused
     needs: ClassVar[tuple[str, ...]] = ()  # per-example targets beside the labels it reads
     uses_env: ClassVar[bool] = False  # reads batch["env"] (and "groups"): the data's Split.env
+    head: ClassVar[str] = ""  # a member kind whose head the loss reads (e.g. bct); "" for any
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

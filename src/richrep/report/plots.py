@@ -216,21 +216,23 @@ def lines_by_column(
     title: str,
     metric: str = "accuracy",
     log2: bool = False,
+    log10: bool = False,
 ) -> Path | None:
-    """One line per table column: the mean of ``metric`` against ``x_of(row)`` (an int), for
-    the rows of ``entry``; a protocol's own report figure (continual, truncation)."""
+    """One line per table column: the mean of ``metric`` against ``x_of(row)`` (a number), for
+    the rows of ``entry``; a protocol's own report figure (continual, truncation, retrieval)."""
     mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == metric]
     if not mine:
         return None
-    by: dict[str, dict[int, list[float]]] = {}
+    by: dict[str, dict[float, list[float]]] = {}
     for r in mine:
-        by.setdefault(str(r.get("column")), {}).setdefault(int(x_of(r)), []).append(r.get("value"))
+        x = float(x_of(r))
+        by.setdefault(str(r.get("column")), {}).setdefault(x, []).append(r.get("value"))
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for col, pts in by.items():
         xs = sorted(pts)
         ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=mpl_text(col))
-    if log2:
-        ax.set_xscale("log", base=2)
+    if log2 or log10:
+        ax.set_xscale("log", base=2 if log2 else 10)
     ax.set_xlabel(mpl_text(xlabel))
     ax.set_ylabel(mpl_text(ylabel))
     ax.set_title(mpl_text(f"{entry}: {title}"), fontsize=10)

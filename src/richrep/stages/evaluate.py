@@ -115,6 +115,7 @@ def evaluate(
                 run=exp.run_id(),
                 device=str(run.device),
                 owner=run,
+                representations=reps,
             )
         t0 = time.perf_counter()
         target = run.target(entry)

@@ -15,7 +15,7 @@ import torch
 from richrep.config import Experiment
 from richrep.data import Task
 from richrep.ledger import Ledger, State, Status
-from richrep.members import Member, kind_of, waves
+from richrep.members import Member, MemberKind, kind_of, waves
 from richrep.models import Classifier, count_params
 from richrep.registries import ENGINES
 from richrep.store import RunStore
@@ -203,11 +203,21 @@ def train_members(
             units.append(Unit(left, u.fused, u.threads))
     kind = kind_of(group[0])
     models = [kind.build(m, exp, task) for m in group]
+    loaded: dict[str, Classifier] = {}
+
+    def teachers_of(m: Member) -> list[Classifier]:
+        for t in _members(m.requires, exp, task):
+            if t.name not in loaded:
+                loaded[t.name] = load_member(exp, task, t, store)
+        return [loaded[n] for n in m.requires]
+
+    if type(kind).prepare is not MemberKind.prepare:
+        for m, model in zip(group, models, strict=True):
+            kind.prepare(m, model, teachers_of(m) if m.requires else [])
 
     def targets_of(m: Member) -> Callable[[], dict[str, torch.Tensor]]:
         def compute() -> dict[str, torch.Tensor]:
-            teachers = [load_member(exp, task, t, store) for t in _members(m.requires, exp, task)]
-            return kind.targets(m, task, teachers, device=device, dtype=dtype)
+            return kind.targets(m, task, teachers_of(m), device=device, dtype=dtype)
 
         return compute
 
