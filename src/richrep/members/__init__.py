@@ -1,7 +1,8 @@
 """Member kinds (``MEMBERS``): single, wide, wide_dim, joint, distill (:mod:`.kinds`), rfc
-(:mod:`.rfc`), diverse (:mod:`.diverse`)."""
+(:mod:`.rfc`), diverse (:mod:`.diverse`), matryoshka (:mod:`.matryoshka`), bct and bt2
+(:mod:`.bct`), simplex (:mod:`.simplex`)."""
 
-from richrep.members import diverse, kinds, matryoshka, rfc  # noqa: F401  (registration)
+from richrep.members import bct, diverse, kinds, matryoshka, rfc, simplex  # noqa: F401
 from richrep.members.base import (
     Loader,
     Member,

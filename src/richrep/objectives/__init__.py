@@ -7,6 +7,7 @@ models is the sum of their own losses, so the fused strategy may train them as o
 """
 
 from richrep.objectives.base import Batch, Objective, build_objective
+from richrep.objectives.bct import BackwardCompatible
 from richrep.objectives.cross_entropy import CrossEntropy
 from richrep.objectives.distillation import MultiHeadDistillation
 from richrep.objectives.divdis import DivDis
@@ -19,6 +20,7 @@ from richrep.objectives.vrex import VREx
 
 __all__ = [
     "IRM",
+    "BackwardCompatible",
     "Batch",
     "CrossEntropy",
     "DivDis",
