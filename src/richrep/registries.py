@@ -44,6 +44,8 @@ BUILTIN_PLUGINS = (
     "richrep.evaluation.disambiguate",
     "richrep.evaluation.continual",
     "richrep.evaluation.truncation",
+    "richrep.evaluation.retrieval",
+    "richrep.evaluation.compatibility",
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",
