@@ -89,13 +89,8 @@ class PlanContext:
         return count_params(enc)
 
     def feature_dim(self) -> int:
-        with torch.device("meta"):
-            return build_encoder(
-                self.exp.model.encoder,
-                self.input_shape,
-                self.exp.model.width,
-                **self.exp.model.params,
-            ).feature_dim
+        """A seed's feature dimension."""
+        return self.feature_dim_of(Member("", "single", 1, 0, width=self.exp.model.width))
 
     def match_width(self, target: int) -> float:
         """The width multiplier (to 3 decimals) whose encoder parameter count is closest to
