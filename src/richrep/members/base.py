@@ -154,10 +154,20 @@ class MemberKind:
         """Width of the head: the task's classes (times the heads of a multi-head student)."""
         return task.num_classes
 
+    def head(self, member: Member, task: Task, feature_dim: int) -> nn.Module | None:
+        """The member's head when it is not one linear layer of :meth:`outputs` logits (nested
+        heads, a frozen old classifier beside a new one, a fixed simplex); None by default."""
+        return None
+
     def build(self, member: Member, exp: Experiment, task: Task) -> Classifier:
-        """The member's network, initialized deterministically from its seed (and nothing else)."""
+        """The member's network, initialized deterministically from its seed (and nothing else).
+        A kind with its own :meth:`head` gets it in place of a linear head over the classes."""
+        own = type(self).head is not MemberKind.head
         with seeded(member.seed, "init", member.kind, member.k):
-            model = Classifier(self.encoder(member, exp, task), self.outputs(member, task))
+            enc = self.encoder(member, exp, task)
+            model = Classifier(enc, task.num_classes if own else self.outputs(member, task))
+            if own:
+                model.head = self.head(member, task, enc.feature_dim)
         model.encoder.set_input_stats(task.train.x)
         return model
 

@@ -36,7 +36,6 @@ from richrep.members.base import Member, MemberKind, PlanContext
 from richrep.models import Classifier
 from richrep.objectives import BackwardCompatible, Objective
 from richrep.registries import MEMBERS
-from richrep.training.seeding import seeded
 
 
 def upgrade_tag(old: str) -> str:
@@ -139,13 +138,8 @@ class BCT(MemberKind):
     def old_dim(self, member: Member, feature_dim: int) -> int:
         return feature_dim
 
-    def build(self, member: Member, exp: Experiment, task: Task) -> Classifier:
-        with seeded(member.seed, "init", member.kind, member.k):
-            model = Classifier(self.encoder(member, exp, task), task.num_classes)
-            d = model.encoder.feature_dim
-            model.head = CompatibleHead(d, task.num_classes, self.old_dim(member, d))
-        model.encoder.set_input_stats(task.train.x)
-        return model
+    def head(self, member: Member, task: Task, feature_dim: int) -> CompatibleHead:
+        return CompatibleHead(feature_dim, task.num_classes, self.old_dim(member, feature_dim))
 
     def outputs(self, member: Member, task: Task) -> int:
         return 2 * task.num_classes

@@ -10,12 +10,10 @@ from richrep.config import Baseline, Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
-from richrep.models import Classifier
 from richrep.models.heads import NestedHeads
 from richrep.objectives import Objective
 from richrep.objectives.matryoshka import Matryoshka
 from richrep.registries import MEMBERS
-from richrep.training.seeding import seeded
 
 
 def nest(total: int, block: int, start: int = 8) -> list[int]:
@@ -77,14 +75,8 @@ class MatryoshkaKind(MemberKind):
             )
         return dims if dims[-1] == total else [*dims, total]
 
-    def build(self, member: Member, exp: Experiment, task: Task) -> Classifier:
-        with seeded(member.seed, "init", member.kind, member.k):
-            model = Classifier(self.encoder(member, exp, task), task.num_classes)
-            model.head = NestedHeads(
-                model.encoder.feature_dim, task.num_classes, self.nested(member), self.shared
-            )
-        model.encoder.set_input_stats(task.train.x)
-        return model
+    def head(self, member: Member, task: Task, feature_dim: int) -> NestedHeads:
+        return NestedHeads(feature_dim, task.num_classes, self.nested(member), self.shared)
 
     def outputs(self, member: Member, task: Task) -> int:
         return len(self.nested(member)) * task.num_classes

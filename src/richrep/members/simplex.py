@@ -22,13 +22,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from richrep.config import Baseline, Experiment
+from richrep.config import Baseline
 from richrep.data import Task
 from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
-from richrep.models import Classifier
 from richrep.registries import MEMBERS
-from richrep.training.seeding import seeded
 
 
 def simplex_vertices(classes: int, dim: int) -> torch.Tensor:
@@ -87,9 +85,5 @@ class Simplex(MemberKind):
             params=dict(spec.params),
         )
 
-    def build(self, member: Member, exp: Experiment, task: Task) -> Classifier:
-        with seeded(member.seed, "init", member.kind, member.k):
-            model = Classifier(self.encoder(member, exp, task), task.num_classes)
-            model.head = FixedSimplex(model.encoder.feature_dim, task.num_classes, self.scale)
-        model.encoder.set_input_stats(task.train.x)
-        return model
+    def head(self, member: Member, task: Task, feature_dim: int) -> FixedSimplex:
+        return FixedSimplex(feature_dim, task.num_classes, self.scale)
