@@ -149,6 +149,7 @@ class TrainingConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     objective: Spec = Spec(name="cross_entropy")
     baselines: list[Baseline] = []
+    augment: list[Spec] = []  # train-time augmentations (AUGMENTATIONS), never in evaluation
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -275,6 +276,8 @@ class Experiment(Strict):
         """What determines the trained models: the run folder's hash covers exactly this."""
         t = self.training.model_dump(mode="json")
         t["seeds"] = self.training.seed_list
+        if not t["augment"]:  # runs without augmentation keep their hash
+            del t["augment"]
         return {
             "seed": self.seed,
             "data": self.data.model_dump(mode="json"),
@@ -366,6 +369,7 @@ def resolve(exp: Experiment) -> Experiment:
     is complete."""
     load_plugins()
     from richrep.data import DATASETS, SHIFTS
+    from richrep.data.augment import AUGMENTATIONS
     from richrep.models import ENCODERS
 
     data_params = DATASETS.validate(exp.data.dataset, exp.data.params, where="data.dataset/params")
@@ -406,6 +410,10 @@ def resolve(exp: Experiment) -> Experiment:
         update={
             "objective": objective,
             "baselines": baselines,
+            "augment": [
+                s.resolved(AUGMENTATIONS, f"training.augment[{i}]")
+                for i, s in enumerate(exp.training.augment)
+            ],
         }
     )
     suite = []

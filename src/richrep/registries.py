@@ -29,6 +29,7 @@ ENGINES: Registry[Callable[..., Any]] = Registry("engine")
 
 BUILTIN_PLUGINS = (
     "richrep.data.arrays",
+    "richrep.data.augment",
     "richrep.data.digits",
     "richrep.data.fashion_mnist",
     "richrep.data.mnist1d",
@@ -71,6 +72,7 @@ def all_registries() -> dict[str, Registry[Any]]:
     """Kind (plural, as ``richrep list`` spells it) -> registry, plug-ins loaded."""
     load_plugins()
     from richrep.analysis.measures import MEASURES
+    from richrep.data.augment import AUGMENTATIONS
     from richrep.data.datasets import DATASETS
     from richrep.data.shifts import SHIFTS
     from richrep.models.encoders import ENCODERS
@@ -78,6 +80,7 @@ def all_registries() -> dict[str, Registry[Any]]:
     return {
         "datasets": DATASETS,
         "shifts": SHIFTS,
+        "augmentations": AUGMENTATIONS,
         "encoders": ENCODERS,
         "objectives": OBJECTIVES,
         "members": MEMBERS,

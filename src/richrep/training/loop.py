@@ -24,6 +24,7 @@ from torch import nn
 
 from richrep.config import TrainingConfig
 from richrep.data import Split
+from richrep.data.augment import build_augment
 from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.objectives import CrossEntropy, Objective
 from richrep.store import remove
@@ -143,6 +144,7 @@ def train_unit(
         for j in range(k):
             on_step(j, starts[j] * steps, total)
     channels_last = uses_channels_last(models[0], x_all)
+    augment = build_augment(cfg.augment) if cfg.augment else None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last and not fused:
         models[0].to(memory_format=torch.channels_last)
@@ -161,18 +163,22 @@ def train_unit(
             module, opt = models[0], opts[0]
         module.train()
         orders = torch.stack([epoch_order(seeds[j], epoch, n) for j in active]).to(device)
+        seeds_active = [seeds[j] for j in active]
         loss_sum = torch.zeros(len(active), device=device)
         correct = torch.zeros(len(active), device=device, dtype=torch.long)
         for s in range(steps):
             batch = orders[:, s * bs : (s + 1) * bs]
             yb = y_all[batch]
+            xs = x_all[batch]
+            if augment is not None:
+                xs = augment_batches(augment, xs, seeds_active, epoch, s)
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * steps + s, total, cfg)
             with autocast(device, dtype):
                 if fused:
-                    logits = module.body(module.fold(module.standardize(x_all[batch]), fmt))
+                    logits = module.body(module.fold(module.standardize(xs), fmt))
                 else:
-                    xb = x_all[batch[0]]
+                    xb = xs[0]
                     if channels_last:
                         xb = xb.contiguous(memory_format=torch.channels_last)
                     logits = module(xb).unsqueeze(0)
@@ -224,6 +230,20 @@ def train_unit(
             r["failed"] = failed[j]
         out.append(r)
     return out
+
+
+def augment_batches(
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    xs: torch.Tensor,
+    seeds: Sequence[int],
+    epoch: int,
+    step: int,
+) -> torch.Tensor:
+    """Each model's batch ``xs[a]`` augmented with its own generator, seeded from (its seed,
+    epoch, step): the same augmentation whether the model trains alone or fused."""
+    return torch.stack(
+        [augment(xs[a], generator(seed, "augment", epoch, step)) for a, seed in enumerate(seeds)]
+    )
 
 
 def data_targets(
