@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = (
     "richrep.data.augment",
     "richrep.data.digits",
     "richrep.data.fashion_mnist",
+    "richrep.data.image_folder",
     "richrep.data.mnist1d",
     "richrep.data.shifts",
     "richrep.models.encoders",

@@ -48,7 +48,14 @@ class ValueStats:
 
 
 def value_stats(x: torch.Tensor | np.ndarray) -> ValueStats:
-    """:class:`ValueStats` of all elements of ``x`` (no copy of a float tensor)."""
+    """:class:`ValueStats` of all elements of ``x`` (no copy of a float tensor); of a seeded
+    sample of the images for streamed images."""
+    if hasattr(x, "summary"):  # an ImageSource
+        s = x.summary
+        mean = float(s["sum"].sum() / (s["n"] * len(s["sum"])))
+        var = float(s["sumsq"].sum() / (s["n"] * len(s["sum"]))) - mean**2
+        top = max(abs(float(s["min"].min())), abs(float(s["max"].max())))
+        return ValueStats(mean, max(var, 0.0) ** 0.5, top)
     t = torch.as_tensor(x)
     if not torch.is_floating_point(t):
         t = t.float()

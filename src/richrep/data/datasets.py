@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from richrep.data.checks import integer_ids
+from richrep.data.images import is_lazy
 from richrep.data.splits import per_class_sample, stratified_split
 from richrep.data.task import Split, Task
 from richrep.errors import ConfigError, DataError
@@ -111,7 +112,9 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
             return None
         return torch.from_numpy(np.asarray(a if idx is None else a[idx]).astype(np.int64))
 
-    def split(x: np.ndarray, y: np.ndarray, g: Any, e: Any, idx: np.ndarray | None) -> Split:
+    def split(x: Any, y: np.ndarray, g: Any, e: Any, idx: np.ndarray | None) -> Split:
+        if is_lazy(x):  # streamed images: rows, not pixels
+            return Split(x if idx is None else x.subset(idx), ids(y, idx), ids(g, idx), ids(e, idx))
         x = x if idx is None else x[idx]
         return Split(torch.from_numpy(_float32(x)), ids(y, idx), ids(g, idx), ids(e, idx))
 
@@ -162,8 +165,9 @@ def _float32(x: np.ndarray) -> np.ndarray:
 
 def _check_arrays(
     x: Any, y: Any, g: Any, where: str, which: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    x, y = np.asarray(x), np.asarray(y)
+) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    x = x if is_lazy(x) else np.asarray(x)  # streamed images: decoded (checked) on demand
+    y = np.asarray(y)
     if x.ndim < 2:
         raise DataError(
             f"{where}: {which} inputs must have a sample axis and features, got shape {x.shape}"
@@ -171,12 +175,12 @@ def _check_arrays(
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise DataError(f"{where}: {which} labels must have shape ({x.shape[0]},), got {y.shape}")
     y = integer_ids(y, f"{which} labels", where)
-    if x.dtype.kind not in "biuf":
+    if not is_lazy(x) and x.dtype.kind not in "biuf":
         raise DataError(
             f"{where}: {which} inputs must be real numbers (bool, int or float), "
             f"got dtype {x.dtype}"
         )
-    if x.dtype.kind == "f":
+    if not is_lazy(x) and x.dtype.kind == "f":
         bad = int((~np.isfinite(x)).sum())
         if bad:
             raise DataError(f"{where}: {which} inputs hold {bad} NaN/inf values")

@@ -10,6 +10,7 @@ shifted task is reproducible. Corruption severities 1–5 follow the spirit of I
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from richrep.data.images import is_lazy
 from richrep.data.splits import hash_str
 from richrep.data.task import Split, Task
 from richrep.errors import ConfigError, DataError
@@ -47,11 +49,30 @@ def apply_shifts(task: Task, specs: Sequence[tuple[str, dict[str, Any]]], where:
     return task
 
 
-def _map_splits(task: Task, fn: Callable[[torch.Tensor, str], torch.Tensor]) -> Task:
+def _map_splits(task: Task, fn: Callable[..., torch.Tensor], *key: object) -> Task:
+    """Apply ``fn(x, split, index)`` to every split's inputs: to the whole tensor (``index``
+    None), or, for streamed images, to each decoded batch, ``index`` holding the examples'
+    positions in the split, so per-example randomness is a function of (seed, shift, split,
+    index) whatever the batches."""
     out = {}
     for sname, s in task.splits().items():
-        out[sname] = s.with_x(fn(s.x, sname))
+        if is_lazy(s.x):
+            layer = functools.partial(_batch_layer, fn, sname)
+            x = s.x.map(f"{key}|{sname}|{task.recipe.get('seed', 0)}|{task.hash}", layer)
+        else:
+            x = fn(s.x, sname, None)
+        out[sname] = s.with_x(x)
     return task.with_splits(**out)
+
+
+def _batch_layer(
+    fn: Callable[..., torch.Tensor], split: str, x: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    return fn(x, split, index)
+
+
+def _per_split(task: Task, split: str) -> int:
+    return len(task.splits()[split])
 
 
 def _generator(task: Task, *salt: object) -> torch.Generator:
@@ -114,11 +135,25 @@ def gaussian_noise(task: Task, severity: Severity = 3) -> Task:
     _need_images(task, "gaussian_noise")
     sigma = NOISE_SIGMA[severity - 1]
 
-    def f(x: torch.Tensor, split: str) -> torch.Tensor:
-        noise = torch.randn(x.shape, generator=_generator(task, "noise", severity, split))
+    def f(x: torch.Tensor, split: str, index: torch.Tensor | None) -> torch.Tensor:
+        if index is None:
+            noise = torch.randn(x.shape, generator=_generator(task, "noise", severity, split))
+        else:  # streamed: one generator per example (same distribution, other draws)
+            noise = (
+                torch.stack(
+                    [
+                        torch.randn(
+                            x.shape[1:], generator=_generator(task, "noise", severity, split, i)
+                        )
+                        for i in index.tolist()
+                    ]
+                )
+                if len(index)
+                else torch.zeros_like(x)
+            )
         return (x + sigma * noise).clamp_(0.0, 1.0)
 
-    return _map_splits(task, f)
+    return _map_splits(task, f, "gaussian_noise", severity)
 
 
 @SHIFTS.register("gaussian_blur")
@@ -131,7 +166,7 @@ def gaussian_blur(task: Task, severity: Severity = 3) -> Task:
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
 
-    def f(x: torch.Tensor, split: str) -> torch.Tensor:
+    def f(x: torch.Tensor, split: str, index: torch.Tensor | None) -> torch.Tensor:
         c = x.shape[1]
         out = []
         for chunk in x.split(8192):
@@ -141,7 +176,7 @@ def gaussian_blur(task: Task, severity: Severity = 3) -> Task:
             out.append(F.conv2d(h, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c))
         return torch.cat(out).clamp_(0.0, 1.0)
 
-    return _map_splits(task, f)
+    return _map_splits(task, f, "gaussian_blur", severity)
 
 
 @SHIFTS.register("contrast")
@@ -150,11 +185,11 @@ def contrast(task: Task, severity: Severity = 3) -> Task:
     _need_images(task, "contrast")
     c = CONTRAST[severity - 1]
 
-    def f(x: torch.Tensor, split: str) -> torch.Tensor:
+    def f(x: torch.Tensor, split: str, index: torch.Tensor | None) -> torch.Tensor:
         mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
         return ((x - mean) * c + mean).clamp_(0.0, 1.0)
 
-    return _map_splits(task, f)
+    return _map_splits(task, f, "contrast", severity)
 
 
 @SHIFTS.register("rotation")
@@ -163,10 +198,15 @@ def rotation(task: Task, severity: Severity = 3) -> Task:
     _need_images(task, "rotation")
     deg = ROTATION_DEG[severity - 1]
 
-    def f(x: torch.Tensor, split: str) -> torch.Tensor:
-        sign = torch.randint(
-            0, 2, (x.shape[0],), generator=_generator(task, "rot", severity, split)
+    signs = {
+        s: torch.randint(
+            0, 2, (_per_split(task, s),), generator=_generator(task, "rot", severity, s)
         )
+        for s in task.splits()
+    }
+
+    def f(x: torch.Tensor, split: str, index: torch.Tensor | None) -> torch.Tensor:
+        sign = signs[split] if index is None else signs[split][index]
         theta = math.radians(deg) * (2.0 * sign.float() - 1.0)
         cos, sin = torch.cos(theta), torch.sin(theta)
         mats = torch.stack(
@@ -184,7 +224,7 @@ def rotation(task: Task, severity: Severity = 3) -> Task:
             )
         return torch.cat(out).clamp_(0.0, 1.0)
 
-    return _map_splits(task, f)
+    return _map_splits(task, f, "rotation", severity)
 
 
 @SHIFTS.register("inversion")
@@ -193,15 +233,20 @@ def inversion(task: Task, severity: Severity = 5) -> Task:
     _need_images(task, "inversion")
     frac = INVERT_FRACTION[severity - 1]
 
-    def f(x: torch.Tensor, split: str) -> torch.Tensor:
-        pick = torch.rand(x.shape[0], generator=_generator(task, "invert", severity, split)) < frac
+    picks = {
+        s: torch.rand(_per_split(task, s), generator=_generator(task, "invert", severity, s)) < frac
+        for s in task.splits()
+    }
+
+    def f(x: torch.Tensor, split: str, index: torch.Tensor | None) -> torch.Tensor:
+        pick = picks[split].clone() if index is None else picks[split][index]
         if frac >= 1.0:
             pick[:] = True
         out = x.clone()
         out[pick] = 1.0 - out[pick]
         return out
 
-    return _map_splits(task, f)
+    return _map_splits(task, f, "inversion", severity)
 
 
 # --- MNIST-1D generator shifts ---------------------------------------------------------------

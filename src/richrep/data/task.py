@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from richrep.data.images import ImageSource, is_lazy
 from richrep.errors import DataError
 
 
@@ -36,9 +37,10 @@ def hash_tensors(*tensors: torch.Tensor | None, extra: str = "") -> str:
 class Split:
     """One split: inputs ``x`` (N, ...), integer labels ``y`` (N,), optional ``groups`` (N,)
     and environments ``env`` (N,): integer ids, named in the task's ``recipe["info"]``
-    (``groups`` / ``environments``) when a dataset or shift made them."""
+    (``groups`` / ``environments``) when a dataset or shift made them. ``x`` is a tensor or,
+    for images streamed from files, an :class:`~richrep.data.images.ImageSource`."""
 
-    x: torch.Tensor
+    x: torch.Tensor | ImageSource
     y: torch.Tensor
     groups: torch.Tensor | None = None
     env: torch.Tensor | None = None
@@ -58,15 +60,18 @@ class Split:
         index = torch.as_tensor(index, dtype=torch.long)
         g = None if self.groups is None else self.groups[index]
         e = None if self.env is None else self.env[index]
-        return Split(self.x[index], self.y[index], g, e)
+        x = self.x.subset(index) if is_lazy(self.x) else self.x[index]
+        return Split(x, self.y[index], g, e)
 
-    def with_x(self, x: torch.Tensor) -> Split:
+    def with_x(self, x: torch.Tensor | ImageSource) -> Split:
         """The same examples (labels, groups, environments) with inputs ``x``."""
         return Split(x, self.y, self.groups, self.env)
 
     @cached_property
     def hash(self) -> str:
         extra = () if self.env is None else (self.env,)  # hashes of splits without env unchanged
+        if is_lazy(self.x):  # the files' manifest, rows and transforms stand for the pixels
+            return hash_tensors(self.y, self.groups, *extra, extra=f"images|{self.x.fingerprint}")
         return hash_tensors(self.x, self.y, self.groups, *extra)
 
 
@@ -132,9 +137,10 @@ class Task:
                     f"task {self.name!r}: {sname} inputs have shape {tuple(s.x.shape[1:])}, "
                     f"train inputs {tuple(self.train.x.shape[1:])}"
                 )
-            if not torch.is_floating_point(s.x):
+            # streamed images are decoded to [0, 1] on demand; a bad file fails naming itself
+            if not is_lazy(s.x) and not torch.is_floating_point(s.x):
                 raise DataError(f"task {self.name!r}: {sname} inputs must be floating point")
-            bad = (~torch.isfinite(s.x)).sum().item()
+            bad = 0 if is_lazy(s.x) else (~torch.isfinite(s.x)).sum().item()
             if bad:
                 raise DataError(f"task {self.name!r}: {sname} inputs hold {bad} NaN/inf values")
             if s.y.dtype != torch.long:

@@ -22,6 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 from richrep.config import Spec, SuiteEntry
 from richrep.cpu_policy import probe_compute_policy
 from richrep.data import Split, Task
+from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
 from richrep.evaluation.features import resolve_device
@@ -136,7 +137,7 @@ def pool(task: Task) -> Split:
     a, b = task.train, task.val
     g = None if a.groups is None or b.groups is None else torch.cat([a.groups, b.groups])
     e = None if a.env is None or b.env is None else torch.cat([a.env, b.env])
-    return Split(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), g, e)
+    return Split(concat(a.x, b.x), torch.cat([a.y, b.y]), g, e)
 
 
 def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:

@@ -27,6 +27,18 @@ class Standardize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def per_channel(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Statistics per channel ``(C,)``, kept as ``(C, 1, 1)`` buffers (over H, W)."""
+        self.mean = mean.detach().float().view(-1, 1, 1).clone()
+        self.std = std.detach().float().clamp(min=1e-6).view(-1, 1, 1).clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        for key in ("mean", "std"):  # per-channel buffers load into a freshly built scalar one
+            t = state_dict.get(prefix + key)
+            if t is not None and t.shape != self._buffers[key].shape:
+                self._buffers[key] = torch.empty_like(t, device=self._buffers[key].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class Encoder(nn.Module):
     """An input standardization followed by a body; exposes ``feature_dim``."""
@@ -44,7 +56,12 @@ class Encoder(nn.Module):
     def set_input_stats(self, x: torch.Tensor) -> None:
         """Mean and standard deviation of ``x``, accumulated in float64 so that the stored
         float32 values do not depend on how many threads summed them (a float32 sum does:
-        the buffers, and everything trained after, would differ between thread budgets)."""
+        the buffers, and everything trained after, would differ between thread budgets).
+        Streamed images (:class:`~richrep.data.images.ImageSource`) get per-channel statistics
+        over a seeded sample of their images."""
+        if not isinstance(x, torch.Tensor):
+            self.standardize.per_channel(*x.channel_stats())
+            return
         x64 = x.double()
         self.standardize.mean.fill_(float(x64.mean()))
         self.standardize.std.fill_(max(float(x64.std()), 1e-6))

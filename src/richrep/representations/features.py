@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from richrep.data import Split
+from richrep.data.images import is_lazy
 from richrep.errors import StoreError
 from richrep.representations import Representation
 from richrep.store import load_tensors, quarantine, save_tensors, sidecar
@@ -178,7 +179,8 @@ class Featurizer:
             return hit
         encoder = self.encoder(name)
         if not getattr(encoder, "cacheable", True):
-            return encoder(split.x).float()
+            x = torch.cat(list(split.x.split(1024))) if is_lazy(split.x) else split.x
+            return encoder(x).float()
         feats = extract(encoder, split.x, device=self.device, dtype=self.dtype)
         self.cache.put(key, feats)
         return feats

@@ -109,7 +109,8 @@ class FusedClassifier(nn.Module):
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         """Each seed's input standardization, on ``(K, B, ...)``."""
-        shape = (self.k,) + (1,) * (x.ndim - 1)
+        # scalar statistics (K,) or per channel (K, C, 1, 1): broadcast over (B, ...)
+        shape = (self.k,) + (1,) * (x.ndim - self.mean.ndim) + tuple(self.mean.shape[1:])
         return (x - self.mean.view(shape)) / self.std.view(shape)
 
     def fold(self, x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch import nn
 from richrep.config import TrainingConfig
 from richrep.data import Split
 from richrep.data.augment import build_augment
+from richrep.data.images import is_lazy, stream
 from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.objectives import CrossEntropy, Objective
 from richrep.store import remove
@@ -135,7 +136,8 @@ def train_unit(
         starts[j], histories[j], opt_j = resume(m, cfg, paths[j])
         opts.append(opt_j)
     failed: dict[int, str] = {}
-    x_all, y_all = train.x.to(device), train.y.to(device)
+    lazy = is_lazy(train.x)  # streamed images: decoded by worker processes, batch by batch
+    x_all, y_all = train.x if lazy else train.x.to(device), train.y.to(device)
     tgts = [{name: t.to(device) for name, t in tg.items()} for tg in tgts]
     n, bs = len(train), cfg.batch_size
     steps = math.ceil(n / bs)
@@ -164,12 +166,14 @@ def train_unit(
         module.train()
         orders = torch.stack([epoch_order(seeds[j], epoch, n) for j in active]).to(device)
         seeds_active = [seeds[j] for j in active]
+        if lazy:
+            xs_stream = stream(x_all, list(orders.cpu().split(bs, dim=1)))
         loss_sum = torch.zeros(len(active), device=device)
         correct = torch.zeros(len(active), device=device, dtype=torch.long)
         for s in range(steps):
             batch = orders[:, s * bs : (s + 1) * bs]
             yb = y_all[batch]
-            xs = x_all[batch]
+            xs = next(xs_stream).to(device) if lazy else x_all[batch]
             if augment is not None:
                 xs = augment_batches(augment, xs, seeds_active, epoch, s)
             for g in opt.param_groups:

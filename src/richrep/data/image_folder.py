@@ -1,0 +1,219 @@
+"""Your own images: a folder with one sub-folder per class, streamed from disk.
+
+Layout: ``DIR/train/<class>/*.png`` and ``DIR/test/<class>/*.png`` (the test set as given), or
+``DIR/<class>/*`` (a stratified ``test_fraction`` held out for testing, drawn with
+``split_seed``, default the experiment's seed). Classes are the sub-folder names in sorted
+order; PNG, JPEG, BMP, GIF, TIFF and WebP files of any size are read with Pillow, converted to
+``channels`` (1: grey, 3: RGB) and resized to ``size`` × ``size`` (bilinear), in [0, 1].
+Nothing is decoded up front: the splits hold an :class:`~richrep.data.images.ImageSource`.
+
+The splits' fingerprint is a manifest — every file's relative path, size and modification
+time — plus the content hashes (blake2b) of a seeded sample of ``verify`` files, which are
+also decoded, so an unreadable file in the sample fails at load with its name.
+:func:`export_image_folder` writes any registered image dataset in this layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from richrep.data.datasets import DATASETS, RawData
+from richrep.data.images import ImageSource, decode
+from richrep.data.splits import stratified_split
+from richrep.errors import DataError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def scan(root: Path, where: str) -> tuple[list[str], list[int], list[str]]:
+    """(files relative to ``root``, labels, class names) of the class folders under ``root``,
+    sorted."""
+    if not root.is_dir():
+        raise DataError(f"{where}: {root} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{where}: {root} holds no class folders (expected {root}/<class>/*.png)")
+    files, labels = [], []
+    for c, name in enumerate(classes):
+        for dirpath, dirnames, names in os.walk(root / name):
+            dirnames.sort()
+            for n in sorted(names):
+                if n.lower().endswith(EXTENSIONS) and not n.startswith("."):
+                    files.append(str((Path(dirpath) / n).relative_to(root)))
+                    labels.append(c)
+    if not files:
+        raise DataError(f"{where}: no image files ({', '.join(EXTENSIONS)}) under {root}")
+    return files, labels, classes
+
+
+def manifest(root: Path, files: list[str], verify: int, seed: int, channels: int) -> str:
+    """Fingerprint of ``files``: path, size and mtime of each, plus the content hash of a seeded
+    sample of ``verify`` of them (each also decoded, so a bad file in it fails here)."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in files:
+        st = (root / f).stat()
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    g = torch.Generator().manual_seed(seed)
+    for i in torch.randperm(len(files), generator=g)[: min(verify, len(files))].tolist():
+        path = root / files[i]
+        h.update(hashlib.blake2b(path.read_bytes(), digest_size=8).digest())
+        decode(path, 8, channels)
+    return h.hexdigest()
+
+
+@DATASETS.register("image_folder")
+def image_folder(
+    path: str,
+    size: Annotated[int, Field(ge=4, le=1024)] = 32,
+    channels: Literal[1, 3] = 3,
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2,
+    split_seed: Annotated[int, Field(ge=0)] | None = None,
+    verify: Annotated[int, Field(ge=0)] = 64,
+) -> RawData:
+    """Images in class folders (``train/`` and ``test/``, or one folder), streamed from disk.
+
+    ``size``: images are resized to size × size; ``channels``: 1 (grey) or 3 (RGB). Without
+    ``test/``, a stratified ``test_fraction`` is held out with ``split_seed``. ``verify``:
+    files whose content is hashed (and decoded) for the fingerprint, beside every file's
+    size and mtime."""
+    root = Path(path).expanduser()
+    where = "dataset 'image_folder'"
+    if not root.exists():
+        raise DataError(f"{where}: {root} does not exist")
+    seed = 0 if split_seed is None else split_seed
+    info: dict[str, Any] = {"path": str(root), "size": size, "channels": channels}
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        tr, y_tr, classes = scan(root / "train", where)
+        te, y_te, test_classes = scan(root / "test", where)
+        if test_classes != classes:
+            raise DataError(
+                f"{where}: {root}/test has classes {test_classes}, {root}/train {classes}"
+            )
+        files = [f"train/{f}" for f in tr] + [f"test/{f}" for f in te]
+        fp = manifest(root, files, verify, seed, channels)
+        source = ImageSource(root, files, size, channels, fp)
+        n = len(tr)
+        x_tr, x_te = source.subset(np.arange(n)), source.subset(np.arange(n, len(files)))
+        info["test_split"] = {"from": "test/"}
+    else:
+        files, y, classes = scan(root, where)
+        fp = manifest(root, files, verify, seed, channels)
+        source = ImageSource(root, files, size, channels, fp)
+        keep, held = stratified_split(np.asarray(y), test_fraction, seed, "image_folder-test")
+        x_tr, x_te = source.subset(keep), source.subset(held)
+        y_tr, y_te = list(np.asarray(y)[keep]), list(np.asarray(y)[held])
+        info["test_split"] = {"from": "folder", "fraction": test_fraction, "seed": seed}
+    info["manifest"] = fp
+    return RawData(
+        x_tr,
+        np.asarray(y_tr, dtype=np.int64),
+        x_te,
+        np.asarray(y_te, dtype=np.int64),
+        kind="image",
+        class_names=class_names(classes),
+        info=info,
+    )
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def folder_name(i: int, name: str, n: int) -> str:
+    """A class folder: its index zero-padded (so sorted order is class order) and its name
+    made safe for file systems (``T-shirt/top`` -> ``0_T-shirt_top``)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    index = f"{i:0{len(str(n - 1))}d}"
+    return index if safe in ("", str(i)) else f"{index}_{safe}"
+
+
+def class_names(folders: list[str]) -> tuple[str, ...]:
+    """Class names of the sorted class folders: an export's ``<index>_`` prefixes dropped."""
+    parts = [re.fullmatch(r"(\d+)(?:_(.+))?", f) for f in folders]
+    if all(parts) and [int(m.group(1)) for m in parts] == list(range(len(folders))):
+        return tuple(m.group(2) or m.group(1) for m in parts)
+    return tuple(folders)
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Images in [0, 1] (any real dtype; uint8 kept) as uint8 ``(N, C, H, W)``."""
+    if x.dtype == np.uint8:
+        return x
+    return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def export_image_folder(
+    dataset: str,
+    params: dict[str, Any],
+    out: Path,
+    *,
+    size: int | None = None,
+    channels: Literal[1, 3] | None = None,
+    limit_per_class: int | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Write the registered image dataset ``dataset`` as PNGs in class folders under
+    ``out/train`` and ``out/test``, atomically (a temporary folder beside ``out``, renamed);
+    refuse a non-empty ``out`` unless ``force``. Returns images written per split."""
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise DataError(f"{out} exists and is not empty; pass --force to replace it")
+    raw = DATASETS.build(dataset, where="data export", **DATASETS.validate(dataset, params))
+    if raw.kind != "image":
+        raise DataError(f"dataset {dataset!r} holds {raw.kind}s, not images; nothing to export")
+    names = raw.class_names
+    sets = {"train": (raw.x_train, raw.y_train), "test": (raw.x_test, raw.y_test)}
+    picks = {}
+    for split, (_, y) in sets.items():
+        y = np.asarray(y)
+        idx = np.arange(len(y))
+        if limit_per_class is not None:
+            idx = np.concatenate([np.flatnonzero(y == c)[:limit_per_class] for c in np.unique(y)])
+        picks[split] = np.sort(idx)
+    total = sum(len(i) for i in picks.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    done, counts = 0, {}
+    try:
+        n_cls = int(max(np.max(raw.y_train), np.max(raw.y_test))) + 1
+        for split, (x, y) in sets.items():
+            for i in picks[split]:
+                c = int(y[i])
+                name = names[c] if c < len(names) else str(c)
+                d = tmp / split / folder_name(c, name, n_cls)
+                d.mkdir(parents=True, exist_ok=True)
+                _save(to_uint8(np.asarray(x[i : i + 1]))[0], d / f"{i:06d}.png", size, channels)
+                done += 1
+                if progress:
+                    progress(done, total)
+            counts[split] = len(picks[split])
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts
+
+
+def _save(img: np.ndarray, path: Path, size: int | None, channels: int | None) -> None:
+    from PIL import Image
+
+    a = img[0] if img.shape[0] == 1 else img[:3].transpose(1, 2, 0)
+    im = Image.fromarray(np.ascontiguousarray(a))  # (H, W): grey, (H, W, 3): RGB
+    if channels is not None:
+        im = im.convert("L" if channels == 1 else "RGB")
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    im.save(path, format="PNG")
