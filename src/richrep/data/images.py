@@ -93,7 +93,9 @@ class _Batches(Dataset):
 
 def stream(source: ImageSource, index: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
     """Decoded batches ``source[index[i]]`` in order, decoded by :func:`loader_workers`
-    processes (one torch thread each) ahead of their use."""
+    processes (one torch thread each, forked) ahead of their use. Decoding draws no random
+    numbers, and the loader's own seed comes from a private generator, so streaming never
+    moves torch's global RNG (a model built after it is initialized as without it)."""
     workers = loader_workers(len(index))
     loader = DataLoader(
         _Batches(source, index),
@@ -103,6 +105,7 @@ def stream(source: ImageSource, index: Sequence[torch.Tensor]) -> Iterator[torch
         worker_init_fn=_init_worker if workers else None,
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
+        generator=torch.Generator().manual_seed(0),  # leaves torch's global RNG untouched
     )
     return iter(loader)
 

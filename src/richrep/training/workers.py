@@ -42,6 +42,7 @@ from torch import nn
 
 from richrep.config import TrainingConfig
 from richrep.data import Split
+from richrep.data.images import is_lazy
 from richrep.errors import ConfigError, TrainingError
 from richrep.objectives import CrossEntropy, Objective
 from richrep.training.allocator import tune_cpu_allocator
@@ -324,6 +325,11 @@ def _train_processes(
     k = len(group.models)
     nproc = max(1, min(k, workers or budget))
     ctx = mp.get_context("spawn")
+    if is_lazy(group.train.x):
+        raise ConfigError(
+            "runtime.strategy 'processes' shares the training inputs in memory; streamed "
+            "images (the image_folder dataset) train with sequential, threads or fused"
+        )
     x, y = group.train.x.detach(), group.train.y.detach()
     x = x if x.is_shared() else x.clone().share_memory_()
     y = y if y.is_shared() else y.clone().share_memory_()
