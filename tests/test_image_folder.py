@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from richrep.cli import app
 from richrep.config import TrainingConfig, parse_experiment
 from richrep.data import Split, apply_shift, load_task
+from richrep.data.arrays import memmap_npz
 from richrep.data.augment import AUGMENTATIONS, build_augment
 from richrep.data.images import ImageSource, concat
 from richrep.errors import ConfigError, DataError
@@ -243,3 +244,17 @@ def test_export_command(tmp_path):
     t = load_task("image_folder", {"path": str(out), "size": 12}, seed=0)
     assert t.num_classes == 10 and len(t.test) == 30 and t.class_names[:2] == ("0", "1")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fm.")]  # no leftovers
+
+
+def test_npz_members_are_memory_mapped(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 1, 6, 6), dtype=np.uint8)
+    y, g = np.arange(60) % 3, np.arange(60) % 2
+    np.savez(tmp_path / "a.npz", x=x, y=y, groups=np.asfortranarray(g))
+    np.savez_compressed(tmp_path / "b.npz", x=x, y=y, groups=g)
+    mapped = memmap_npz(tmp_path / "a.npz")
+    assert isinstance(mapped["x"], np.memmap) and np.array_equal(mapped["x"], x)
+    assert memmap_npz(tmp_path / "b.npz") == {}  # compressed: read, not mapped
+    a = load_task("npz", {"path": str(tmp_path / "a.npz")}, seed=0)
+    b = load_task("npz", {"path": str(tmp_path / "b.npz")}, seed=0)
+    assert a.hash == b.hash and float(a.train.x.max()) <= 1.0

@@ -1,5 +1,11 @@
 """Your own data: an ``.npz`` file with arrays ``x`` and ``y`` (and optionally ``x_test``,
-``y_test``, ``groups``, ``groups_test``)."""
+``y_test``, ``groups``, ``groups_test``).
+
+Members stored uncompressed (``np.savez``) are memory-mapped (:func:`memmap_npz`: the zip's
+local headers give each ``.npy`` member's offset, its header the dtype and shape), so the file
+is never read whole into memory before the splits are cut from it: only the rows a split takes
+are read, straight into its float32 tensor. Compressed members (``np.savez_compressed``)
+cannot be mapped and are read as before."""
 
 from __future__ import annotations
 
@@ -65,9 +71,9 @@ def npz(
     info = {"path": str(p), "dtype": str(x.dtype), "scaled": "none"}
     if divisor is not None:
         info["scaled"] = f"{x.dtype}/{divisor:g}"
-    x = _divide(x, divisor)
+    # divided when the task cuts its splits (RawData.divide_by): a mapped file stays unread
     if "x_test" in arrays:
-        xt = _divide(arrays["x_test"], divisor)
+        xt = arrays["x_test"]
         yt, gt = arrays["y_test"], arrays.get("groups_test")
         info["test_split"] = {"from": "x_test"}
     else:
@@ -76,7 +82,18 @@ def npz(
         xt, yt, gt = x[test], y[test], None if g is None else g[test]
         x, y, g = x[train], y[train], None if g is None else g[train]
         info["test_split"] = {"from": "x", "fraction": test_fraction, "seed": seed}
-    return RawData(x, y, xt, yt, kind=kind, class_names=(), g_train=g, g_test=gt, info=info)
+    return RawData(
+        x,
+        y,
+        xt,
+        yt,
+        kind=kind,
+        class_names=(),
+        g_train=g,
+        g_test=gt,
+        info=info,
+        divide_by=divisor,
+    )
 
 
 def _read(p: Path) -> dict[str, np.ndarray]:
@@ -95,8 +112,9 @@ def _read(p: Path) -> dict[str, np.ndarray]:
         what = "empty" if not head else "not a zip archive"
         raise DataError(f"{p} is not a readable .npz file ({what}); save with {HOW_TO_SAVE}")
     try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+        arrays = memmap_npz(p)
+        with np.load(p, allow_pickle=False) as f:  # compressed members: read
+            arrays.update({k: f[k] for k in f.files if k not in arrays})
     except ValueError as e:
         if "pickle" in str(e):
             raise DataError(_pickled(p)) from None
@@ -107,6 +125,46 @@ def _read(p: Path) -> dict[str, np.ndarray]:
     if odd:
         raise DataError(f"{p} is not a readable .npz file: members {odd} are not .npy arrays")
     return arrays
+
+
+def memmap_npz(p: Path) -> dict[str, np.ndarray]:
+    """The uncompressed members of the .npz at ``p`` as read-only memory maps (name -> array);
+    compressed, pickled or Fortran-ordered-object members are left out."""
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(p) as z, p.open("rb") as fh:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                continue
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # the local file header: name and extra-field lengths at 26..30
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                continue
+            fh.seek(
+                info.header_offset
+                + 30
+                + int.from_bytes(local[26:28], "little")
+                + int.from_bytes(local[28:30], "little")
+            )
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            if dtype.hasobject:
+                continue  # pickled: np.load below refuses it with its own message
+            name = info.filename[: -len(".npy")]
+            if int(np.prod(shape)) == 0:
+                out[name] = np.zeros(shape, dtype=dtype)
+                continue
+            out[name] = np.memmap(
+                p,
+                dtype=dtype,
+                mode="r",
+                offset=fh.tell(),
+                shape=shape,
+                order="F" if fortran else "C",
+            )
+    return out
 
 
 def _pickled(p: Path) -> str:
@@ -154,11 +212,3 @@ def _divisor(
             stacklevel=3,
         )
     return 255.0 if dtype == np.uint8 else None
-
-
-def _divide(x: np.ndarray, divisor: float | None) -> np.ndarray:
-    """``x / divisor`` in floating point (float32 for types up to 16 bits, else float64);
-    ``x`` itself without a divisor (the task converts it to float32)."""
-    if divisor is None:
-        return x
-    return x.astype(np.float32 if x.dtype.itemsize <= 2 else np.float64) / divisor

@@ -37,6 +37,17 @@ class RawData:
     e_train: np.ndarray | None = None  # environment ids (e.g. the ``colored`` datasets)
     e_test: np.ndarray | None = None
     val_index: np.ndarray | None = None  # the dataset's own validation examples (of train)
+    divide_by: float | None = None  # inputs are divided by it as the splits are cut
+
+
+def divide(x: np.ndarray, divisor: float | None) -> np.ndarray:
+    """``x / divisor`` in floating point (float32 for types up to 16 bits, else float64);
+    ``x`` itself without a divisor (the task converts it to float32)."""
+    if divisor is None:
+        return x
+    out = x.astype(np.float32 if x.dtype.itemsize <= 2 else np.float64)
+    out /= divisor  # in place: the same values as ``out / divisor``, one copy fewer
+    return out
 
 
 DATASETS: Registry[Callable[..., RawData]] = Registry("dataset")
@@ -115,7 +126,7 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
     def split(x: Any, y: np.ndarray, g: Any, e: Any, idx: np.ndarray | None) -> Split:
         if is_lazy(x):  # streamed images: rows, not pixels
             return Split(x if idx is None else x.subset(idx), ids(y, idx), ids(g, idx), ids(e, idx))
-        x = x if idx is None else x[idx]
+        x = divide(x if idx is None else x[idx], raw.divide_by)
         return Split(torch.from_numpy(_float32(x)), ids(y, idx), ids(g, idx), ids(e, idx))
 
     e_pool, e_test = raw.e_train, raw.e_test

@@ -50,7 +50,9 @@ def decode(path: Path, size: int, channels: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
+            mode = "L" if channels == 1 else "RGB"
+            if im.mode != mode:  # converting costs as much as decoding a small PNG
+                im = im.convert(mode)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
