@@ -263,7 +263,9 @@ class ImageSource:
         )
 
     def to(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise self._in_memory("moving all inputs to a device (e.g. fine-tuning a network)")
+        raise self._in_memory(
+            "fine-tuning a network on all inputs (the finetune protocol, ood with mode finetune)"
+        )
 
     def float(self) -> torch.Tensor:
         raise self._in_memory("this step")

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from richrep.config import Baseline, Experiment
 from richrep.data import Split, Task
+from richrep.data.images import require_in_memory
 from richrep.data.splits import rng
 from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
@@ -79,7 +80,8 @@ class Diverse(MemberKind):
         """The training split followed by the unlabelled inputs, labelled -1 (drawn from the
         member's seed when ``mix`` or ``max_unlabeled`` samples)."""
         g = rng(member.seed, "diverse-unlabeled", self.unlabeled)
-        test, train = task.test.x, task.train.x
+        test = require_in_memory(task.test.x, "member kind 'diverse' (unlabelled inputs)")
+        train = require_in_memory(task.train.x, "member kind 'diverse' (unlabelled inputs)")
         if self.unlabeled == "test":
             pool = test
         elif self.unlabeled == "train":
