@@ -63,7 +63,8 @@ def test_examples_parse(path):
         ),
         (
             {"model": {"encoder": "resnet"}},
-            r"model\.encoder.*unknown encoder 'resnet'; choose one of: cnn, mlp",
+            r"model\.encoder.*unknown encoder 'resnet' \(did you mean 'resnet(18|50)'\?\); "
+            r"choose one of: cnn, mlp, resnet18, resnet50",
         ),
         (
             {"model": {"encoder": "mlp", "width": 0}},

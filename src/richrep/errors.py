@@ -12,6 +12,11 @@ class ConfigError(RichrepError, ValueError):
     """An experiment file or argument is invalid (the message names the field)."""
 
 
+class RegistryError(ConfigError):
+    """A plug-in breaks its registry's contract (e.g. an encoder without ``feature_dim``): raised
+    when it is registered or first built, naming the entry and what is wrong."""
+
+
 class DataError(RichrepError, ValueError):
     """A dataset file or array is missing, corrupt or inconsistent."""
 

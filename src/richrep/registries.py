@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "richrep.data.mnist1d",
     "richrep.data.shifts",
     "richrep.models.encoders",
+    "richrep.models.resnet",
     "richrep.objectives",
     "richrep.members",
     "richrep.evaluation.probe_entries",

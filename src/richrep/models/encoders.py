@@ -1,18 +1,27 @@
 """Encoder families. Each maps a batch of inputs to features ``(B, feature_dim)`` and takes a
 ``width`` multiplier that scales every layer, features included (as widening a ResNet does),
 so a "wide" baseline of equal parameter count is one argument away.
+
+The encoder contract (:mod:`richrep.models.contract`, checked when an encoder is registered and
+when a configuration is first built): the function takes ``input_shape`` first and a ``width``
+multiplier that changes its parameter count; every other argument has a default (or the entry
+gives ``example_params``); it returns an :class:`Encoder` (an ``nn.Module`` with
+``feature_dim``, an input ``standardize`` with ``mean``/``std`` buffers broadcasting over the
+channels, ``set_input_stats`` and a timm-style ``pretrained_cfg``) whose output on a batch of
+``example_input`` (entry metadata, default ``(3, 32, 32)``) is ``(N, feature_dim)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from richrep.errors import ConfigError
+from richrep.models.contract import check_build, check_signature
 from richrep.registry import Registry
 
 
@@ -41,7 +50,8 @@ class Standardize(nn.Module):
 
 
 class Encoder(nn.Module):
-    """An input standardization followed by a body; exposes ``feature_dim``."""
+    """An input standardization followed by a body; exposes ``feature_dim`` (timm's
+    ``num_features``) and ``pretrained_cfg``."""
 
     def __init__(self, body: nn.Module, feature_dim: int, input_shape: Sequence[int]) -> None:
         super().__init__()
@@ -49,6 +59,32 @@ class Encoder(nn.Module):
         self.body = body
         self.feature_dim = int(feature_dim)
         self.input_shape = tuple(input_shape)
+        self.architecture = ""  # the ENCODERS entry (set by build_encoder)
+
+    @property
+    def num_features(self) -> int:
+        return self.feature_dim
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm-style metadata: architecture, input_size, per-channel mean and std of the input
+        standardization (None on the meta device), num_features."""
+        channels = int(self.input_shape[0]) if len(self.input_shape) >= 2 else 1
+        stats: dict[str, Any] = {}
+        for key in ("mean", "std"):
+            t = getattr(self.standardize, key)
+            if t.is_meta:
+                stats[key] = None
+            else:
+                v = t.detach().float().cpu().flatten().tolist()
+                stats[key] = tuple(v * channels if len(v) == 1 else v)
+        return {
+            "architecture": self.architecture,
+            "input_size": self.input_shape,
+            **stats,
+            "num_features": self.feature_dim,
+            "num_classes": 0,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(self.standardize(x))
@@ -67,7 +103,27 @@ class Encoder(nn.Module):
         self.standardize.std.fill_(max(float(x64.std()), 1e-6))
 
 
-ENCODERS: Registry[Callable[..., Encoder]] = Registry("encoder", skip=1)
+class EncoderRegistry(Registry[Callable[..., Encoder]]):
+    """The encoder registry: an entry's signature is checked against the encoder contract when
+    it is registered (a :class:`~richrep.errors.RegistryError` names what is wrong, and the
+    entry is not kept), the rest when it is first built."""
+
+    def register(self, name: str | None = None, **meta: Any) -> Callable[[Any], Any]:
+        add = super().register(name, **meta)
+
+        def deco(fn: Any) -> Any:
+            add(fn)
+            try:
+                check_signature(self.entry(name or fn.__name__))
+            except Exception:
+                self.unregister(name or fn.__name__)
+                raise
+            return fn
+
+        return deco
+
+
+ENCODERS = EncoderRegistry("encoder", skip=1)
 Width = Annotated[float, Field(gt=0, le=64)]
 
 
@@ -75,7 +131,7 @@ def scaled(n: int, width: float) -> int:
     return max(1, int(round(n * width)))
 
 
-@ENCODERS.register("mlp")
+@ENCODERS.register("mlp", example_input=(1, 40))
 def mlp(
     input_shape: Sequence[int],
     width: Width = 1.0,
@@ -93,7 +149,7 @@ def mlp(
     return Encoder(nn.Sequential(*layers), d_in, input_shape)
 
 
-@ENCODERS.register("cnn")
+@ENCODERS.register("cnn", example_input=(1, 28, 28))
 def cnn(
     input_shape: Sequence[int],
     width: Width = 1.0,
@@ -144,7 +200,13 @@ def cnn(
 def build_encoder(
     name: str, input_shape: Sequence[int], width: float = 1.0, **params: object
 ) -> Encoder:
-    return ENCODERS.build(name, tuple(input_shape), where="model.encoder", width=width, **params)
+    """Encoder ``name`` for ``input_shape``; a configuration's first build is checked against
+    the contract (output ``(N, feature_dim)`` on the meta device)."""
+    shape = tuple(int(s) for s in input_shape)
+    enc = ENCODERS.build(name, shape, where="model.encoder", width=width, **params)
+    check_build(ENCODERS, name, enc, shape, width, params)
+    enc.architecture = name
+    return enc
 
 
 def count_params(module: nn.Module) -> int:
