@@ -30,6 +30,7 @@ from richrep.registries import (
     load_plugins,
 )
 from richrep.registry import Registry
+from richrep.weightfiles import Checkpoints, Pretrained, identities, resolve_files
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -101,6 +102,7 @@ class ModelConfig(Strict):
     encoder: str
     width: Annotated[float, Field(gt=0, le=64)] = 1.0
     params: dict[str, Any] = {}
+    pretrained: Pretrained | None = None  # a local safetensors file the encoders start from
 
 
 class Baseline(Strict):
@@ -138,7 +140,8 @@ def _seed_count(v: Any) -> Any:
 
 
 class TrainingConfig(Strict):
-    seeds: int | list[Seed] = 5  # a count (0..n-1) or an explicit list of distinct seeds
+    # a count (0..n-1), an explicit list of distinct seeds, or {from_checkpoints: [files]}
+    seeds: int | list[Seed] | Checkpoints = 5
     epochs: Annotated[int, Field(ge=1)] = 5
     batch_size: Annotated[int, Field(ge=1)] = 128
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -171,7 +174,9 @@ class TrainingConfig(Strict):
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        if isinstance(self.seeds, (int, Checkpoints)):
+            return list(range(getattr(self.seeds, "count", self.seeds)))
+        return list(self.seeds)
 
 
 Size = Annotated[int, Field(ge=1)] | Literal["all"]
@@ -275,13 +280,14 @@ class Experiment(Strict):
     def identity(self) -> dict[str, Any]:
         """What determines the trained models: the run folder's hash covers exactly this."""
         t = self.training.model_dump(mode="json")
-        t["seeds"] = self.training.seed_list
+        model = self.model.model_dump(mode="json")  # weight files stand for their sha256:
+        t["seeds"] = identities(t["seeds"], model, self.training.seed_list)
         if not t["augment"]:  # runs without augmentation keep their hash
             del t["augment"]
         return {
             "seed": self.seed,
             "data": self.data.model_dump(mode="json"),
-            "model": self.model.model_dump(mode="json"),
+            "model": model,
             "training": t,
         }
 
@@ -382,6 +388,7 @@ def resolve(exp: Experiment) -> Experiment:
         exp.model.encoder, exp.model.params, where="model.encoder/params"
     )
     enc_params.pop("width", None)
+    pre = exp.model.pretrained
     baselines = []
     for i, b in enumerate(exp.training.baselines):
         params = MEMBERS.validate(b.kind, b.params, where=f"training.baselines[{i}]")
@@ -410,6 +417,7 @@ def resolve(exp: Experiment) -> Experiment:
         update={
             "objective": objective,
             "baselines": baselines,
+            "seeds": resolve_files(exp.training.seeds),
             "augment": [
                 s.resolved(AUGMENTATIONS, f"training.augment[{i}]")
                 for i, s in enumerate(exp.training.augment)
@@ -452,7 +460,9 @@ def resolve(exp: Experiment) -> Experiment:
             "data": exp.data.model_copy(
                 update={"params": _jsonable(data_params), "source": source}
             ),
-            "model": exp.model.model_copy(update={"params": _jsonable(enc_params)}),
+            "model": exp.model.model_copy(
+                update={"params": _jsonable(enc_params), "pretrained": resolve_files(pre)}
+            ),
             "training": training,
             "evaluation": evaluation,
             "runtime": runtime,

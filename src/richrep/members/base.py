@@ -169,6 +169,8 @@ class MemberKind:
             if own:
                 model.head = self.head(member, task, enc.feature_dim)
         model.encoder.set_input_stats(task.train.x)
+        if exp.model.pretrained is not None:
+            load_pretrained(member, model.encoder, exp)
         return model
 
     def objective(self, member: Member, exp: Experiment) -> Objective:
@@ -191,6 +193,25 @@ class MemberKind:
         training (e.g. BCT's frozen copy of the old model's classifier); nothing by default.
         What it sets must live in the model's state (parameters or buffers), so a resumed or
         reloaded member has it from its checkpoint."""
+
+
+def load_pretrained(member: Member, encoder: nn.Module, exp: Experiment) -> None:
+    """``model.pretrained``'s weights into ``encoder`` (each tower of a joint one), in place:
+    the seed then sets only the head and the data order."""
+    from richrep.models.weights import load_encoder_weights, read_weights
+
+    pre = exp.model.pretrained
+    assert pre is not None
+    if member.width != exp.model.width or member.feature_dim is not None:
+        raise ConfigError(
+            f"member {member.name}: model.pretrained holds weights of the configured encoder "
+            f"(width {exp.model.width}), not of {member.kind}'s (width {member.width}, feature "
+            f"dim {member.feature_dim}); leave {member.kind} baselines out of a pretrained run"
+        )
+    wf = read_weights(pre.path, pre.sha256)
+    towers = getattr(encoder, "towers", None)
+    for enc in towers if towers is not None else [encoder]:
+        load_encoder_weights(enc, wf)
 
 
 @torch.no_grad()

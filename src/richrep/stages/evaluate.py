@@ -16,6 +16,7 @@ from richrep.errors import StoreError
 from richrep.evaluation.protocols import Context, check_entries, protocol_of
 from richrep.ledger import State, Status
 from richrep.representations import Representation
+from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import ROW_VERSION, Row
 from richrep.run import Run
 from richrep.store import quarantine, read_jsonl, write_jsonl
@@ -133,6 +134,11 @@ def evaluate(
         log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
     write_jsonl(store.results, [r.to_dict() for r in all_rows])
+    if any(f.name == "random" for f in exp.evaluation.floors):  # each seed vs untrained
+        singles = [t for t in run.trained() if t.kind == "single"]
+        checks = check_seeds(run.featurizer, singles, run.source_task.train, exp.seed)
+        sources = {t.name: status[t.name].meta.get("imported_from") for t in singles}
+        warn_below_floor(checks, log, sources)
     log(
         f"features: extracted {cache.misses}, read {cache.disk_hits} from the run folder's cache"
         if exp.evaluation.cache_features

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from richrep.ledger import Status
 from richrep.registries import ENGINES
 from richrep.run import Run
+from richrep.training.imports import import_checkpoints
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -18,6 +19,7 @@ def train(
     """Train (or resume) the run's members; return each member's status."""
     spec = run.exp.runtime.engine
     engine = ENGINES.build(spec.name, where="runtime.engine", **spec.params)
+    import_checkpoints(run, log)  # training.seeds: {from_checkpoints: [...]} (no training)
     t0 = time.perf_counter()
     status = engine.train(run.exp, run.source_task, run.members, run.store, progress)
     failed = {n: s for n, s in status.items() if not s.ok}
