@@ -18,6 +18,7 @@ from richrep.report.tables import build_comparison, to_markdown
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer, Flatten
 from richrep.results import Row
+from richrep.store import read_jsonl
 
 
 def test_summarize_known_values():
@@ -156,3 +157,29 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     run_experiment(exp2, tmp_path, log=logs.append)
     assert exp2.run_id() == exp.run_id()
     assert any("new: reused" in m for m in logs) and any(m.startswith("all10:") for m in logs)
+
+
+def test_entries_evaluated_in_parallel_threads_equal_one_at_a_time(tiny, tmp_path):
+    """runtime.eval_workers evaluates feature-only entries side by side in threads sharing the
+    feature cache and the source probes; the rows are those of one entry at a time."""
+    tiny["evaluation"] = {"subsets": 1, "probe": {"Cs": [0.01, 1.0]}, "suite": [
+        {"name": "new", "shifts": [{"classes": {"keep": [5, 6, 7]}}], "sizes": [5, "all"], "draws": 2},
+        {"name": "noise", "shifts": [{"classes": {"keep": [0, 1, 2, 3, 4]}}, {"mnist1d_noise": {"scale": 0.3}}],
+         "protocol": "robustness"},
+        {"name": "noise2", "shifts": [{"classes": {"keep": [0, 1, 2, 3, 4]}}, {"mnist1d_noise": {"scale": 0.6}}],
+         "protocol": "robustness"},
+        {"name": "stream", "protocol": {"continual": {"classes_per_task": 2, "orders": 2}}},
+    ]}  # fmt: skip
+    tiny["runtime"] = {"threads": 2, "eval_workers": 2}
+    logs: list[str] = []
+    run = run_experiment(parse_experiment(tiny), tmp_path, log=logs.append)
+    assert any("4 entries 2 at a time, 1 thread(s) each" in m for m in logs)
+    together = sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(run.store.results))
+    for f in run.store.results_dir.iterdir():
+        f.unlink()
+    tiny["runtime"]["eval_workers"] = 1
+    logs.clear()
+    run = run_experiment(parse_experiment(tiny), tmp_path, only="evaluate", log=logs.append)
+    assert not any("at a time" in m for m in logs)
+    alone = sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(run.store.results))
+    assert together == alone and len(alone) > 20

@@ -134,3 +134,21 @@ def probe_compute_policy(
             mm.fp32_precision = old_precision
         if torch.get_num_threads() != old_threads:
             torch.set_num_threads(old_threads)
+
+
+@contextlib.contextmanager
+def threads_share_fast_matmul(device: str | torch.device = "cpu") -> Iterator[bool]:
+    """For probe solves in several threads at once: put oneDNN's bf16 fpmath mode in effect
+    once around all of them (when :func:`fast_matmul_ok`), so that :func:`probe_compute_policy`
+    in each thread finds it set and never switches the process-wide flag while another thread
+    is in the middle of a solve. Restored on exit; yields whether it is in effect."""
+    mm = _mkldnn_matmul()
+    if mm is None or _device(device).type != "cpu" or not fast_matmul_ok():
+        yield False
+        return
+    old = mm.fp32_precision
+    mm.fp32_precision = "bf16"
+    try:
+        yield True
+    finally:
+        mm.fp32_precision = old

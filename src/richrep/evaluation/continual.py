@@ -70,6 +70,7 @@ def stream_ncm(
     "continual",
     metrics=("accuracy", "average_incremental_accuracy"),
     vs_k=False,
+    parallel=True,
     figure=lambda rows, entry, path: accuracy_after_tasks(rows, entry, path),
     description="class-incremental stream, nearest class mean on frozen features",
 )

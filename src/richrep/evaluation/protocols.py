@@ -11,8 +11,9 @@ given (the paper tuned on test; we do not): test data reaches a probe only throu
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,21 @@ class Context:
     _sets: dict[str, tuple[Split, list[tuple[Any, int, torch.Tensor]]]] = field(
         default_factory=dict
     )
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def once(self, store: dict[str, Any], key: str, make: Callable[[], Any]) -> Any:
+        """``store[key]``, made by ``make()`` the first time: suite entries evaluated in
+        parallel threads share one context, and what one of them makes (a source probe, a
+        target's pool) the others wait for instead of making it again."""
+        if key in store:
+            return store[key]
+        with self._lock:
+            lock = self._locks.setdefault(f"{id(store)}|{key}", threading.Lock())
+        with lock:
+            if key not in store:
+                store[key] = make()
+            return store[key]
 
     def run_of(self, entry: SuiteEntry, what: str) -> Any:
         """The Run being evaluated, for a protocol that trains or loads its networks (``what``
@@ -64,9 +80,7 @@ class Context:
 
     def pool(self, task: Task) -> Split:
         """All labelled training data of ``task`` (train and validation together), made once."""
-        if task.hash not in self._pools:
-            self._pools[task.hash] = pool(task)
-        return self._pools[task.hash]
+        return self.once(self._pools, task.hash, lambda: pool(task))
 
     def make_probe(self, entry: SuiteEntry, draw: int = 0) -> Any:
         spec = entry.probe or self.probe
@@ -102,8 +116,8 @@ class Context:
         it. Without an ``all`` size the data is only the examples some draw uses, so features of
         the rest of the pool are never extracted. Made once per entry, shared by every
         representation (so all are compared on identical data)."""
-        key = f"{target.hash}|{entry.name}"
-        if key not in self._sets:
+
+        def make() -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
             train = self.pool(target)
             sets = draws(train.y, entry, self.seed)
             if "all" not in entry.sizes:
@@ -112,8 +126,9 @@ class Context:
                 position[used] = torch.arange(len(used))
                 train = train.subset(used)
                 sets = [(size, d, position[idx]) for size, d, idx in sets]
-            self._sets[key] = (train, sets)
-        return self._sets[key]
+            return train, sets
+
+        return self.once(self._sets, f"{target.hash}|{entry.name}", make)
 
 
 def draws(
@@ -164,7 +179,10 @@ def probe_facts(probe: Any) -> dict[str, Any]:
 
 
 @PROTOCOLS.register(
-    "transfer", metrics=("accuracy",), description="probe refit on the target's own training data"
+    "transfer",
+    metrics=("accuracy",),
+    description="probe refit on the target's own training data",
+    parallel=True,
 )
 class Transfer:
     """Fit the probe on the target's training data (n examples per class, several draws, and
@@ -209,7 +227,10 @@ def check_target(entry: SuiteEntry, source: Task, target: Task) -> None:
 
 
 @PROTOCOLS.register(
-    "robustness", metrics=("accuracy",), description="probe fit on the source, tested shifted"
+    "robustness",
+    metrics=("accuracy",),
+    description="probe fit on the source, tested shifted",
+    parallel=True,
 )
 class Robustness:
     """Fit the probe on the source task's training data, test on the shifted test set."""
@@ -222,12 +243,12 @@ class Robustness:
     ) -> list[Row]:
         check_target(entry, ctx.source, target)
         spec = entry.probe or ctx.probe
-        key = f"{rep.id}|{spec.label()}"
-        if key not in ctx.fitted:
+
+        def make() -> tuple[Any, int]:
             train = ctx.pool(ctx.source)
-            probe = fit(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y)
-            ctx.fitted[key] = (probe, len(train))
-        probe, n_train = ctx.fitted[key]
+            return fit(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
+
+        probe, n_train = ctx.once(ctx.fitted, f"{rep.id}|{spec.label()}", make)
         acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
         return [
             ctx.row(

@@ -10,6 +10,7 @@ does not match its sha256 is moved to quarantine and recomputed.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -29,22 +30,34 @@ from richrep.training.loop import uses_channels_last
 
 class FeatureCache:
     """Features by key: kept in memory up to ``budget_bytes`` (least recently used dropped
-    first) and, with ``directory``, on disk as safetensors with sha256 sidecars."""
+    first) and, with ``directory``, on disk as safetensors with sha256 sidecars.
+
+    Safe to share between threads: :meth:`claim` makes one thread compute a key while the
+    others asking for it wait for its result (suite entries evaluated in parallel share their
+    targets' test sets and the source's training data)."""
 
     def __init__(self, budget_bytes: int = 4 << 30, directory: Path | None = None) -> None:
         self.budget = budget_bytes
         self.directory = directory
         self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.RLock()
+        self._keys: dict[str, threading.Lock] = {}
         self.hits = 0  # served from memory or disk
         self.disk_hits = 0
         self.misses = 0  # extracted
 
+    def claim(self, key: str) -> threading.Lock:
+        """The lock of ``key``: hold it while looking a key up and computing it."""
+        with self._lock:
+            return self._keys.setdefault(key, threading.Lock())
+
     def get(self, key: str) -> torch.Tensor | None:
-        if key in self._mem:
-            self._mem.move_to_end(key)
-            self.hits += 1
-            return self._mem[key]
+        with self._lock:
+            if key in self._mem:
+                self._mem.move_to_end(key)
+                self.hits += 1
+                return self._mem[key]
         if self.directory is not None:
             path = self._path(key)
             if path.exists() or sidecar(path).exists():
@@ -53,24 +66,29 @@ class FeatureCache:
                 except StoreError as e:
                     quarantine(path, f"cached features: {e}")
                     return None
-                self.hits += 1
-                self.disk_hits += 1
+                with self._lock:
+                    self.hits += 1
+                    self.disk_hits += 1
                 self._put(key, t)
                 return t
         return None
 
     def put(self, key: str, value: torch.Tensor) -> None:
-        self.misses += 1
+        with self._lock:
+            self.misses += 1
         if self.directory is not None:
             save_tensors(self._path(key), {"features": _compact(value)}, {"key": key})
         self._put(key, value)
 
     def _put(self, key: str, value: torch.Tensor) -> None:
-        self._mem[key] = value
-        self._bytes += value.numel() * value.element_size()
-        while self._bytes > self.budget and len(self._mem) > 1:
-            _, old = self._mem.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
+        with self._lock:
+            if key in self._mem:
+                return
+            self._mem[key] = value
+            self._bytes += value.numel() * value.element_size()
+            while self._bytes > self.budget and len(self._mem) > 1:
+                _, old = self._mem.popitem(last=False)
+                self._bytes -= old.numel() * old.element_size()
 
     def _path(self, key: str) -> Path:
         assert self.directory is not None
@@ -161,6 +179,8 @@ class Featurizer:
         self.dtype = dtype
         self.cache = cache or FeatureCache()
         self.fingerprints = dict(fingerprints or {})
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def encoder(self, part: str) -> nn.Module:
         if callable(self._encoders) and not isinstance(self._encoders, Mapping):
