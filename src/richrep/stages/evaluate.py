@@ -7,19 +7,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import torch
+
 from richrep.config import Experiment, SuiteEntry, stable_hash
+from richrep.cpu_policy import threads_share_fast_matmul
 from richrep.data import Task, apply_shifts
 from richrep.data.checks import value_range_warning
 from richrep.errors import StoreError
 from richrep.evaluation.protocols import Context, check_entries, protocol_of
 from richrep.ledger import State, Status
+from richrep.registries import PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import ROW_VERSION, Row
 from richrep.run import Run
 from richrep.store import quarantine, read_jsonl, write_jsonl
+from richrep.training.device import set_threads
 
 Log = Callable[[str], None]
 EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (representations done / total)
@@ -84,7 +92,13 @@ def evaluate(
     progress: Progress | None = None,
     allow_missing: bool = False,
 ) -> list[Row]:
-    """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``."""
+    """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``.
+
+    Entries whose protocol works on features alone (registry meta ``parallel``: transfer,
+    robustness, continual) are evaluated several at a time in threads (``runtime.eval_workers``),
+    each with its share of the thread budget, sharing one feature cache and one context: a
+    probe solve's many small operations gain little from a second core, two solves side by side
+    gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread."""
     exp, store = run.exp, run.store
     status = check_members(run, allow_missing)
     strays = run.ledger.strays(m.name for m in run.members)
@@ -95,8 +109,7 @@ def evaluate(
         )
     reps = run.representations()
     cache = run.featurizer.cache
-    ctx: Context | None = None
-    files = []
+    files, pending = [], []
     for entry in exp.evaluation.suite:
         path = store.results_dir / f"{entry.name}-{entry_hash(exp, entry, reps, status)}.jsonl"
         files.append(path)
@@ -107,31 +120,34 @@ def evaluate(
                 continue
             except StoreError as e:
                 log(f"{entry.name}: {e}; moved to {quarantine(path, str(e))}, evaluating again")
-        if ctx is None:
-            ctx = Context(
-                run.featurizer,
-                run.source_task,
-                exp.evaluation.probe,
-                exp.seed,
-                run=exp.run_id(),
-                device=str(run.device),
-                owner=run,
-                representations=reps,
+        pending.append((entry, path))
+    if pending:
+        ctx = Context(
+            run.featurizer,
+            run.source_task,
+            exp.evaluation.probe,
+            exp.seed,
+            run=exp.run_id(),
+            device=str(run.device),
+            owner=run,
+            representations=reps,
+        )
+
+        def one(item: tuple[SuiteEntry, Path]) -> None:
+            evaluate_entry(run, ctx, reps, *item, log=log, progress=progress)
+
+        threads = set_threads(exp.runtime.threads)
+        together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
+        workers = eval_workers(exp.runtime.eval_workers, threads, len(together), run.device)
+        if workers > 1:
+            log(
+                f"evaluating {len(together)} entries {workers} at a time, {threads // workers} thread(s) each"
             )
-        t0 = time.perf_counter()
-        target = run.target(entry)
-        ctx.info = target_facts(run, target, log, entry.name)
-        protocol = protocol_of(entry)
-        rows: list[Row] = []
-        task = f"{EVAL_PREFIX}{entry.name}"
-        if progress:
-            progress(task, 0, len(reps))
-        for i, rep in enumerate(reps):
-            rows += protocol.evaluate(ctx, rep, target, entry)
-            if progress:
-                progress(task, i + 1, len(reps))
-        write_jsonl(path, [r.to_dict() for r in rows])
-        log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
+            with threads_share_fast_matmul(run.device):
+                in_threads(together, one, workers, threads)
+            pending = [p for p in pending if p not in together]
+        for item in pending:
+            one(item)
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
     write_jsonl(store.results, [r.to_dict() for r in all_rows])
     if any(f.name == "random" for f in exp.evaluation.floors):  # each seed vs untrained
@@ -145,6 +161,58 @@ def evaluate(
         else f"features: extracted {cache.misses}"
     )
     return all_rows
+
+
+def evaluate_entry(
+    run: Run,
+    ctx: Context,
+    reps: Sequence[Representation],
+    entry: SuiteEntry,
+    path: Path,
+    *,
+    log: Log = print,
+    progress: Progress | None = None,
+) -> None:
+    """One suite entry's rows on every representation, written to ``path`` (atomically)."""
+    t0 = time.perf_counter()
+    target = run.target(entry)
+    info = target_facts(run, target, log, entry.name)
+    protocol = protocol_of(entry)
+    rows: list[Row] = []
+    task = f"{EVAL_PREFIX}{entry.name}"
+    if progress:
+        progress(task, 0, len(reps))
+    for i, rep in enumerate(reps):
+        rows += protocol.evaluate(replace(ctx, info=info), rep, target, entry)
+        if progress:
+            progress(task, i + 1, len(reps))
+    write_jsonl(path, [r.to_dict() for r in rows])
+    log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
+
+
+def eval_workers(asked: int, threads: int, entries: int, device: torch.device) -> int:
+    """How many suite entries to evaluate at once: ``asked``, or (0) one per thread of the
+    budget on a CPU and one on an accelerator; never more than there are entries."""
+    n = asked or (threads if device.type == "cpu" else 1)
+    return max(1, min(n, entries))
+
+
+def in_threads(items: Sequence[Any], fn: Callable[[Any], None], workers: int, threads: int) -> None:
+    """``fn(item)`` for every item, ``workers`` at a time in threads of ``threads // workers``
+    torch threads each (``torch.set_num_threads`` is the calling thread's budget). The first
+    error stops the items not yet started and is raised once the running ones finish (their
+    results are written: no work is lost)."""
+    budget = max(1, threads // workers)
+    pool = ThreadPoolExecutor(
+        workers, "richrep-eval", initializer=torch.set_num_threads, initargs=(budget,)
+    )
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        for f in futures:
+            f.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def target_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
