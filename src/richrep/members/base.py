@@ -163,11 +163,21 @@ class MemberKind:
         """The member's network, initialized deterministically from its seed (and nothing else).
         A kind with its own :meth:`head` gets it in place of a linear head over the classes."""
         own = type(self).head is not MemberKind.head
+        objective = self.objective(member, exp)
         with seeded(member.seed, "init", member.kind, member.k):
             enc = self.encoder(member, exp, task)
             model = Classifier(enc, task.num_classes if own else self.outputs(member, task))
             if own:
                 model.head = self.head(member, task, enc.feature_dim)
+            head = objective.make_head(enc.feature_dim, task.num_classes)
+        if head is not None:
+            if own:
+                raise ConfigError(
+                    f"member {member.name}: kind {member.kind!r} has its own head, and objective "
+                    f"{type(objective).__name__} trains through another; train this kind with a "
+                    "supervised objective"
+                )
+            model.head = head
         model.encoder.set_input_stats(task.train.x)
         if exp.model.pretrained is not None:
             load_pretrained(member, model.encoder, exp)

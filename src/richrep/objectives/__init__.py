@@ -16,6 +16,7 @@ from richrep.objectives.group_dro import GroupDRO, GroupDROSets
 from richrep.objectives.irm import IRM
 from richrep.objectives.matryoshka import Matryoshka
 from richrep.objectives.pseudo_labels import PseudoLabelHeads
+from richrep.objectives.simsiam import SimSiam
 from richrep.objectives.vrex import VREx
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "MultiHeadDistillation",
     "Objective",
     "PseudoLabelHeads",
+    "SimSiam",
     "VREx",
     "build_objective",
 ]

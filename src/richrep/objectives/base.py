@@ -19,6 +19,13 @@ class Objective(nn.Module):
     needs: ClassVar[tuple[str, ...]] = ()  # per-example targets beside the labels it reads
     uses_env: ClassVar[bool] = False  # reads batch["env"] (and "groups"): the data's Split.env
     head: ClassVar[str] = ""  # a member kind whose head the loss reads (e.g. bct); "" for any
+    views: ClassVar[int] = 1  # augmented views per example the loop feeds (SimSiam: 2)
+    labels: ClassVar[bool] = True  # trains on labels (False: self-supervised, no accuracy)
+
+    def make_head(self, feature_dim: int, classes: int) -> nn.Module | None:
+        """The head this objective trains through (SimSiam's projector and predictor), in
+        place of the member kind's; None: the kind's own."""
+        return None
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError

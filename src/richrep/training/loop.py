@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from richrep.config import TrainingConfig
-from richrep.data import Split
+from richrep.data import Split, Task
 from richrep.data.augment import build_augment
 from richrep.data.images import is_lazy, stream
 from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.objectives import CrossEntropy, Objective
+from richrep.objectives.simsiam import knn_accuracy
 from richrep.store import remove
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
 from richrep.training.device import autocast
@@ -147,6 +148,13 @@ def train_unit(
             on_step(j, starts[j] * steps, total)
     channels_last = uses_channels_last(models[0], x_all)
     augment = build_augment(cfg.augment) if cfg.augment else None
+    views = max(o.views for o in objs)
+    if views > 1 and augment is None:
+        raise ConfigError(
+            f"{labels[0] or 'model'}: objective {type(objs[0]).__name__} compares {views} "
+            "augmented views of each image; set training.augment (e.g. "
+            "[random_resized_crop, horizontal_flip])"
+        )
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last and not fused:
         models[0].to(memory_format=torch.channels_last)
@@ -174,7 +182,12 @@ def train_unit(
             batch = orders[:, s * bs : (s + 1) * bs]
             yb = y_all[batch]
             xs = next(xs_stream).to(device) if lazy else x_all[batch]
-            if augment is not None:
+            if views > 1:  # e.g. SimSiam: the views of one example, one after the other
+                xs = torch.cat(
+                    [augment_batches(augment, xs, seeds_active, epoch, s, v) for v in range(views)],
+                    dim=1,
+                )
+            elif augment is not None:
                 xs = augment_batches(augment, xs, seeds_active, epoch, s)
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * steps + s, total, cfg)
@@ -242,11 +255,14 @@ def augment_batches(
     seeds: Sequence[int],
     epoch: int,
     step: int,
+    view: int = 0,
 ) -> torch.Tensor:
     """Each model's batch ``xs[a]`` augmented with its own generator, seeded from (its seed,
-    epoch, step): the same augmentation whether the model trains alone or fused."""
+    epoch, step, and the view after the first): the same augmentation whether the model trains
+    alone or fused."""
+    salt = (epoch, step) if view == 0 else (epoch, step, "view", view)
     return torch.stack(
-        [augment(xs[a], generator(seed, "augment", epoch, step)) for a, seed in enumerate(seeds)]
+        [augment(xs[a], generator(seed, "augment", *salt)) for a, seed in enumerate(seeds)]
     )
 
 
@@ -324,3 +340,33 @@ def accuracy(
         with autocast(device, dtype):
             correct += int((objective.predict(model(xb.to(device))).cpu() == yb).sum())
     return correct / max(len(split), 1)
+
+
+@torch.no_grad()
+def encode(
+    model: nn.Module, split: Split, device: torch.device, dtype: torch.dtype, batch: int = 1024
+) -> torch.Tensor:
+    """Features of ``model.encoder`` on ``split`` (eval mode, float32 on the CPU)."""
+    model.eval().to(device)
+    out = [torch.zeros(0, 0)]
+    for xb in split.x.split(batch):
+        with autocast(device, dtype):
+            out.append(model.encoder(xb.to(device)).float().cpu())
+    return torch.cat(out[1:]) if len(out) > 1 else out[0]
+
+
+def knn_validation(
+    model: nn.Module, task: Task, device: torch.device, dtype: torch.dtype, bank: int = 10_000
+) -> float:
+    """k-NN accuracy (k = 20, Wu et al. 2018) of the encoder's features on the validation split,
+    the bank a seeded sample of at most ``bank`` training examples: how a self-supervised
+    member is monitored (it has no classifier to score)."""
+    n = len(task.train)
+    idx = torch.randperm(n, generator=generator(0, "knn-bank"))[:bank].sort().values
+    train = task.train.subset(idx)
+    return knn_accuracy(
+        encode(model, train, device, dtype),
+        train.y,
+        encode(model, task.val, device, dtype),
+        task.val.y,
+    )

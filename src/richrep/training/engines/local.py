@@ -21,7 +21,7 @@ from richrep.registries import ENGINES
 from richrep.store import RunStore
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
 from richrep.training.device import resolve_device, resolve_precision, set_threads
-from richrep.training.loop import accuracy
+from richrep.training.loop import accuracy, knn_validation
 from richrep.training.plan import Unit, choose_strategy, plan_units
 from richrep.training.workers import train_group
 
@@ -112,7 +112,11 @@ def finalize(
         "member": member.to_dict(),
         "encoder_params": count_params(model.encoder),
         "feature_dim": model.encoder.feature_dim,
-        "val_acc": accuracy(model, task.val, device, dtype, objective=objective),
+        # a self-supervised member (no classifier) is scored by k-NN on its features
+        "val_acc": accuracy(model, task.val, device, dtype, objective=objective)
+        if objective.labels
+        else knn_validation(model, task, device, dtype),
+        "val_metric": "accuracy" if objective.labels else "knn",
         "history": history,
         "train_seconds": sum(h["seconds"] for h in history),
         "device": str(device),
