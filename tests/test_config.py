@@ -42,7 +42,7 @@ def test_examples_parse(path):
         (
             {"data": {"dataset": "mnist"}},
             r"data\.dataset.*unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); choose one of: "
-            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, mnist1d, npz",
+            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, image_folder, mnist1d, npz",
         ),
         (
             {"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}},
