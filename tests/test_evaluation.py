@@ -183,3 +183,33 @@ def test_entries_evaluated_in_parallel_threads_equal_one_at_a_time(tiny, tmp_pat
     assert not any("at a time" in m for m in logs)
     alone = sorted(json.dumps(r, sort_keys=True) for r in read_jsonl(run.store.results))
     assert together == alone and len(alone) > 20
+
+
+def test_features_of_a_split_are_gathered_from_splits_cut_from_the_same_root():
+    """Class selections and train + validation pools are rows of the dataset's pool: the
+    features of all classes come from those of the first and the last classes, and only rows
+    no earlier split had are extracted; the features equal a direct extraction."""
+    task = load_task("mnist1d", {"num_samples": 600})
+    calls: list[int] = []
+
+    class Count(torch.nn.Module):
+        def forward(self, x):
+            if len(x) > 1:  # not the batch-size probe
+                calls.append(len(x))
+            return x.flatten(1)[:, :5] * 2.0
+
+    feat = Featurizer({"m": Count()}, device=torch.device("cpu"), dtype=torch.float32)
+    rep = Representation("single", 1, (0,), ("m",), 5, 0)
+    low = apply_shift(task, "classes", {"keep": [0, 1, 2, 3, 4]})
+    high = apply_shift(task, "classes", {"keep": [5, 6, 7]})
+    for t in (low, high):
+        feat(rep, protocols.pool(t))
+    before = sum(calls)
+    everything = protocols.pool(task)
+    got = feat(rep, everything)
+    missing = len(everything) - len(protocols.pool(low)) - len(protocols.pool(high))
+    assert sum(calls) - before == missing > 0  # classes 8 and 9 only
+    assert torch.equal(got, everything.x.flatten(1)[:, :5] * 2.0)
+    assert protocols.pool(low).rows.root == everything.rows.root
+    shifted = apply_shift(low, "mnist1d_noise", {"scale": 0.3})
+    assert shifted.train.rows is None or shifted.train.rows.root != everything.rows.root

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from richrep.data.checks import integer_ids
 from richrep.data.images import is_lazy
 from richrep.data.splits import per_class_sample, stratified_split
-from richrep.data.task import Split, Task
+from richrep.data.task import Rows, Split, Task, hash_tensors
 from richrep.errors import ConfigError, DataError
 from richrep.registry import Registry
 
@@ -140,7 +140,21 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
         kind=raw.kind,
         recipe=recipe,
     )
-    return task.check()
+    return pooled(task.check(), keep, held)
+
+
+def pooled(task: Task, keep: np.ndarray, held: np.ndarray) -> Task:
+    """``task`` whose train and validation splits say they are rows ``keep`` and ``held`` of
+    one pool (:class:`~richrep.data.task.Rows`): features of the pool's rows then serve every
+    split cut from it, e.g. the train + validation pool of each class selection."""
+    root = hash_tensors(extra=f"pool|{task.train.hash}|{task.val.hash}")
+    size = len(task.train) + len(task.val)
+    splits = {}
+    for name, idx in (("train", keep), ("val", held)):
+        s = task.splits()[name]
+        splits[name] = replace(s, rows=Rows(root, size, torch.as_tensor(idx, dtype=torch.long)))
+        splits[name].__dict__["hash"] = s.hash  # the same content
+    return task.with_splits(**splits)
 
 
 def _class_ids(labels: np.ndarray, where: str) -> tuple[int, ...]:

@@ -112,7 +112,7 @@ def classes(task: Task, keep: Annotated[list[int], Field(min_length=1)]) -> Task
                 f"shift 'classes': keeping {keep} leaves the {sname} split of {task.name!r} empty"
             )
         sub = s.subset(idx)
-        out[sname] = Split(sub.x, lut[sub.y], sub.groups, sub.env)
+        out[sname] = Split(sub.x, lut[sub.y], sub.groups, sub.env, sub.rows)
     names = tuple(task.class_names[task.classes.index(c)] for c in keep)
     t = task.with_splits(**out)
     object.__setattr__(t, "classes", tuple(keep))

@@ -34,6 +34,24 @@ def hash_tensors(*tensors: torch.Tensor | None, extra: str = "") -> str:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """Rows ``index`` of a root split (identified by ``root``, of ``size`` examples)."""
+
+    root: str
+    size: int
+    index: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> Rows:
+        return Rows(self.root, self.size, self.index[index])
+
+    def cat(self, other: Rows | None) -> Rows | None:
+        """These rows then ``other``'s, when both are rows of the same root (else None)."""
+        if other is None or other.root != self.root:
+            return None
+        return Rows(self.root, self.size, torch.cat([self.index, other.index]))
+
+
+@dataclass(frozen=True)
 class Split:
     """One split: inputs ``x`` (N, ...), integer labels ``y`` (N,), optional ``groups`` (N,)
     and environments ``env`` (N,): integer ids, named in the task's ``recipe["info"]``
@@ -44,6 +62,10 @@ class Split:
     y: torch.Tensor
     groups: torch.Tensor | None = None
     env: torch.Tensor | None = None
+    # where these examples sit in a larger split they were cut from, inputs unchanged (a class
+    # selection, a pool of train and validation): a split's features can be gathered from the
+    # features of others cut from the same root (see Featurizer)
+    rows: Rows | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -61,7 +83,13 @@ class Split:
         g = None if self.groups is None else self.groups[index]
         e = None if self.env is None else self.env[index]
         x = self.x.subset(index) if is_lazy(self.x) else self.x[index]
-        return Split(x, self.y[index], g, e)
+        return Split(x, self.y[index], g, e, self.root_rows().take(index))
+
+    def root_rows(self) -> Rows:
+        """:attr:`rows`, or this split as its own root."""
+        if self.rows is not None:
+            return self.rows
+        return Rows(self.hash, len(self), torch.arange(len(self)))
 
     def with_x(self, x: torch.Tensor | ImageSource) -> Split:
         """The same examples (labels, groups, environments) with inputs ``x``."""

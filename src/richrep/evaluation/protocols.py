@@ -152,7 +152,8 @@ def pool(task: Task) -> Split:
     a, b = task.train, task.val
     g = None if a.groups is None or b.groups is None else torch.cat([a.groups, b.groups])
     e = None if a.env is None or b.env is None else torch.cat([a.env, b.env])
-    return Split(concat(a.x, b.x), torch.cat([a.y, b.y]), g, e)
+    rows = None if a.rows is None else a.rows.cat(b.rows)
+    return Split(concat(a.x, b.x), torch.cat([a.y, b.y]), g, e, rows)
 
 
 def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:

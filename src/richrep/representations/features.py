@@ -21,6 +21,7 @@ from torch import nn
 
 from richrep.data import Split
 from richrep.data.images import is_lazy
+from richrep.data.task import Rows
 from richrep.errors import StoreError
 from richrep.representations import Representation
 from richrep.store import load_tensors, quarantine, save_tensors, sidecar
@@ -181,6 +182,8 @@ class Featurizer:
         self.fingerprints = dict(fingerprints or {})
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        # splits cut from one root whose features are cached: (part, root) -> [(rows, key)]
+        self._cut: dict[tuple[str, str], list[tuple[Rows, str]]] = {}
 
     def encoder(self, part: str) -> nn.Module:
         if callable(self._encoders) and not isinstance(self._encoders, Mapping):
@@ -201,9 +204,57 @@ class Featurizer:
         if not getattr(encoder, "cacheable", True):
             x = torch.cat(list(split.x.split(1024))) if is_lazy(split.x) else split.x
             return encoder(x).float()
-        feats = extract(encoder, split.x, device=self.device, dtype=self.dtype)
-        self.cache.put(key, feats)
-        return feats
+        with self.cache.claim(key):  # one thread extracts, the others wait for its features
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+            have = self._gather(name, split)
+            if have is None:
+                feats = self._extract(name, encoder, split.x)
+            else:
+                feats, missing = have
+                if missing.any():
+                    rows = missing.nonzero().flatten()
+                    feats[rows] = self._extract(name, encoder, split.subset(rows).x)
+            self.cache.put(key, feats)
+            if split.rows is not None:
+                with self._locks_lock:
+                    self._cut.setdefault((name, split.rows.root), []).append((split.rows, key))
+            return feats
+
+    def _extract(self, name: str, encoder: nn.Module, x: Any) -> torch.Tensor:
+        with self._encoder_lock(name):  # ``extract`` moves the encoder between devices/formats
+            return extract(encoder, x, device=self.device, dtype=self.dtype)
+
+    def _encoder_lock(self, name: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _gather(self, name: str, split: Split) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Features of ``split``'s rows that splits cut from the same root already have (e.g.
+        all ten classes from the first five and the last five) and a mask of the rows still
+        missing; None when there are none. So each example's features are computed once."""
+        if split.rows is None:
+            return None
+        with self._locks_lock:
+            cuts = list(self._cut.get((name, split.rows.root), ()))
+        source = torch.full((split.rows.size,), -1, dtype=torch.long)
+        position = torch.zeros(split.rows.size, dtype=torch.long)
+        have = []
+        for rows, key in cuts:
+            feats = self.cache.get(key)
+            if feats is not None:
+                source[rows.index] = len(have)
+                position[rows.index] = torch.arange(len(rows.index))
+                have.append(feats)
+        if not have:
+            return None
+        src, pos = source[split.rows.index], position[split.rows.index]
+        out = torch.empty(len(split), have[0].shape[1], dtype=have[0].dtype)
+        for j, feats in enumerate(have):
+            mine = src == j
+            out[mine] = feats[pos[mine]]
+        return out, src < 0
 
     def __call__(self, rep: Representation, split: Split) -> torch.Tensor:
         parts = [self.part(p, split) for p in rep.parts]
