@@ -94,6 +94,10 @@ def test_untrained_checkpoints_trigger_the_random_floor_warning(tiny, tmp_path):
     meta = run.statuses()["single-s0"].meta
     assert meta["source_layout"] == "encoder" and meta["head_imported"] is False
     assert meta["val_acc"] is None
+    with pytest.raises(
+        DataError, match=r"no classifier head.*\['distill2-s0'\] learn from single-s0"
+    ):
+        _import(tiny, paths, tmp_path / "runs2", baselines=[{"kind": "distill", "k": 2}])
 
 
 def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tiny, tmp_path, earlier):

@@ -13,7 +13,13 @@ EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").rglob("*.yam
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_examples_parse(path):
+def test_examples_parse(path, tmp_path, monkeypatch):
+    if path.name == "own_checkpoints.yaml":  # reads the quickstart's checkpoint files
+        folder = tmp_path / "runs/quickstart-65365f7e2f/checkpoints"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            (folder / f"single-s{i}.safetensors").write_bytes(bytes([i]))
+        monkeypatch.chdir(tmp_path)
     exp = load_experiment(path)
     assert exp.run_id().startswith(exp.name + "-")
 

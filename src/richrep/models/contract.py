@@ -172,10 +172,10 @@ def check_build(
     per configuration (any width: the ``wide`` baseline's search builds many)."""
     check_module(name, enc, input_shape)
     entry = registry.entry(name)
-    if name not in _CHECKED:
+    if f"{name}@{id(entry.fn)}" not in _CHECKED:  # an entry registered anew is checked anew
         check_entry(registry, name)
-        _CHECKED.add(name)
-    key = json.dumps([name, list(input_shape), params], sort_keys=True, default=str)
+        _CHECKED.add(f"{name}@{id(entry.fn)}")
+    key = json.dumps([name, id(entry.fn), list(input_shape), params], sort_keys=True, default=str)
     if key in _CHECKED:
         return
     full = registry.validate(name, dict(params), where="model.encoder/params")

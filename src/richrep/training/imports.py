@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from richrep.errors import DataError
 from richrep.ledger import Status
 from richrep.members import kind_of
 from richrep.models import count_params
@@ -41,6 +42,13 @@ def import_checkpoints(run: Run, log: Callable[[str], None] = print) -> dict[str
         model = kind_of(member).build(member, run.exp, run.source_task)
         kept = load_encoder_weights(model.encoder, wf)
         head = load_head_weights(model.head, wf)
+        students = [m.name for m in run.members if member.name in m.requires]
+        if students and not head:
+            raise DataError(
+                f"{path}: no classifier head of the task's shape ({run.source_task.num_classes} "
+                f"classes) in the file, and {students} learn from {member.name}'s outputs; "
+                f"import checkpoints with their head or leave those baselines out"
+            )
         model.eval()
         val_acc = accuracy(model, run.source_task.val, run.device, run.dtype) if head else None
         meta = {
