@@ -109,7 +109,22 @@ def stream(source: ImageSource, index: Sequence[torch.Tensor]) -> Iterator[torch
         multiprocessing_context="fork" if workers else None,
         generator=torch.Generator().manual_seed(0),  # leaves torch's global RNG untouched
     )
-    return iter(loader)
+    return _batches(iter(loader))
+
+
+def _batches(it: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``it``'s batches; on an error (a bad file) its workers are stopped at once, not when
+    the traceback holding the iterator is collected (5 s later), and a worker's
+    :class:`DataError` is raised with its own message, without the worker's traceback."""
+    try:
+        yield from it
+    except BaseException as e:
+        shutdown = getattr(it, "_shutdown_workers", None)  # torch's DataLoader iterator
+        if shutdown is not None:
+            shutdown()
+        if isinstance(e, DataError) and "Original Traceback" in str(e):
+            raise DataError(str(e).rsplit("DataError: ", 1)[-1].strip()) from None
+        raise
 
 
 class ImageSource:
