@@ -29,7 +29,10 @@ def test_loss_equals_its_definition_on_a_hand_case():
     z, p = torch.randn(4, 3), torch.randn(4, 3)
     obj3 = build_objective("simsiam", {"dim": 3, "pred_dim": 2})
     loss = obj3(torch.cat([z, p], 1), {"y": torch.zeros(2)})
-    ref = -0.5 * F.cosine_similarity(p[:2], z[2:]).mean() - 0.5 * F.cosine_similarity(p[2:], z[:2]).mean()
+    ref = (
+        -0.5 * F.cosine_similarity(p[:2], z[2:]).mean()
+        - 0.5 * F.cosine_similarity(p[2:], z[:2]).mean()
+    )
     assert loss.item() == pytest.approx(ref.item(), abs=1e-6)
 
 
@@ -75,8 +78,11 @@ def _ssl(tmp_path, augment):
                 "objective": {"simsiam": {"dim": 64, "pred_dim": 16}},
                 "augment": augment,
             },
-            "evaluation": {"subsets": 1, "probe": {"Cs": [0.1, 1.0]}, "suite": [
-                {"name": "digits", "sizes": [10]}]},  # fmt: skip
+            "evaluation": {
+                "subsets": 1,
+                "probe": {"Cs": [0.1, 1.0]},
+                "suite": [{"name": "digits", "sizes": [10]}],
+            },  # fmt: skip
             "runtime": {"threads": 1},
         }
     )
@@ -89,7 +95,7 @@ def test_simsiam_seeds_train_and_are_evaluated(tmp_path):
         meta = run.statuses()[m].meta
         losses = [h["loss"] for h in meta["history"]]
         assert losses[-1] < losses[0] - 0.05  # the loss decreases
-        assert -1.0 <= min(losses) and max(losses) <= 1.0
+        assert min(losses) >= -1.0 and max(losses) <= 1.0
         assert meta["val_metric"] == "knn" and meta["val_acc"] > 0.5  # chance is 0.1
     rows = [r for r in read_jsonl(run.store.results) if r["representation"] == "cat"]
     assert rows and all(0.0 <= r["value"] <= 1.0 for r in rows)
