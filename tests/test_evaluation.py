@@ -211,5 +211,9 @@ def test_features_of_a_split_are_gathered_from_splits_cut_from_the_same_root():
     assert sum(calls) - before == missing > 0  # classes 8 and 9 only
     assert torch.equal(got, everything.x.flatten(1)[:, :5] * 2.0)
     assert protocols.pool(low).rows.root == everything.rows.root
+    capped = load_task("mnist1d", {"num_samples": 600}, max_train_per_class=10)  # rows of a pool
+    for t in (apply_shift(capped, "classes", {"keep": [0, 1]}), capped):  # larger than train+val
+        got = feat(rep, protocols.pool(t))
+        assert torch.equal(got, protocols.pool(t).x.flatten(1)[:, :5] * 2.0)
     shifted = apply_shift(low, "mnist1d_noise", {"scale": 0.3})
     assert shifted.train.rows is None or shifted.train.rows.root != everything.rows.root

@@ -140,15 +140,15 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
         kind=raw.kind,
         recipe=recipe,
     )
-    return pooled(task.check(), keep, held)
+    return pooled(task.check(), keep, held, len(y_pool))
 
 
-def pooled(task: Task, keep: np.ndarray, held: np.ndarray) -> Task:
+def pooled(task: Task, keep: np.ndarray, held: np.ndarray, size: int) -> Task:
     """``task`` whose train and validation splits say they are rows ``keep`` and ``held`` of
-    one pool (:class:`~richrep.data.task.Rows`): features of the pool's rows then serve every
-    split cut from it, e.g. the train + validation pool of each class selection."""
-    root = hash_tensors(extra=f"pool|{task.train.hash}|{task.val.hash}")
-    size = len(task.train) + len(task.val)
+    one pool of ``size`` examples (:class:`~richrep.data.task.Rows`): features of the pool's
+    rows then serve every split cut from it, e.g. the train + validation pool of each class
+    selection."""
+    root = hash_tensors(extra=f"pool|{size}|{task.train.hash}|{task.val.hash}")
     splits = {}
     for name, idx in (("train", keep), ("val", held)):
         s = task.splits()[name]
