@@ -403,8 +403,8 @@ class Kind(StrEnum):
 
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
-    """Show a registry: datasets, shifts, encoders, objectives, members, probes, protocols,
-    floors, engines or measures."""
+    """Show a registry: datasets, shifts, augmentations, encoders, objectives, members, probes,
+    protocols, floors, engines or measures."""
     from richrep.registries import registry_of
 
     with _guard():

@@ -93,11 +93,15 @@ class _Batches(Dataset):
         return x.view(*idx.shape, *x.shape[1:])
 
 
-def stream(source: ImageSource, index: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+def stream(
+    source: ImageSource, index: Sequence[torch.Tensor], pin_memory: bool = False
+) -> Iterator[torch.Tensor]:
     """Decoded batches ``source[index[i]]`` in order, decoded by :func:`loader_workers`
-    processes (one torch thread each, forked) ahead of their use. Decoding draws no random
-    numbers, and the loader's own seed comes from a private generator, so streaming never
-    moves torch's global RNG (a model built after it is initialized as without it)."""
+    processes (one torch thread each, forked) ahead of their use; ``pin_memory`` (for a CUDA
+    device) puts them in page-locked memory, so their copy to the device can overlap compute.
+    Decoding draws no random numbers, and the loader's own seed comes from a private generator,
+    so streaming never moves torch's global RNG (a model built after it is initialized as
+    without it)."""
     workers = loader_workers(len(index))
     loader = DataLoader(
         _Batches(source, index),
@@ -108,6 +112,7 @@ def stream(source: ImageSource, index: Sequence[torch.Tensor]) -> Iterator[torch
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
         generator=torch.Generator().manual_seed(0),  # leaves torch's global RNG untouched
+        pin_memory=pin_memory,
     )
     return _batches(iter(loader))
 

@@ -158,6 +158,8 @@ def train_unit(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last and not fused:
         models[0].to(memory_format=torch.channels_last)
+    # fp16 autocast (GPUs without bf16) needs loss scaling; bf16 and fp32 do not (a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     for epoch in range(min(starts), cfg.epochs):
         active = [j for j in range(k) if starts[j] <= epoch and j not in failed]
         if not active:
@@ -175,13 +177,15 @@ def train_unit(
         orders = torch.stack([epoch_order(seeds[j], epoch, n) for j in active]).to(device)
         seeds_active = [seeds[j] for j in active]
         if lazy:
-            xs_stream = stream(x_all, list(orders.cpu().split(bs, dim=1)))
+            xs_stream = stream(
+                x_all, list(orders.cpu().split(bs, dim=1)), pin_memory=device.type == "cuda"
+            )
         loss_sum = torch.zeros(len(active), device=device)
         correct = torch.zeros(len(active), device=device, dtype=torch.long)
         for s in range(steps):
             batch = orders[:, s * bs : (s + 1) * bs]
             yb = y_all[batch]
-            xs = next(xs_stream).to(device) if lazy else x_all[batch]
+            xs = next(xs_stream).to(device, non_blocking=True) if lazy else x_all[batch]
             if views > 1:  # e.g. SimSiam: the views of one example, one after the other
                 xs = torch.cat(
                     [augment_batches(augment, xs, seeds_active, epoch, s, v) for v in range(views)],
@@ -206,8 +210,9 @@ def train_unit(
                     ]
                 )
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
+            scaler.scale(losses.sum()).backward()  # fp16: scaled against underflow
+            scaler.step(opt)
+            scaler.update()
             loss_sum += losses.detach().float() * batch.shape[1]
             with torch.no_grad():
                 correct += torch.stack(
