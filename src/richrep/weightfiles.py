@@ -7,13 +7,13 @@ the run; a changed one is refused)."""
 from __future__ import annotations
 
 import glob
-import hashlib
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from richrep.errors import ConfigError
+from richrep.store import sha256_file
 
 Sha256 = Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")]
 
@@ -49,14 +49,6 @@ class Checkpoints(_Strict):
         return len(self.from_checkpoints)
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _expand(paths: list[str], where: str) -> list[str]:
     out: list[str] = []
     for p in paths:
@@ -82,7 +74,7 @@ def file_sha256(path: str, recorded: str, where: str) -> tuple[str, str]:
         raise ConfigError(
             f"{where}: {path} is not a .safetensors file (pickled weights are never read)"
         )
-    digest = sha256_of(p)
+    digest = sha256_file(p)
     if recorded and digest != recorded:
         raise ConfigError(
             f"{where}: {path} has sha256 {digest[:12]}… but the experiment recorded "
