@@ -159,6 +159,7 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     assert any("new: reused" in m for m in logs) and any(m.startswith("all10:") for m in logs)
 
 
+@pytest.mark.slow
 def test_entries_evaluated_in_parallel_threads_equal_one_at_a_time(tiny, tmp_path):
     """runtime.eval_workers evaluates feature-only entries side by side in threads sharing the
     feature cache and the source probes; the rows are those of one entry at a time."""

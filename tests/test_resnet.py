@@ -152,6 +152,7 @@ def _image_run(tiny, tmp_path, **model):
     return parse_experiment(tiny)
 
 
+@pytest.mark.slow
 def test_resnet18_trains_one_epoch_end_to_end_and_its_checkpoints_round_trip(tiny, tmp_path):
     exp = _image_run(tiny, tmp_path)
     run = run_experiment(exp, tmp_path / "runs", log=lambda s: None)

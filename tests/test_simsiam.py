@@ -88,6 +88,7 @@ def _ssl(tmp_path, augment):
     )
 
 
+@pytest.mark.slow
 def test_simsiam_seeds_train_and_are_evaluated(tmp_path):
     exp = _ssl(tmp_path, [{"random_resized_crop": {"scale": [0.5, 1.0]}}])
     run = run_experiment(exp, tmp_path, log=lambda m: None)
