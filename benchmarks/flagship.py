@@ -9,8 +9,17 @@ then compared (matched on entry, representation, seeds, size, draw and metric): 
 identical and the largest difference; they differ where the arithmetic's order does (threads).
 
     python benchmarks/flagship.py [--reference 7e22129] [--experiment FILE] [--out DIR]
+    python benchmarks/flagship.py --floor-only DIR [--reference-seconds S]
 
-The ratio (reference time / current time) is printed last.
+The ratio (reference time / current time) is printed last. Before it, the *floor* of the
+current side: its training time (from its log) plus the feature extraction its suite cannot
+avoid — every distinct example (train rows the probes use, test sets; rows cut from one root
+counted once) through every encoder part, at the rate ``extract`` reaches on one thread here,
+spread over all cores with no loss — with every probe fit, data shift and row written taken as
+free. ``reference / floor`` bounds any ratio the current code's training and PyTorch's
+convolutions allow on this machine. ``--floor-only DIR`` computes it again for the folder of an
+earlier run (``DIR/current`` and ``DIR/current.log``), reading the reference's time from
+``DIR/summary.json`` or ``--reference-seconds``.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -83,6 +93,72 @@ def compare(ref: dict[tuple, float], new: dict[tuple, float]) -> None:
         print(f"largest difference {big[0]:.4f} ({' · '.join(big[1][:3])}), mean {mean:.5f}")
 
 
+def extraction_rows(run: object) -> tuple[int, list[str]]:
+    """Distinct examples the suite's transfer and robustness entries extract features of (rows
+    cut from one root counted once, as the feature cache gathers them), and the entries of
+    other protocols (not counted)."""
+    from richrep.evaluation.protocols import Context
+
+    exp = run.exp
+    ctx = Context(run.featurizer, run.source_task, exp.evaluation.probe, exp.seed)
+    seen: dict[str, set[int]] = {}
+
+    def add(split: object) -> None:
+        rows = split.root_rows()
+        seen.setdefault(rows.root, set()).update(rows.index.tolist())
+
+    other = []
+    for entry in exp.evaluation.suite:
+        target = run.target(entry)
+        if entry.protocol.name == "transfer":
+            add(ctx.probe_sets(target, entry)[0])
+        elif entry.protocol.name == "robustness":
+            add(ctx.pool(run.source_task))
+        else:
+            other.append(entry.name)
+            continue
+        add(target.test)
+    return sum(len(v) for v in seen.values()), other
+
+
+def floor(side: Path, log: Path, images: int = 2048) -> float:
+    """The floor of a finished side (module docstring), printed with its parts; seconds."""
+    import torch
+
+    from richrep.representations.features import extract
+    from richrep.run import Run
+
+    (folder,) = [p.parent for p in side.glob("*/config.yaml")]
+    trained = re.search(r"trained \d+/\d+ members in ([\d.]+) s", log.read_text())
+    train_s = float(trained.group(1)) if trained else 0.0
+    run = Run.open(folder)
+    rows, other = extraction_rows(run)
+    cores = os.cpu_count() or 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = run.source_task.test.x[:images]
+    parts = sorted({p for r in run.representations() for p in r.parts if p != "input"})
+    per_image = 0.0
+    for part in parts:
+        enc = run.encoder(part)
+        extract(enc, x[:256], device=run.device, dtype=run.dtype)  # warm-up
+        t0 = time.perf_counter()
+        extract(enc, x, device=run.device, dtype=run.dtype)
+        dt = (time.perf_counter() - t0) / len(x)
+        per_image += dt
+        print(f"  {part}: {1 / dt:,.0f} images/s on one thread")
+    torch.set_num_threads(before)
+    extract_s = rows * per_image / cores
+    print(
+        f"floor: training {train_s:.0f} s (its log) + extraction {rows:,} examples x "
+        f"{len(parts)} encoder parts ({per_image * 1e3:.2f} ms per example on one thread) / "
+        f"{cores} cores = {extract_s:.0f} s -> {train_s + extract_s:.0f} s, every probe fit "
+        f"taken as free"
+        + (f" (entries of other protocols not counted: {', '.join(other)})" if other else "")
+    )
+    return train_s + extract_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference", default="7e22129", help="commit to compare with")
@@ -92,7 +168,16 @@ def main() -> None:
         help="experiment file (default: the reference commit's examples/fashion_shift.yaml)",
     )
     ap.add_argument("--out", type=Path, help="where both run folders go (default: a temp dir)")
+    ap.add_argument("--floor-only", type=Path, metavar="DIR", help="only the floor of DIR/current")
+    ap.add_argument("--reference-seconds", type=float, help="the reference's time (--floor-only)")
     args = ap.parse_args()
+    if args.floor_only:
+        out = args.floor_only.resolve()
+        summary = out / "summary.json"
+        t_ref = args.reference_seconds or json.loads(summary.read_text())["reference_seconds"]
+        low = floor(out / "current", out / "current.log")
+        print(f"best ratio the floor allows (reference {t_ref:.0f} s / floor): {t_ref / low:.2f}x")
+        return
     work = Path(tempfile.mkdtemp(prefix="richrep-flagship-"))
     out = (args.out or work).resolve()
     ref_tree = reference_tree(args.reference, work)
@@ -101,6 +186,11 @@ def main() -> None:
     t_ref = run_side("reference", ref_tree / "src", experiment, out / "reference")
     t_new = run_side("current", ROOT / "src", experiment, out / "current")
     compare(rows(out / "reference"), rows(out / "current"))
+    (out / "summary.json").write_text(
+        json.dumps({"reference_seconds": t_ref, "current_seconds": t_new}) + "\n"
+    )
+    low = floor(out / "current", out / "current.log")
+    print(f"best ratio the floor allows (reference / floor): {t_ref / low:.2f}x")
     print(f"reference {t_ref:.0f} s, current {t_new:.0f} s")
     print(f"ratio (reference / current): {t_ref / t_new:.2f}x")
 
