@@ -130,7 +130,9 @@ def floor(side: Path, log: Path, images: int = 2048) -> float:
 
     (folder,) = [p.parent for p in side.glob("*/config.yaml")]
     trained = re.search(r"trained \d+/\d+ members in ([\d.]+) s", log.read_text())
-    train_s = float(trained.group(1)) if trained else 0.0
+    if not trained:
+        sys.exit(f"{log} does not say how long training took ('trained N/N members in S s')")
+    train_s = float(trained.group(1))
     run = Run.open(folder)
     rows, other = extraction_rows(run)
     cores = os.cpu_count() or 1
@@ -174,6 +176,8 @@ def main() -> None:
     if args.floor_only:
         out = args.floor_only.resolve()
         summary = out / "summary.json"
+        if not args.reference_seconds and not summary.exists():
+            sys.exit(f"no {summary}: give the reference's time with --reference-seconds")
         t_ref = args.reference_seconds or json.loads(summary.read_text())["reference_seconds"]
         low = floor(out / "current", out / "current.log")
         print(f"best ratio the floor allows (reference {t_ref:.0f} s / floor): {t_ref / low:.2f}x")
