@@ -32,8 +32,8 @@ from richrep.data import Split, load_task
 from richrep.data.image_folder import export_image_folder
 from richrep.data.images import loader_workers
 from richrep.models import Classifier, build_encoder
+from richrep.runtime.seeding import seeded
 from richrep.training.loop import train_member
-from richrep.training.seeding import seeded
 
 CFG = TrainingConfig(epochs=1, batch_size=128, schedule="constant", lr=0.05)
 

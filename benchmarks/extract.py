@@ -28,8 +28,8 @@ from richrep.data import Split, load_task
 from richrep.models import build_encoder
 from richrep.representations import Representation
 from richrep.representations.features import FeatureCache, Featurizer, batch_size_for
-from richrep.training.device import resolve_device, resolve_precision
-from richrep.training.seeding import seeded
+from richrep.runtime.device import resolve_device, resolve_precision
+from richrep.runtime.seeding import seeded
 
 
 def peak(dtype: torch.dtype, device: torch.device) -> float:

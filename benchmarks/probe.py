@@ -82,9 +82,9 @@ def run_sklearn(d: dict[str, np.ndarray], max_iter: int, warm: bool) -> dict:
 
 
 def run_probe(d: dict[str, np.ndarray], device: str) -> dict:
-    from richrep.cpu_policy import probe_compute_policy
-    from richrep.evaluation.features import resolve_device
+    from richrep.evaluation.inputs import resolve_device
     from richrep.evaluation.probes import LinearProbe
+    from richrep.runtime.cpu_policy import probe_compute_policy
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -46,11 +46,11 @@ import torch.nn.functional as F
 from richrep.config import TrainingConfig
 from richrep.data import Split, load_task
 from richrep.models import Classifier, build_encoder, count_params
+from richrep.runtime.device import autocast, resolve_precision
+from richrep.runtime.seeding import seeded
 from richrep.training.allocator import tune_cpu_allocator
-from richrep.training.device import autocast, resolve_precision
 from richrep.training.loop import accuracy, epoch_order
 from richrep.training.plan import STRATEGIES
-from richrep.training.seeding import seeded
 from richrep.training.workers import train_group
 
 MFLOP_PER_IMAGE = 15.4  # forward + backward of the network above, per training image

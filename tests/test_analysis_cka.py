@@ -374,6 +374,6 @@ def test_registry():
         MEASURES.validate("rbf_cka", {"bandwidth": 1})
     with pytest.raises(ConfigError, match="unknown measure"):
         MEASURES.entry("cosine")
-    from richrep.registries import registry_of
+    from richrep.plugins import registry_of
 
     assert registry_of("measures") is MEASURES

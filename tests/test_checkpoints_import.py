@@ -17,7 +17,7 @@ from richrep.errors import ConfigError, DataError
 from richrep.models import build_encoder
 from richrep.pipeline import run_experiment
 from richrep.representations.floor_check import RandomFloorWarning, warn_below_floor
-from richrep.training.seeding import seeded
+from richrep.runtime.seeding import seeded
 
 MODEL = {"encoder": "mlp", "params": {"hidden": [64], "feature_dim": 32}}
 

@@ -22,7 +22,7 @@ from richrep.errors import StoreError
 from richrep.members import MemberKind
 from richrep.objectives import Objective
 from richrep.pipeline import run_experiment
-from richrep.registries import MEMBERS, OBJECTIVES, PROTOCOLS
+from richrep.plugins import MEMBERS, OBJECTIVES, PROTOCOLS
 from richrep.run import Run, open_run
 
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -188,6 +188,40 @@ def test_no_import_circle_and_no_module_over_500_lines():
         if (n := len(f.read_text().splitlines())) > 500
     }
     assert big == {}
+
+
+# The pipeline's layers, top to bottom (docs/design.md): a module imports only from its own
+# layer or the layers below it, so data flows one way.
+LAYERS = (
+    ("cli", "pipeline", "index", "__main__"),
+    ("stages",),
+    ("report",),
+    ("run",),
+    ("evaluation", "analysis"),
+    ("representations",),
+    ("training",),
+    ("members",),
+    ("objectives", "config"),
+    ("data", "models"),
+    ("runtime", "store", "results", "plugins", "registry", "errors"),
+)
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    if len(parts) == 1:  # richrep/__init__.py: its version and lazy names (imported by string)
+        return len(LAYERS)
+    return next(i for i, names in enumerate(LAYERS) if parts[1] in names)
+
+
+def test_every_import_goes_down_the_pipeline():
+    edges = _imports()
+    unknown = sorted({m.split(".")[1] for m in edges if "." in m} - {n for L in LAYERS for n in L})
+    assert unknown == [], f"place these in LAYERS (and docs/design.md): {unknown}"
+    upward = sorted(
+        f"{m} -> {n}" for m, targets in edges.items() for n in targets if _layer(n) < _layer(m)
+    )
+    assert upward == []
 
 
 def test_import_richrep_analysis_loads_no_stage_code():

@@ -12,12 +12,12 @@ import richrep.evaluation.protocols as protocols
 from richrep.cli import app
 from richrep.config import SuiteEntry, parse_experiment
 from richrep.data import Split, apply_shift, load_task
-from richrep.evaluation.stats import aggregate, summarize
 from richrep.pipeline import run_experiment
 from richrep.report.tables import build_comparison, to_markdown
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer, Flatten
 from richrep.results import Row
+from richrep.results.stats import aggregate, summarize
 from richrep.store import read_jsonl
 
 

@@ -16,11 +16,11 @@ from richrep.data import Split, Task, apply_shift, load_task
 from richrep.errors import ConfigError
 from richrep.evaluation.probes import LinearProbe
 from richrep.evaluation.protocols import Context
-from richrep.evaluation.stats import summarize
-from richrep.registries import PROTOCOLS, load_plugins
+from richrep.plugins import PROTOCOLS, load_plugins
 from richrep.report.tables import build_comparison
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer, Flatten
+from richrep.results.stats import summarize
 
 load_plugins()
 

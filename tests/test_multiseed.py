@@ -12,11 +12,11 @@ from richrep.config import TrainingConfig
 from richrep.data import Split
 from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder
+from richrep.runtime.seeding import seeded
 from richrep.store import load_tensors
 from richrep.training.fused import FusedClassifier, fusable
 from richrep.training.loop import train_member
 from richrep.training.plan import choose_strategy
-from richrep.training.seeding import seeded
 from richrep.training.workers import train_group
 
 CPU = torch.device("cpu")

@@ -16,12 +16,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from richrep import cpu_policy
-from richrep.cpu_policy import probe_compute_policy
 from richrep.errors import DataError
 from richrep.evaluation import probes
-from richrep.evaluation.features import stratified_val_split
+from richrep.evaluation.inputs import stratified_val_split
 from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
+from richrep.runtime import cpu_policy
+from richrep.runtime.cpu_policy import probe_compute_policy
 
 GRID = (1e-3, 1e-2, 0.1, 1.0)
 

@@ -12,11 +12,11 @@ import torch
 
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError
-from richrep.ledger import Ledger, State
 from richrep.members import plan_members
-from richrep.registries import ENGINES
+from richrep.plugins import ENGINES
 from richrep.run import source_task
 from richrep.store import RunStore, load_tensors
+from richrep.store.ledger import Ledger, State
 from richrep.training.engines import train_local, work_units
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'richrep[ray]'")

@@ -10,13 +10,13 @@ from html.parser import HTMLParser
 import pytest
 from rich.console import Console
 
-from richrep.evaluation.stats import aggregate, paired_difference, welch_interval
 from richrep.report.html import ReportData, write_report
 from richrep.report.plots import training_curves
 from richrep.report.summary import summary_lines
 from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
 from richrep.report.terminal import render_table
 from richrep.results import Row
+from richrep.results.stats import aggregate, paired_difference, welch_interval
 
 
 def _row(entry, rep, col, k, value, *, seed=0, draw=0, size="all", metric="accuracy", **kw):

@@ -3,7 +3,7 @@
 import pytest
 
 from richrep.report.html import ReportData, render_html
-from richrep.report.ood import ood_entries, ood_environments, ood_markdown, ood_table
+from richrep.report.ood_tables import ood_entries, ood_environments, ood_markdown, ood_table
 from richrep.results import Row
 
 

@@ -8,7 +8,7 @@ from richrep.config import parse_experiment
 from richrep.data import Split
 from richrep.members import build_model, plan_members
 from richrep.models import count_params
-from richrep.registries import FLOORS
+from richrep.plugins import FLOORS
 from richrep.representations import Trained, plan_representations, seed_subsets
 from richrep.representations.features import FeatureCache, Featurizer, extract
 

@@ -18,7 +18,7 @@ from richrep.models import ENCODERS, Encoder, build_encoder, count_params
 from richrep.models.contract import check_entry
 from richrep.models.weights import load_encoder_weights, read_weights
 from richrep.pipeline import run_experiment
-from richrep.registries import load_plugins
+from richrep.plugins import load_plugins
 from richrep.run import open_run
 from richrep.training.checkpoint import load_checkpoint
 

@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from richrep.text import clean, escape_markup, show, strip_control
+from richrep.report.text import clean, escape_markup, show, strip_control
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import torch
 
 from richrep.config import parse_experiment
 from richrep.errors import StoreError, TrainingError
-from richrep.ledger import Ledger, State
 from richrep.members import Member, build_model, plan_members
 from richrep.run import source_task
 from richrep.store import RunStore, load_tensors
+from richrep.store.ledger import Ledger, State
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
 from richrep.training.engines import train_local
 from richrep.training.loop import epoch_order, train_member

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from richrep.config.yamlio import MAX_ALIASES, dump_yaml, load_yaml
 from richrep.errors import ConfigError
-from richrep.yamlio import MAX_ALIASES, dump_yaml, load_yaml
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from rich.text import Text
 
 from richrep import __version__
 from richrep.errors import RichrepError
-from richrep.text import show
+from richrep.report.text import show
 
 app = typer.Typer(
     add_completion=False,
@@ -234,7 +234,7 @@ def results(
     ] = False,
 ) -> None:
     """Print the comparison table: targets × representations, mean ± std (n), catK's gains."""
-    from richrep.report.ood import RULES, ood_entries, ood_markdown, ood_table
+    from richrep.report.ood_tables import RULES, ood_entries, ood_markdown, ood_table
     from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
     from richrep.report.terminal import render_table
     from richrep.run import Run
@@ -405,7 +405,7 @@ class Kind(StrEnum):
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
     """Show a registry: datasets, shifts, augmentations, encoders, objectives, members, probes,
     protocols, floors, engines or measures."""
-    from richrep.registries import registry_of
+    from richrep.plugins import registry_of
 
     with _guard():
         reg = registry_of(kind.value)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from richrep.errors import RichrepError, StoreError
+from richrep.report.text import strip_control
 from richrep.store import RunStore
-from richrep.text import strip_control
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from richrep.config import Experiment, dump_experiment, stable_hash
-from richrep.environment import describe
 from richrep.run import Run
+from richrep.runtime.device import resolve_device
+from richrep.runtime.environment import describe
 from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, verify, write_atomic, write_json
-from richrep.training.device import resolve_device
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]

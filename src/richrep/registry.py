@@ -65,13 +65,18 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-class Registry(Generic[F]):
-    """A named mapping from string to callable, filled by :meth:`register`."""
+CATALOGUE: dict[str, Registry[Any]] = {}  # plural kind (as `richrep list` spells it) -> registry
 
-    def __init__(self, kind: str, skip: int = 0) -> None:
+
+class Registry(Generic[F]):
+    """A named mapping from string to callable, filled by :meth:`register`. Every registry
+    enters :data:`CATALOGUE` under its plural name when it is created."""
+
+    def __init__(self, kind: str, skip: int = 0, plural: str | None = None) -> None:
         self.kind = kind
         self.skip = skip
         self._entries: dict[str, Entry[F]] = {}
+        CATALOGUE[plural or kind + "s"] = self
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[F], F]:
         """Register the decorated function or class as ``name`` (default: its ``__name__``)

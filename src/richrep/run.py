@@ -23,15 +23,15 @@ from richrep.config import Experiment, SuiteEntry, load_experiment
 from richrep.data import Split, Task, apply_shifts, load_task
 from richrep.data.checks import ValueStats, value_stats
 from richrep.errors import ConfigError, DataError, StoreError
-from richrep.ledger import Ledger, State, Status
 from richrep.members import Member, kind_of, plan_members
-from richrep.registries import FLOORS, PROTOCOLS
+from richrep.plugins import FLOORS, PROTOCOLS
 from richrep.representations import Representation, Trained, plan_representations
 from richrep.representations.features import FeatureCache, Featurizer, Flatten
 from richrep.results import Row
+from richrep.runtime.device import resolve_device, resolve_precision
 from richrep.store import RunStore, read_json, write_json
+from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint
-from richrep.training.device import resolve_device, resolve_precision
 
 FORMAT = 2  # the run folder's layout; folders of another format are refused, never mixed
 

@@ -38,8 +38,8 @@ from richrep.analysis.matching import (
     spectral_clusters,
 )
 from richrep.analysis.measures import MEASURES, is_similarity
+from richrep.analysis.permutation import PermutationResult, pairwise, permutation_test
 from richrep.analysis.seeds import DEFAULT_MEASURES, compare_seeds
-from richrep.analysis.stats import PermutationResult, pairwise, permutation_test
 
 __all__ = [
     "DEFAULT_MEASURES",

@@ -23,7 +23,7 @@ import torch
 from richrep.analysis._common import Array, as_features
 from richrep.analysis.matching import match_units, sparse_prediction, spectral_clusters
 from richrep.analysis.measures import MEASURES
-from richrep.analysis.stats import pairwise, permutation_test
+from richrep.analysis.permutation import pairwise, permutation_test
 from richrep.errors import ConfigError
 
 DEFAULT_MEASURES = ("linear_cka", "debiased_cka", "rbf_cka", "mean_cca", "svcca", "procrustes")

@@ -40,7 +40,7 @@ from richrep.data import Split, Task
 from richrep.errors import ConfigError
 from richrep.evaluation.protocols import Context
 from richrep.evaluation.retrieval import Backend, scores, search
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
 
@@ -140,50 +140,6 @@ def average_multi_model_accuracy(m: np.ndarray) -> float:
     return float(np.nanmean(m[np.tril_indices(len(m))]))
 
 
-def compatibility_matrices(rows: list, entry: str, path):  # noqa: ANN001, ANN201
-    """The report's figure of a compatibility entry: each sequence's cross-model top-1 matrix
-    (queries by the newer model, gallery by the older), one panel per sequence."""
-    import matplotlib.pyplot as plt
-
-    from richrep.report.plots import mpl_text, save
-
-    mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == "cross_top1"]
-    seqs = list(dict.fromkeys(str(r.get("sequence")) for r in mine))
-    if not seqs:
-        return None
-    fig, axes = plt.subplots(
-        1,
-        len(seqs),
-        figsize=(3.4 * len(seqs) + 1.2, 3.8),
-        dpi=110,
-        squeeze=False,
-        layout="constrained",
-    )
-    im = None
-    for ax, name in zip(axes[0], seqs, strict=True):
-        cells = [r for r in mine if str(r.get("sequence")) == name]
-        names = list(
-            dict.fromkeys(str(r.get("queries")) for r in sorted(cells, key=lambda r: r.get("i")))
-        )
-        t = len(names)
-        m = np.full((t, t), np.nan)
-        for r in cells:
-            m[int(r.get("i")), int(r.get("j"))] = r.get("value")
-        im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis")
-        for i in range(t):
-            for j in range(i + 1):
-                ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=6, color="w")
-        ax.set_xticks(range(t), [mpl_text(n) for n in names], rotation=45, fontsize=6, ha="right")
-        ax.set_yticks(range(t), [mpl_text(n) for n in names], fontsize=6)
-        ax.set_xlabel("gallery (old)", fontsize=8)
-        ax.set_ylabel("queries (new)", fontsize=8)
-        ax.set_title(mpl_text(name), fontsize=9)
-    fig.colorbar(im, ax=list(axes[0]), fraction=0.03, label="top-1")
-    fig.suptitle(mpl_text(f"{entry}: cross-model top-1"), fontsize=10)
-    save(fig, path)
-    return path
-
-
 @PROTOCOLS.register(
     "compatibility",
     metrics=(
@@ -196,7 +152,6 @@ def compatibility_matrices(rows: list, entry: str, path):  # noqa: ANN001, ANN20
         "average_multi_model_accuracy",
     ),
     vs_k=False,
-    figure=lambda rows, entry, path: compatibility_matrices(rows, entry, path),
     description="old gallery, new queries: cross-model retrieval and compatibility criteria",
 )
 class Compatibility:

@@ -28,7 +28,7 @@ from richrep.data import Task
 from richrep.data.splits import rng
 from richrep.errors import ConfigError
 from richrep.evaluation.protocols import Context
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
 
@@ -71,7 +71,6 @@ def stream_ncm(
     metrics=("accuracy", "average_incremental_accuracy"),
     vs_k=False,
     parallel=True,
-    figure=lambda rows, entry, path: accuracy_after_tasks(rows, entry, path),
     description="class-incremental stream, nearest class mean on frozen features",
 )
 class Continual:
@@ -131,19 +130,3 @@ class Continual:
                 )
             )
         return rows
-
-
-def accuracy_after_tasks(rows: list, entry: str, path):  # noqa: ANN001, ANN201
-    """The report's figure of a continual entry: accuracy after each task, one line per
-    representation column (mean over orders and seeds)."""
-    from richrep.report.plots import lines_by_column
-
-    return lines_by_column(
-        rows,
-        entry,
-        path,
-        x_of=lambda r: str(r.get("variant")).split()[2].split("/")[0],
-        xlabel="tasks seen",
-        ylabel="test accuracy on the classes seen",
-        title="nearest class mean, class-incremental",
-    )

@@ -30,7 +30,7 @@ from richrep.evaluation.finetune_train import predict
 from richrep.evaluation.ood import slices
 from richrep.evaluation.protocols import Context
 from richrep.members import kind_of
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
 

@@ -44,16 +44,16 @@ import torch
 from pydantic import Field
 
 from richrep.config import SuiteEntry
-from richrep.cpu_policy import probe_compute_policy
 from richrep.data import Task
 from richrep.data.splits import rng
 from richrep.errors import ConfigError
-from richrep.evaluation.features import resolve_device
+from richrep.evaluation.inputs import resolve_device
 from richrep.evaluation.protocols import Context
-from richrep.evaluation.stats import summarize
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
+from richrep.results.stats import summarize
+from richrep.runtime.cpu_policy import probe_compute_policy
 
 Shots = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
 CHUNK = 1 << 26  # feature values gathered at once (256 MB of float32)

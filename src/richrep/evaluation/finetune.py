@@ -75,13 +75,13 @@ from richrep.evaluation.finetune_train import (
     scores,
 )
 from richrep.evaluation.protocols import Context
-from richrep.registries import FLOORS, PROTOCOLS
+from richrep.plugins import FLOORS, PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.features import extract
 from richrep.results import Row
+from richrep.runtime.seeding import seed_hash
 from richrep.store import read_json, verify, write_json
 from richrep.training.checkpoint import save_checkpoint
-from richrep.training.seeding import seed_hash
 
 VERSION = 1  # of the procedure: a change makes earlier work files unused
 Rate = Annotated[float, Field(gt=0, le=10)]

@@ -25,9 +25,9 @@ from torch import nn
 from richrep.config import TrainingConfig
 from richrep.data import Split
 from richrep.models import Classifier, JointEncoder
-from richrep.training.device import autocast
+from richrep.runtime.device import autocast
+from richrep.runtime.seeding import seeded
 from richrep.training.loop import epoch_order, lr_at, make_optimizer, uses_channels_last
-from richrep.training.seeding import seeded
 
 EVAL_BATCH = 512
 

@@ -37,7 +37,6 @@ import torch
 from pydantic import Field
 
 from richrep.config import SuiteEntry
-from richrep.cpu_policy import probe_compute_policy
 from richrep.data import Split, Task
 from richrep.data.splits import rng
 from richrep.errors import ConfigError
@@ -45,9 +44,10 @@ from richrep.evaluation.finetune_train import network
 from richrep.evaluation.ood_train import Scorer, train_heads, train_network
 from richrep.evaluation.protocols import Context
 from richrep.objectives import build_objective
-from richrep.registries import OBJECTIVES, PROTOCOLS
+from richrep.plugins import OBJECTIVES, PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
+from richrep.runtime.cpu_policy import probe_compute_policy
 
 ALIASES = {"erm": "cross_entropy"}
 PENALTIES = [1e3, 1e4, 1e5]  # RFC's released range for the penalty weights

@@ -24,8 +24,8 @@ from torch import nn
 from richrep.data import Split
 from richrep.errors import TrainingError
 from richrep.objectives import Objective
-from richrep.training.device import autocast
-from richrep.training.seeding import generator
+from richrep.runtime.device import autocast
+from richrep.runtime.seeding import generator
 
 
 @dataclass

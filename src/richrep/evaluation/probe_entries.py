@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
-from richrep.registries import PROBES
+from richrep.plugins import PROBES
 
 PROBES.register(
     "linear", description="L2 logistic regression, strength chosen on a validation split"

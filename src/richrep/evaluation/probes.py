@@ -23,7 +23,7 @@ on validation data, solved full-batch with torch (CPU or GPU) by
 
 ``fit`` changes no process-wide setting (torch threads, matmul precision). The configuration the
 probe's speed was measured with is an explicit policy the caller applies around the fit,
-:func:`richrep.cpu_policy.probe_compute_policy`.
+:func:`richrep.runtime.cpu_policy.probe_compute_policy`.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
-from richrep.cpu_policy import fast_matmul_active
 from richrep.errors import ConfigError, DataError
-from richrep.evaluation.features import (
+from richrep.evaluation.inputs import (
     as_features,
     as_labels,
     class_indices,
@@ -52,6 +51,7 @@ from richrep.evaluation.features import (
     stratified_val_split,
 )
 from richrep.evaluation.solver import DTYPES, solve_path
+from richrep.runtime.cpu_policy import fast_matmul_active
 
 __all__ = ["DEFAULT_CS", "LinearProbe", "NearestMeanProbe"]
 
@@ -156,7 +156,7 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         two examples nothing can be held out, and the grid value closest to C = 1,
         scikit-learn's default, is used with a warning). The final model is refit on everything
         given (``refit=True``). Changes no process-wide torch setting; for the measured speed
-        on CPU, call it inside :func:`richrep.cpu_policy.probe_compute_policy`."""
+        on CPU, call it inside :func:`richrep.runtime.cpu_policy.probe_compute_policy`."""
         Cs, dtype = self._check_params()
         t_start = time.perf_counter()
         Xt, y = fit_inputs(self, X, y)

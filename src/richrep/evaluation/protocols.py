@@ -21,17 +21,17 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from richrep.config import Spec, SuiteEntry
-from richrep.cpu_policy import probe_compute_policy
 from richrep.data import Split, Task
 from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
-from richrep.evaluation.features import resolve_device
+from richrep.evaluation.inputs import resolve_device
 from richrep.evaluation.probe_entries import make_probe
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer
 from richrep.results import Row
+from richrep.runtime.cpu_policy import probe_compute_policy
 
 
 @dataclass
@@ -158,7 +158,7 @@ def pool(task: Task) -> Split:
 
 def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
     """Fit ``probe`` on training data only, under the probe compute policy
-    (:mod:`richrep.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
+    (:mod:`richrep.runtime.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
     (``converged``) rather than warned about once per probe."""
     device = resolve_device(getattr(probe, "device", "cpu"), X)
     with (

@@ -26,7 +26,7 @@ from richrep.config import SuiteEntry
 from richrep.data import Task
 from richrep.errors import ConfigError
 from richrep.evaluation.protocols import Context
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
 
@@ -140,29 +140,10 @@ def shortlist_prefixes(dim: int, prefixes: list[int] | None) -> list[int]:
     return out
 
 
-def cost_vs_accuracy(rows: list, entry: str, path):  # noqa: ANN001, ANN201
-    """The report's figure of a retrieval entry: top-1 against the cost (features touched per
-    query relative to full search), one line per column."""
-    from richrep.report.plots import lines_by_column
-
-    return lines_by_column(
-        rows,
-        entry,
-        path,
-        x_of=lambda r: r.get("cost"),
-        xlabel="features touched per query (fraction of full search)",
-        ylabel="top-1 retrieval accuracy",
-        title="adaptive retrieval",
-        metric="top1",
-        log10=True,
-    )
-
-
 @PROTOCOLS.register(
     "retrieval",
     metrics=("top1", "map"),
     vs_k=False,
-    figure=lambda rows, entry, path: cost_vs_accuracy(rows, entry, path),
     description="cosine retrieval: full search and shortlist-then-rerank funnels",
 )
 class Retrieval:

@@ -17,7 +17,7 @@ standardized features transposed, ``XT`` (d, n), class indices in ``range(k)`` a
   new (quadratic) penalty (:func:`solve_path`).
 
 Nothing here changes process-wide torch settings (threads, matmul precision): those are the
-caller's policy (:mod:`richrep.cpu_policy`).
+caller's policy (:mod:`richrep.runtime.cpu_policy`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pydantic import Field
 from richrep.config import SuiteEntry
 from richrep.data import Task
 from richrep.evaluation.protocols import Context, fit, probe_facts
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
 
@@ -54,28 +54,10 @@ def nearest_neighbour_accuracy(
     return right / max(len(test), 1)
 
 
-def accuracy_against_dims(rows: list, entry: str, path):  # noqa: ANN001, ANN201
-    """The report's figure of a truncation entry: probe accuracy against the prefix length,
-    one line per column (mean over seeds and subsets), log-scaled dimensions."""
-    from richrep.report.plots import lines_by_column
-
-    return lines_by_column(
-        rows,
-        entry,
-        path,
-        x_of=lambda r: r.get("prefix"),
-        xlabel="first m features",
-        ylabel="probe test accuracy",
-        title="accuracy under truncation",
-        log2=True,
-    )
-
-
 @PROTOCOLS.register(
     "truncation",
     metrics=("accuracy", "nn_accuracy"),
     vs_k=False,
-    figure=lambda rows, entry, path: accuracy_against_dims(rows, entry, path),
     description="probe and 1-NN accuracy on the first m features, for every m of a nest",
 )
 class Truncation:

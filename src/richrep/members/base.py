@@ -20,9 +20,9 @@ from richrep.data import Split, Task
 from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder, count_params
 from richrep.objectives import Objective, build_objective
-from richrep.registries import MEMBERS
-from richrep.training.device import autocast
-from richrep.training.seeding import seeded
+from richrep.plugins import MEMBERS
+from richrep.runtime.device import autocast
+from richrep.runtime.seeding import seeded
 
 
 @dataclass(frozen=True)

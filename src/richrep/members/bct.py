@@ -35,7 +35,7 @@ from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
 from richrep.models import Classifier
 from richrep.objectives import BackwardCompatible, Objective
-from richrep.registries import MEMBERS
+from richrep.plugins import MEMBERS
 
 
 def upgrade_tag(old: str) -> str:

@@ -27,7 +27,7 @@ from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
 from richrep.objectives import Objective
 from richrep.objectives.divdis import DivDis
-from richrep.registries import MEMBERS
+from richrep.plugins import MEMBERS
 
 Source = Literal["test", "train", "mix"]
 

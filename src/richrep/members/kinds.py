@@ -16,7 +16,7 @@ from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext, network_outputs
 from richrep.models import Classifier, JointEncoder, build_encoder
 from richrep.objectives import MultiHeadDistillation, Objective
-from richrep.registries import MEMBERS
+from richrep.plugins import MEMBERS
 
 
 @MEMBERS.register(

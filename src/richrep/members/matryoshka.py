@@ -13,7 +13,7 @@ from richrep.members.base import Member, MemberKind, PlanContext
 from richrep.models.heads import NestedHeads
 from richrep.objectives import Objective
 from richrep.objectives.matryoshka import Matryoshka
-from richrep.registries import MEMBERS
+from richrep.plugins import MEMBERS
 
 
 def nest(total: int, block: int, start: int = 8) -> list[int]:

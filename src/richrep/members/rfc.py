@@ -34,8 +34,8 @@ from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext, network_outputs
 from richrep.models import Classifier
 from richrep.objectives import GroupDROSets, Objective, PseudoLabelHeads
-from richrep.registries import MEMBERS
-from richrep.training.seeding import seeded
+from richrep.plugins import MEMBERS
+from richrep.runtime.seeding import seeded
 
 
 def predictions(

@@ -26,7 +26,7 @@ from richrep.config import Baseline
 from richrep.data import Task
 from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
-from richrep.registries import MEMBERS
+from richrep.plugins import MEMBERS
 
 
 def simplex_vertices(classes: int, dim: int) -> torch.Tensor:

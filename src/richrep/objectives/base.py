@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 Batch = dict[str, torch.Tensor]  # "y" (labels) and per-example targets, e.g. "teacher_logits"
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 @OBJECTIVES.register("bct")

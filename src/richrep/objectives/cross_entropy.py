@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from richrep.objectives.base import Batch, Objective
 from richrep.objectives.environments import example_losses
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 @OBJECTIVES.register("cross_entropy")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 def distillation_loss(

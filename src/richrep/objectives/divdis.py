@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 def mutual_information(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch
 from richrep.objectives.environments import EnvironmentObjective, IdentityCache, env_index
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 def head_gradients(logits: torch.Tensor, y: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
 from richrep.objectives.environments import env_index, env_risks
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 def dro_update(q: torch.Tensor, risks: torch.Tensor, eta: float) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from richrep.objectives.base import Batch
 from richrep.objectives.environments import EnvironmentObjective, env_means
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 def irm_penalty(logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor) -> torch.Tensor:

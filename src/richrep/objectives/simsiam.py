@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from richrep.objectives.base import Batch, Objective
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 Dim = Annotated[int, Field(ge=1, le=1 << 16)]
 

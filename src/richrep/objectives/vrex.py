@@ -8,7 +8,7 @@ import torch
 
 from richrep.objectives.base import Batch
 from richrep.objectives.environments import EnvironmentObjective, env_risks
-from richrep.registries import OBJECTIVES
+from richrep.plugins import OBJECTIVES
 
 
 def vrex_penalty(risks: torch.Tensor) -> torch.Tensor:

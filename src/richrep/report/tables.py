@@ -10,7 +10,6 @@ share several draws, else Welch. Nothing is called best within noise.
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
@@ -19,20 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from richrep.evaluation.stats import aggregate, paired_difference, welch_interval
-from richrep.registries import Display, display
-from richrep.text import strip_control
+from richrep.report.display import Display, kind_display
+from richrep.report.text import strip_control
+from richrep.results.stats import aggregate, paired_difference, welch_interval
 
 TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment", "variant")
 CELL_KEYS = (*TARGET_KEYS, "column", "representation", "k")
 GAIN_AGAINST = ("single", "wide", "distill")  # catK − these, of the same K
 PRIMARY_METRIC = "accuracy"
-
-
-@functools.lru_cache(maxsize=256)
-def kind_display(kind: str) -> Display:
-    """How a representation kind shows (from its registry entry)."""
-    return display(kind)
 
 
 @dataclass(frozen=True)

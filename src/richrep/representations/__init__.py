@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from richrep.data.splits import rng
-from richrep.registries import MEMBERS, display, load_plugins
+from richrep.plugins import MEMBERS, column_label, load_plugins
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Representation:
     @property
     def column(self) -> str:
         """The table column: ``single``, ``cat5``, ``wide5``, ``random5``, ``diverse2-test``…"""
-        col = display(self.kind).column(self.k)
+        col = column_label(self.kind, self.k)
         return f"{col}-{self.tag}" if self.tag else col
 
     def chosen(self, columns: Sequence[str] | None) -> bool:

@@ -24,8 +24,8 @@ from richrep.data.images import is_lazy
 from richrep.data.task import Rows
 from richrep.errors import StoreError
 from richrep.representations import Representation
+from richrep.runtime.device import autocast
 from richrep.store import load_tensors, quarantine, save_tensors, sidecar
-from richrep.training.device import autocast
 from richrep.training.loop import uses_channels_last
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from richrep.registries import FLOORS
+from richrep.plugins import FLOORS
 from richrep.representations import Representation, Trained
 
 

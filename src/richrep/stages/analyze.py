@@ -10,7 +10,7 @@ import torch
 
 from richrep.analysis import DEFAULT_MEASURES, compare_seeds
 from richrep.errors import ConfigError
-from richrep.registries import all_registries
+from richrep.plugins import all_registries
 from richrep.run import Run
 from richrep.store import write_json
 

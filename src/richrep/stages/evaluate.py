@@ -15,19 +15,19 @@ from typing import Any
 import torch
 
 from richrep.config import Experiment, SuiteEntry, stable_hash
-from richrep.cpu_policy import threads_share_fast_matmul
 from richrep.data import Task, apply_shifts
 from richrep.data.checks import value_range_warning
 from richrep.errors import StoreError
 from richrep.evaluation.protocols import Context, check_entries, protocol_of
-from richrep.ledger import State, Status
-from richrep.registries import PROTOCOLS
+from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import ROW_VERSION, Row
 from richrep.run import Run
+from richrep.runtime.cpu_policy import threads_share_fast_matmul
+from richrep.runtime.device import set_threads
 from richrep.store import quarantine, read_jsonl, write_jsonl
-from richrep.training.device import set_threads
+from richrep.store.ledger import State, Status
 
 Log = Callable[[str], None]
 EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (representations done / total)

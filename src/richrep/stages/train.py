@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from richrep.ledger import Status
-from richrep.registries import ENGINES
+from richrep.plugins import ENGINES
 from richrep.run import Run
-from richrep.training.imports import import_checkpoints
+from richrep.stages.imports import import_checkpoints
+from richrep.store.ledger import Status
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 

@@ -29,11 +29,11 @@ from richrep.data.images import is_lazy, stream
 from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.objectives import CrossEntropy, Objective
 from richrep.objectives.simsiam import knn_accuracy
+from richrep.runtime.device import autocast
+from richrep.runtime.seeding import generator
 from richrep.store import remove
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
-from richrep.training.device import autocast
 from richrep.training.fused import FusedClassifier, fuse_optimizer_state, unfuse_optimizer_state
-from richrep.training.seeding import generator
 
 UnitProgress = Callable[[int, int, int], None]  # (model index, steps done, steps total)
 

@@ -14,13 +14,13 @@ import torch
 
 from richrep.config import Experiment
 from richrep.data import Task
-from richrep.ledger import Ledger, State, Status
 from richrep.members import Member, MemberKind, kind_of, waves
 from richrep.models import Classifier, count_params
-from richrep.registries import ENGINES
+from richrep.plugins import ENGINES
+from richrep.runtime.device import resolve_device, resolve_precision, set_threads
 from richrep.store import RunStore
+from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
-from richrep.training.device import resolve_device, resolve_precision, set_threads
 from richrep.training.loop import accuracy, knn_validation
 from richrep.training.plan import Unit, choose_strategy, plan_units
 from richrep.training.workers import train_group

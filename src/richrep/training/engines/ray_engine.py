@@ -26,11 +26,11 @@ from pydantic import Field
 from richrep.config import Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError, TrainingError
-from richrep.ledger import Ledger, State, Status
 from richrep.members import Member, waves
-from richrep.registries import ENGINES
+from richrep.plugins import ENGINES
+from richrep.runtime.device import set_threads
 from richrep.store import RunStore, load_tensors, save_tensors
-from richrep.training.device import set_threads
+from richrep.store.ledger import Ledger, State, Status
 from richrep.training.engines.local import Progress, WorkUnit, sort_wave, work_units
 
 

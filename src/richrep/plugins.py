@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from richrep.errors import ConfigError
-from richrep.registry import Registry, did_you_mean
+from richrep.registry import CATALOGUE, Registry, did_you_mean
 
 OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective")
-MEMBERS: Registry[Callable[..., Any]] = Registry("member kind")
+MEMBERS: Registry[Callable[..., Any]] = Registry("member kind", plural="members")
 PROBES: Registry[Callable[..., Any]] = Registry("probe")
 PROTOCOLS: Registry[Callable[..., Any]] = Registry("protocol")
 FLOORS: Registry[Callable[..., Any]] = Registry("floor")
@@ -52,6 +51,7 @@ BUILTIN_PLUGINS = (
     "richrep.representations.floors",
     "richrep.training.engines",
     "richrep.analysis.measures",
+    "richrep.report.protocol_figures",
 )
 _LOADED = [False]
 
@@ -70,28 +70,27 @@ def load_plugins() -> None:
         ep.load()
 
 
-def all_registries() -> dict[str, Registry[Any]]:
-    """Kind (plural, as ``richrep list`` spells it) -> registry, plug-ins loaded."""
-    load_plugins()
-    from richrep.analysis.measures import MEASURES
-    from richrep.data.augment import AUGMENTATIONS
-    from richrep.data.datasets import DATASETS
-    from richrep.data.shifts import SHIFTS
-    from richrep.models.encoders import ENCODERS
+LISTING_ORDER = (
+    "datasets",
+    "shifts",
+    "augmentations",
+    "encoders",
+    "objectives",
+    "members",
+    "probes",
+    "protocols",
+    "floors",
+    "engines",
+    "measures",
+)
 
-    return {
-        "datasets": DATASETS,
-        "shifts": SHIFTS,
-        "augmentations": AUGMENTATIONS,
-        "encoders": ENCODERS,
-        "objectives": OBJECTIVES,
-        "members": MEMBERS,
-        "probes": PROBES,
-        "protocols": PROTOCOLS,
-        "floors": FLOORS,
-        "engines": ENGINES,
-        "measures": MEASURES,
-    }
+
+def all_registries() -> dict[str, Registry[Any]]:
+    """Kind (plural, as ``richrep list`` spells it) -> registry, plug-ins loaded: every
+    registry created so far (:data:`richrep.registry.CATALOGUE`), in listing order."""
+    load_plugins()
+    rank = {kind: i for i, kind in enumerate(LISTING_ORDER)}
+    return dict(sorted(CATALOGUE.items(), key=lambda kv: rank.get(kv[0], len(rank))))
 
 
 def registry_of(kind: str) -> Registry[Any]:
@@ -104,51 +103,13 @@ def registry_of(kind: str) -> Registry[Any]:
     return regs[kind]
 
 
-@dataclass(frozen=True)
-class Display:
-    """How a representation kind shows in tables and plots."""
-
-    kind: str
-    label: str  # a format with {k}, e.g. "wide{k}"
-    order: int
-    marker: str = "o"
-    color: str | None = None
-    description: str = ""
-    floor: bool = False  # drawn as a horizontal line (input, random)
-    line: bool = False  # drawn as a line over K (single and catK)
-
-    def column(self, k: int) -> str:
-        return self.label.format(k=k)
-
-
-CAT = Display(
-    "cat",
-    "cat{k}",
-    30,
-    "o",
-    "tab:blue",
-    "K seeds' penultimate features concatenated (Zhang & Bottou, ICML 2023)",
-    line=True,
-)
-
-
-def display(kind: str) -> Display:
-    """The display of a representation kind: ``cat``, a member kind or a floor."""
+def column_label(kind: str, k: int) -> str:
+    """The table column of a representation of ``kind`` standing for K = ``k``: the kind's
+    registry ``label`` (a format with ``{k}``, e.g. ``wide{k}``); ``cat{k}`` for catK."""
     load_plugins()
     if kind == "cat":
-        return CAT
-    for reg, floor in ((MEMBERS, False), (FLOORS, True)):
+        return f"cat{k}"
+    for reg in (MEMBERS, FLOORS):
         if kind in reg:
-            e = reg.entry(kind)
-            m = e.meta
-            return Display(
-                kind,
-                m.get("label", kind + "{k}"),
-                int(m.get("order", 90)),
-                m.get("marker", "o"),
-                m.get("color"),
-                m.get("description", e.summary),
-                floor=floor,
-                line=bool(m.get("line", False)),
-            )
-    return Display(kind, kind + "{k}", 99)
+            return str(reg.entry(kind).meta.get("label", kind + "{k}")).format(k=k)
+    return f"{kind}{k}"

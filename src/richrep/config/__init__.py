@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from richrep.config.legacy import runtime_from_older_files
 from richrep.errors import ConfigError
-from richrep.legacy import runtime_from_older_files
-from richrep.registries import (
+from richrep.plugins import (
     ENGINES,
     FLOORS,
     MEMBERS,
@@ -30,7 +30,7 @@ from richrep.registries import (
     load_plugins,
 )
 from richrep.registry import Registry
-from richrep.weightfiles import Checkpoints, Pretrained, identities, resolve_files
+from richrep.store.weightfiles import Checkpoints, Pretrained, identities, resolve_files
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -256,7 +256,7 @@ class RuntimeConfig(Strict):
     def _device(cls, v: str | None) -> str | None:
         if v is None or v == "auto":
             return v
-        from richrep.training.device import check_device
+        from richrep.runtime.device import check_device
 
         check_device(v, available=False)  # availability is checked where it is used
         return v
@@ -478,7 +478,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path) -> Experiment:
-    from richrep.yamlio import load_yaml
+    from richrep.config.yamlio import load_yaml
 
     p = Path(path)
     if not p.exists():

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from richrep.training.device import resolve_device
+from richrep.runtime.device import resolve_device
 
 SMALL_PROBLEM = 1 << 20  # feature values (n x d) below which a CPU probe solve runs on one thread
 

@@ -18,7 +18,7 @@ from sklearn.utils.validation import column_or_1d, validate_data
 
 from richrep.errors import DataError
 from richrep.evaluation.solver import CHUNK
-from richrep.training.device import resolve_device as resolve_named_device
+from richrep.runtime.device import resolve_device as resolve_named_device
 
 
 def resolve_device(device: str | torch.device, X: Any) -> torch.device:

@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable
 
 from richrep.errors import DataError
-from richrep.ledger import Status
 from richrep.members import kind_of
 from richrep.models import count_params
 from richrep.models.weights import load_encoder_weights, load_head_weights, read_weights
 from richrep.run import Run
+from richrep.store.ledger import Status
+from richrep.store.weightfiles import Checkpoints
 from richrep.training.checkpoint import save_checkpoint
 from richrep.training.loop import accuracy
-from richrep.weightfiles import Checkpoints
 
 
 def import_checkpoints(run: Run, log: Callable[[str], None] = print) -> dict[str, Status]:
