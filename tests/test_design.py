@@ -289,3 +289,20 @@ def test_open_run_api(tiny, tmp_path):
     assert torch.equal(x[:, 16 * i : 16 * (i + 1)], again.features(single, again.source_task.test))
     rows = again.evaluate({"name": "five", "shifts": [{"classes": {"keep": [5, 6]}}], "sizes": [5]})
     assert {r.column for r in rows} >= {"single", "cat2", "input"} and all(r.n > 0 for r in rows)
+
+
+def test_every_registration_is_found_by_the_plugin_loader():
+    """A built-in is one file and one registration: load_plugins imports every module of the
+    plug-in packages, so a module that registers must live in one of them."""
+    from richrep.plugins import PLUGIN_PACKAGES, builtin_modules
+
+    found = set(builtin_modules())
+    registering = set()
+    for f in (SRC / "richrep").rglob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            fn = node.func if isinstance(node, ast.Call) else None
+            if isinstance(fn, ast.Attribute) and fn.attr == "register":
+                parts = list(f.relative_to(SRC).with_suffix("").parts)
+                registering.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert registering - {"richrep.registry"} <= found, PLUGIN_PACKAGES

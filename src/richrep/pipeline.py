@@ -118,9 +118,3 @@ def run_experiment(
 
             index_record(store)
     return run
-
-
-def load_run(run_dir: Path | str) -> tuple[Experiment, Run]:
-    """The experiment and :class:`Run` of an existing run folder."""
-    run = Run.open(run_dir)
-    return run.exp, run

@@ -13,6 +13,8 @@ entry: ``label`` (a format with ``{k}``), ``order``, ``marker``, ``color``, ``de
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -26,32 +28,18 @@ PROTOCOLS: Registry[Callable[..., Any]] = Registry("protocol")
 FLOORS: Registry[Callable[..., Any]] = Registry("floor")
 ENGINES: Registry[Callable[..., Any]] = Registry("engine")
 
-BUILTIN_PLUGINS = (
-    "richrep.data.arrays",
-    "richrep.data.augment",
-    "richrep.data.digits",
-    "richrep.data.fashion_mnist",
-    "richrep.data.image_folder",
-    "richrep.data.mnist1d",
-    "richrep.data.shifts",
-    "richrep.models.encoders",
-    "richrep.models.resnet",
+# Packages whose modules register built-in plug-ins: every module in them is imported once by
+# load_plugins, so a new built-in is one file and one registration (no list to edit).
+PLUGIN_PACKAGES = (
+    "richrep.data",
+    "richrep.models",
     "richrep.objectives",
     "richrep.members",
-    "richrep.evaluation.probe_entries",
-    "richrep.evaluation.protocols",
-    "richrep.evaluation.few_shot",
-    "richrep.evaluation.finetune",
-    "richrep.evaluation.ood",
-    "richrep.evaluation.disambiguate",
-    "richrep.evaluation.continual",
-    "richrep.evaluation.truncation",
-    "richrep.evaluation.retrieval",
-    "richrep.evaluation.compatibility",
-    "richrep.representations.floors",
+    "richrep.evaluation",
+    "richrep.representations",
     "richrep.training.engines",
-    "richrep.analysis.measures",
-    "richrep.report.protocol_figures",
+    "richrep.analysis",
+    "richrep.report.figures",
 )
 _LOADED = [False]
 
@@ -62,12 +50,23 @@ def load_plugins() -> None:
     if _LOADED[0]:
         return
     _LOADED[0] = True
-    for name in BUILTIN_PLUGINS:
+    for name in builtin_modules():
         importlib.import_module(name)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="richrep.plugins"):
         ep.load()
+
+
+def builtin_modules() -> list[str]:
+    """Every module of :data:`PLUGIN_PACKAGES` (found on disk, imported by nobody here)."""
+    out = []
+    for package in PLUGIN_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        paths = spec.submodule_search_locations if spec else None
+        out.append(package)
+        out += [m.name for m in pkgutil.walk_packages(paths or [], package + ".")]
+    return out
 
 
 LISTING_ORDER = (

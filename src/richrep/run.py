@@ -246,7 +246,7 @@ class Run:
             subsets=self.exp.evaluation.subsets,
             seed=self.exp.seed,
             floors=floors,
-            floor_context={"input_dim": input_dim, "run": self},
+            floor_context={"input_dim": input_dim},
         )
 
     def representation(self, name: str | Representation) -> Representation:

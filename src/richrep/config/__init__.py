@@ -76,7 +76,6 @@ class Spec(Strict):
         return Spec(name=self.name, params=_jsonable(params))
 
 
-ShiftSpec = Spec  # shifts were the first specs; the name stays for readers of old code
 
 
 def _short(v: Any) -> str:

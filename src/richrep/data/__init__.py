@@ -1,13 +1,5 @@
 """Data: datasets (Fashion-MNIST, MNIST-1D, sklearn digits, your .npz), tasks and shifts."""
 
-from richrep.data import (  # noqa: F401
-    arrays,
-    colored,
-    digits,
-    fashion_mnist,
-    image_folder,
-    mnist1d,
-)
 from richrep.data.datasets import DATASETS, RawData, load_task
 from richrep.data.shifts import SHIFTS, apply_shift, apply_shifts
 from richrep.data.task import Split, Task

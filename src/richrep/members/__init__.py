@@ -2,7 +2,6 @@
 (:mod:`.rfc`), diverse (:mod:`.diverse`), matryoshka (:mod:`.matryoshka`), bct and bt2
 (:mod:`.bct`), simplex (:mod:`.simplex`)."""
 
-from richrep.members import bct, diverse, kinds, matryoshka, rfc, simplex  # noqa: F401
 from richrep.members.base import (
     Loader,
     Member,

@@ -1,7 +1,6 @@
 """Models: encoder families with a width multiplier (mlp, cnn, resnet18, resnet50), the joint
 K-tower wrapper, heads."""
 
-from richrep.models import resnet  # noqa: F401 - registers resnet18 and resnet50
 from richrep.models.encoders import ENCODERS, Encoder, build_encoder, count_params
 from richrep.models.heads import Classifier, JointEncoder
 

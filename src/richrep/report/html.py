@@ -19,8 +19,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from richrep.plugins import PROTOCOLS
 from richrep.report import plots as P
+from richrep.report.figures.protocols import FIGURES
 from richrep.report.ood_tables import RULES, ood_entries, ood_environments, ood_table, ood_view
-from richrep.report.protocol_figures import FIGURES
 from richrep.report.seed_figures import seed_context, seed_plots
 from richrep.report.summary import summary_lines
 from richrep.report.tables import (
@@ -207,7 +207,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
                 chance=_float(data.chance.get(e)),
             )
             figures.append(_figure(path, f"{comp.metric} against K: {e}"))
-    for e in entries:  # a protocol's own figure (report.protocol_figures.FIGURES)
+    for e in entries:  # a protocol's own figure (report.figures.protocols.FIGURES)
         protocol = data.entry_protocols.get(e, "")
         if protocol in FIGURES:
             path = FIGURES.build(protocol, data.rows, e, plots_dir / f"{slug(e)}.png")

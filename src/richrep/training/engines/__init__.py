@@ -5,7 +5,6 @@ unfinished one into the run folder; :func:`train` dispatches to the one ``runtim
 names.
 """
 
-from richrep.training.engines import local, ray_engine  # noqa: F401  (registration)
 from richrep.training.engines.local import LocalEngine, Progress, train_local, work_units
 
 __all__ = ["LocalEngine", "Progress", "train_local", "work_units"]

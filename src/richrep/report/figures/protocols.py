@@ -1,6 +1,7 @@
 """The figures of protocols that have their own (registry ``FIGURES``, keyed by protocol
 name): the report draws ``FIGURES[protocol](rows, entry, path)`` for each entry of that
-protocol. A protocol plug-in that wants a figure registers one here by its name."""
+protocol. A protocol plug-in that wants a figure registers one here by its name. Matplotlib
+loads when a figure is drawn, not when the figures are registered."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from richrep.registry import Registry
-from richrep.report.plots import lines_by_column, mpl_text, save
 
 FIGURES: Registry[Any] = Registry("protocol figure", skip=3, plural="figures")
 
@@ -20,6 +20,8 @@ def compatibility_matrices(rows: list[Any], entry: str, path: Path) -> Path | No
     """The report's figure of a compatibility entry: each sequence's cross-model top-1 matrix
     (queries by the newer model, gallery by the older), one panel per sequence."""
     import matplotlib.pyplot as plt
+
+    from richrep.report.plots import mpl_text, save
 
     mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == "cross_top1"]
     seqs = list(dict.fromkeys(str(r.get("sequence")) for r in mine))
@@ -62,6 +64,8 @@ def compatibility_matrices(rows: list[Any], entry: str, path: Path) -> Path | No
 def accuracy_after_tasks(rows: list[Any], entry: str, path: Path) -> Path | None:
     """The report's figure of a continual entry: accuracy after each task, one line per
     representation column (mean over orders and seeds)."""
+    from richrep.report.plots import lines_by_column
+
     return lines_by_column(
         rows,
         entry,
@@ -77,6 +81,8 @@ def accuracy_after_tasks(rows: list[Any], entry: str, path: Path) -> Path | None
 def accuracy_against_dims(rows: list[Any], entry: str, path: Path) -> Path | None:
     """The report's figure of a truncation entry: probe accuracy against the prefix length,
     one line per column (mean over seeds and subsets), log-scaled dimensions."""
+    from richrep.report.plots import lines_by_column
+
     return lines_by_column(
         rows,
         entry,
@@ -93,6 +99,8 @@ def accuracy_against_dims(rows: list[Any], entry: str, path: Path) -> Path | Non
 def cost_vs_accuracy(rows: list[Any], entry: str, path: Path) -> Path | None:
     """The report's figure of a retrieval entry: top-1 against the cost (features touched per
     query relative to full search), one line per column."""
+    from richrep.report.plots import lines_by_column
+
     return lines_by_column(
         rows,
         entry,
