@@ -76,8 +76,6 @@ class Spec(Strict):
         return Spec(name=self.name, params=_jsonable(params))
 
 
-
-
 def _short(v: Any) -> str:
     if (
         isinstance(v, list)
