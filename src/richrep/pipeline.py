@@ -62,17 +62,19 @@ def vouched(run: Run) -> dict[str, Any]:
 def _changed(p: Path, want: dict[str, Any]) -> str:
     """Why ``p`` no longer is what ``done`` vouched for ("" if it is)."""
     if not p.is_file() or p.is_symlink():
-        return "is missing"
-    if "sha256" not in want or p.stat().st_size != want.get("bytes"):
-        return "changed size"
+        return "missing since the run finished"
+    if "sha256" not in want:
+        return "vouched for by its size only (a done marker of an older richrep)"
+    if p.stat().st_size != want.get("bytes"):
+        return "its size changed since the run finished"
     if want.get("sidecar"):
         side = sidecar(p)
         if not side.is_file():
-            return f"lost its sidecar {side.name}"
+            return f"its sidecar {side.name} is gone"
         if not verify(p) or read_json(side).get("sha256") != want["sha256"]:
-            return "no longer matches its sha256"
+            return "it no longer matches the sha256 recorded when the run finished"
     elif sha256_file(p) != want["sha256"]:
-        return "no longer matches its sha256"
+        return "it no longer matches the sha256 recorded when the run finished"
     return ""
 
 
@@ -92,9 +94,9 @@ def is_complete(run: Run, log: Log = print) -> bool:
         try:
             why = _changed(run.store.root / rel, want if isinstance(want, dict) else {})
         except StoreError as e:
-            why = f"is unreadable ({e})"
+            why = f"unreadable ({e})"
         if why:
-            log(f"{rel} {why} since the run finished; redoing what it needs")
+            log(f"{rel}: {why}; redoing what it needs")
             return False
     if not verify(run.store.results):
         log("results.jsonl does not match its sidecar; redoing the evaluation")
