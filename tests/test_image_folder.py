@@ -243,7 +243,7 @@ def test_export_command(tmp_path):
     assert forced.exit_code == 0 and len(list(out.rglob("*.png"))) == 60
     t = load_task("image_folder", {"path": str(out), "size": 12}, seed=0)
     assert t.num_classes == 10 and len(t.test) == 30 and t.class_names[:2] == ("0", "1")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fm.")]  # no leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["fm"]  # no leftovers
 
 
 def test_npz_members_are_memory_mapped(tmp_path):

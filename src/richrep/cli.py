@@ -436,10 +436,14 @@ def data_export(
     limit_per_class: Annotated[
         int | None, typer.Option(min=1, help="At most N images per class and split.")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Replace a non-empty DIRECTORY.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace DIRECTORY if it holds an earlier export of richrep's.")
+    ] = False,
 ) -> None:
     """Write DATASET as PNGs in DIRECTORY/train/<class>/ and DIRECTORY/test/<class>/ (read
-    back with the image_folder dataset); atomic: written beside, then renamed."""
+    back with the image_folder dataset); atomic: written beside, then renamed. DIRECTORY must
+    be new or empty, or (--force) an earlier export; richrep never replaces the current, home
+    or root folder, a file, a symbolic link or a folder of yours."""
     from richrep.data.image_folder import export_image_folder
     from richrep.errors import ConfigError
 

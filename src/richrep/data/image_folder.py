@@ -15,6 +15,7 @@ also decoded, so an unreadable file in the sample fails at load with its name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -32,6 +33,7 @@ from richrep.data.datasets import DATASETS, RawData
 from richrep.data.images import ImageSource, decode
 from richrep.data.splits import stratified_split
 from richrep.errors import DataError
+from richrep.store import TMP_PREFIX, write_json
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -152,6 +154,9 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(x, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+EXPORT_MARKER = ".richrep-export.json"  # in every export: what --force may replace
+
+
 def export_image_folder(
     dataset: str,
     params: dict[str, Any],
@@ -164,11 +169,13 @@ def export_image_folder(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Write the registered image dataset ``dataset`` as PNGs in class folders under
-    ``out/train`` and ``out/test``, atomically (a temporary folder beside ``out``, renamed);
-    refuse a non-empty ``out`` unless ``force``. Returns images written per split."""
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise DataError(f"{out} exists and is not empty; pass --force to replace it")
+    ``out/train`` and ``out/test``, atomically (a new folder beside ``out``, renamed into
+    place), with a marker file (:data:`EXPORT_MARKER`). ``out`` must be new or empty, or with
+    ``force`` an earlier export holding only what richrep wrote; the current, home or root
+    folder, a file or a symbolic link is refused (:func:`export_target`). Returns images
+    written per split."""
+    given = out
+    out = export_target(Path(out), force)
     raw = DATASETS.build(dataset, where="data export", **DATASETS.validate(dataset, params))
     if raw.kind != "image":
         raise DataError(f"dataset {dataset!r} holds {raw.kind}s, not images; nothing to export")
@@ -182,8 +189,11 @@ def export_image_folder(
             idx = np.concatenate([np.flatnonzero(y == c)[:limit_per_class] for c in np.unique(y)])
         picks[split] = np.sort(idx)
     total = sum(len(i) for i in picks.values())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}export-", dir=out.parent))
+    except OSError as e:
+        raise DataError(f"cannot export to {given}: {e.strerror or e}") from None
     done, counts = 0, {}
     try:
         n_cls = int(max(np.max(raw.y_train), np.max(raw.y_test))) + 1
@@ -198,13 +208,107 @@ def export_image_folder(
                 if progress:
                     progress(done, total)
             counts[split] = len(picks[split])
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        marker = {"dataset": dataset, "params": params, "size": size, "channels": channels}
+        write_json(tmp / EXPORT_MARKER, {"written_by": "richrep data export", **marker})
+        _swap_in(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # made by this call, above
+        raise DataError(f"cannot export to {given}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return counts
+
+
+def export_target(out: Path, force: bool) -> Path:
+    """``out`` as an absolute path once richrep may export there; otherwise a :class:`DataError`
+    saying why: the root, home or current folder (or one holding it), a symbolic link, a file,
+    a folder richrep did not export (or an export holding files it did not write), or an
+    earlier export without ``force``."""
+    path = Path(os.path.abspath(out.expanduser()))
+    if path.is_symlink():
+        raise DataError(
+            f"{out} is a symbolic link; richrep will not export through it or replace it "
+            f"(name a folder)"
+        )
+    for kept, what in _kept_folders():
+        for p in {path, path.resolve()}:
+            if p == kept or p in kept.parents:
+                raise DataError(
+                    f"{out} is {what}{'' if p == kept else ' (or holds it)'}; richrep exports "
+                    f"only into a new folder or one it exported before"
+                )
+    above = next(p for p in (path, *path.parents) if os.path.lexists(p))
+    if above != path and not above.is_dir():
+        raise DataError(f"cannot export to {out}: {above} is not a folder")
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise DataError(f"{out} is a file, not a folder; richrep will not replace it")
+    if not any(path.iterdir()):
+        return path
+    if not (path / EXPORT_MARKER).is_file() or (path / EXPORT_MARKER).is_symlink():
+        raise DataError(
+            f"{out} holds files richrep did not export (no {EXPORT_MARKER}); --force replaces "
+            f"only richrep's own exports: choose a new folder, or empty this one yourself"
+        )
+    foreign = _foreign_entry(path)
+    if foreign:
+        raise DataError(
+            f"{out} is an earlier export but holds {foreign}, which richrep did not write; "
+            f"move it out (or choose a new folder) and export again"
+        )
+    if not force:
+        raise DataError(f"{out} holds an earlier export; pass --force to replace it")
+    return path
+
+
+def _kept_folders() -> list[tuple[Path, str]]:
+    """Folders an export never replaces: the root, the home and the current folder."""
+    kept = [(Path("/"), "the root folder")]
+    for where, what in ((Path.home, "your home folder"), (Path.cwd, "the current folder")):
+        with contextlib.suppress(OSError, RuntimeError):  # no home, a deleted working folder
+            p = where()
+            kept += [(p, what), (p.resolve(), what)]
+    return kept
+
+
+def _foreign_entry(root: Path) -> str:
+    """The first entry of an earlier export that richrep did not write there ("" if none):
+    anything but the marker, ``train/`` and ``test/`` holding class folders of ``NNNNNN.png``."""
+    for dirpath, dirnames, names in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        depth = len(rel.parts)
+        for n in sorted(dirnames + names):
+            p = Path(dirpath) / n
+            if p.is_symlink():
+                return str(rel / n)
+            if p.is_dir():
+                ok = depth == 1 or (depth == 0 and n in ("train", "test"))
+            else:
+                ok = (depth == 0 and n == EXPORT_MARKER) or (
+                    depth == 2 and re.fullmatch(r"\d{6}\.png", n) is not None
+                )
+            if not ok:
+                return str(rel / n)
+    return ""
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Put the finished export ``tmp`` at ``out``: a rename over a missing or empty folder, or,
+    for an earlier export, a swap whose old copy is then removed (checked by the caller to hold
+    only what richrep wrote)."""
+    if not out.exists() or not any(out.iterdir()):
+        os.rename(tmp, out)  # fails, losing nothing, if out filled up meanwhile
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-", dir=out.parent))
+    os.rename(out, old)  # over the empty folder just made
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
 
 
 def _save(img: np.ndarray, path: Path, size: int | None, channels: int | None) -> None:

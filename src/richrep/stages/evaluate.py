@@ -149,7 +149,8 @@ def evaluate(
         for item in pending:
             one(item)
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
-    write_jsonl(store.results, [r.to_dict() for r in all_rows])
+    sources = {"sources": [f.name for f in files]}  # what a finished run's done vouches for
+    write_jsonl(store.results, [r.to_dict() for r in all_rows], sources)
     if any(f.name == "random" for f in exp.evaluation.floors):  # each seed vs untrained
         singles = [t for t in run.trained() if t.kind == "single"]
         checks = check_seeds(run.featurizer, singles, run.source_task.train, exp.seed)

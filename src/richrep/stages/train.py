@@ -8,7 +8,8 @@ from collections.abc import Callable
 from richrep.plugins import ENGINES
 from richrep.run import Run
 from richrep.stages.imports import import_checkpoints
-from richrep.store.ledger import Status
+from richrep.store.ledger import State, Status
+from richrep.store.weightfiles import Checkpoints
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -16,9 +17,17 @@ Progress = Callable[[str, int, int], None]  # (task, done, total)
 def train(
     run: Run, *, log: Callable[[str], None] = print, progress: Progress | None = None
 ) -> dict[str, Status]:
-    """Train (or resume) the run's members; return each member's status."""
+    """Train (or resume) the run's members; return each member's status. A member whose
+    checkpoint no longer matches its sha256 (or lost its sidecar) is retrained, and the log
+    says so."""
     spec = run.exp.runtime.engine
     engine = ENGINES.build(spec.name, where="runtime.engine", **spec.params)
+    imported = isinstance(run.exp.training.seeds, Checkpoints)
+    for m in run.members:  # a corrupt checkpoint goes to quarantine/ here
+        s = run.ledger.status(m.name)
+        if s.state is State.CORRUPT:
+            again = "importing it again" if imported and m.kind == "single" else "retraining it"
+            log(f"{m.name}: {s.error}; {again}")
     import_checkpoints(run, log)  # training.seeds: {from_checkpoints: [...]} (no training)
     t0 = time.perf_counter()
     status = engine.train(run.exp, run.source_task, run.members, run.store, progress)

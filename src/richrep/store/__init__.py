@@ -19,7 +19,9 @@ changed evaluation suite reuses the training and evaluates only the new entries 
 sweep does the same with its argument hash and ``done`` marker).
 
 Files are created with the mode a plain ``open`` gives (``0o666 & ~umask``), never through a
-symbolic link; a file with a sidecar is vouched for by it (:func:`verify`).
+symbolic link (neither the file nor a folder of the run it sits in); a file with a sidecar is
+vouched for by it (:func:`verify`). Temporary files are named ``.richrep-tmp-*.tmp``
+(:data:`TMP_PREFIX`): only those are ever swept.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,9 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from richrep.errors import StoreError
+
+TMP_PREFIX = ".richrep-tmp-"  # richrep's own temporary files and folders; nothing else is swept
+RUN_FOLDERS = ("checkpoints", "features", "results", "plots", "quarantine", "analysis")
 
 
 def sha256_file(path: Path) -> str:
@@ -99,10 +105,33 @@ def _refuse_symlink(path: Path) -> None:
         )
 
 
+def _refuse_links(path: Path) -> None:
+    """Refuse ``path`` if it, or a folder between it and the run folder holding it, is a
+    symbolic link."""
+    _refuse_symlink(Path(path))
+    _refuse_linked_folders(Path(path).parent)
+
+
+def _refuse_linked_folders(folder: Path) -> None:
+    """Refuse ``folder`` if it or a folder above it, up to the run folder holding it (the
+    nearest with a ``config.yaml``), is a symbolic link. Outside a run nothing is checked."""
+    link = None
+    for d in (folder, *folder.parents):
+        if (d / "config.yaml").is_file():
+            if link is not None:
+                raise StoreError(
+                    f"{link} is a symbolic link inside the run folder {d}; richrep will not "
+                    f"write through it (replace the link by a folder and run again)"
+                )
+            return
+        if link is None and d.is_symlink():
+            link = d
+
+
 def _mkstemp(path: Path) -> tuple[int, str]:
     """A temporary file beside ``path`` (``O_EXCL``: never an existing file or link) with the
     permissions a plain ``open`` would give."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, file_mode())
     except BaseException:
@@ -115,10 +144,11 @@ def _mkstemp(path: Path) -> tuple[int, str]:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsync and rename: readers see the old
-    file or the new one, never a part. A ``path`` that is a symbolic link is refused."""
+    file or the new one, never a part. A ``path`` that is a symbolic link, or sits in a folder of
+    a run that is one, is refused."""
     path = Path(path)
     with _disk_errors(path):
-        _refuse_symlink(path)
+        _refuse_links(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _mkstemp(path)
         try:
@@ -219,19 +249,21 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise StoreError(f"{path} is not a readable safetensors file ({e})") from None
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
+def write_jsonl(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """Write ``rows`` as JSON lines (keys sorted) atomically, then the sidecar
-    ``{"sha256", "bytes", "rows"}`` (:func:`sidecar`, written last); return the sha256.
+    ``{**meta, "sha256", "bytes", "rows"}`` (:func:`sidecar`, written last); return the sha256.
 
     The old sidecar is removed first, so a crash in between leaves a file without a sidecar
     ("never finished"), never a stale sidecar vouching for new data."""
     path = _with_sidecar(path)
     data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
     with _disk_errors(path), contextlib.suppress(FileNotFoundError):
+        _refuse_links(sidecar(path))
         sidecar(path).unlink()
     write_atomic(path, data)
     digest = hashlib.sha256(data).hexdigest()
-    write_json(sidecar(path), {"sha256": digest, "bytes": len(data), "rows": len(rows)})
+    record = {**(meta or {}), "sha256": digest, "bytes": len(data), "rows": len(rows)}
+    write_json(sidecar(path), record)
     return digest
 
 
@@ -254,9 +286,33 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+_HASHES: dict[tuple[int, int], tuple[int, int, int, str]] = {}
+_HASHES_LOCK = threading.Lock()
+_RACY_NS = 2_000_000_000  # a file changed this recently is hashed every time (coarse clocks)
+
+
+def _sha256_cached(path: Path, st: os.stat_result) -> str:
+    """:func:`sha256_file`, remembered in this process for the file's (device, inode) while
+    its size, mtime and ctime (which any write changes, and no one can set) stay the same;
+    a file whose ctime is within ``_RACY_NS`` of now is not remembered (git's "racy" rule)."""
+    key, when = (st.st_dev, st.st_ino), (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _HASHES_LOCK:
+        seen = _HASHES.get(key)
+    if seen is not None and seen[:3] == when:
+        return seen[3]
+    digest = sha256_file(path)
+    after = path.lstat()
+    same = (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+    if same == (*key, *when) and time.time_ns() - st.st_ctime_ns > _RACY_NS:
+        with _HASHES_LOCK:
+            _HASHES[key] = (*when, digest)
+    return digest
+
+
 def verify(path: Path, deep: bool = True) -> bool:
     """Whether ``path`` is intact: a regular file whose size (and, if ``deep``, sha256) match
-    its sidecar. Never raises; a missing file or sidecar is ``False``."""
+    its sidecar. Never raises; a missing file or sidecar is ``False``. A file unchanged since
+    this process last hashed it (same inode, size, mtime and ctime) is not hashed again."""
     path = Path(path)
     try:
         meta = _read_sidecar(path)
@@ -265,14 +321,16 @@ def verify(path: Path, deep: bool = True) -> bool:
             return False
         if "bytes" in meta and st.st_size != meta["bytes"]:
             return False
-        return not deep or sha256_file(path) == meta["sha256"]
+        return not deep or _sha256_cached(path, st) == meta["sha256"]
     except OSError:  # StoreError included
         return False
 
 
 def remove(path: Path) -> None:
     """Delete ``path`` and its sidecar: only for richrep's own temporary or partial files;
-    a user's file, or one found corrupt, goes to :func:`quarantine`."""
+    a user's file, or one found corrupt, goes to :func:`quarantine`. Never inside a folder of
+    a run that is a symbolic link."""
+    _refuse_linked_folders(Path(path).parent)
     for p in (Path(path), sidecar(path)):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -294,6 +352,8 @@ def quarantine(path: Path, reason: str, root: Path | None = None) -> Path:
     qdir = Path(root if root is not None else _run_root(path)) / "quarantine"
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     dest = qdir / f"{stamp}-{path.name}"
+    _refuse_linked_folders(path.parent)
+    _refuse_linked_folders(qdir)
     try:
         qdir.mkdir(parents=True, exist_ok=True)
         for i in range(1, 1000):
@@ -319,14 +379,36 @@ class RunStore:
         self.root = Path(root)
 
     def sweep_temporaries(self) -> list[Path]:
-        """Remove temporary files left by killed writers (``.<name>.*.tmp``); call it only while
-        holding the run's lock, when no writer of this run can be alive."""
+        """Remove richrep's temporary files left by killed writers (``.richrep-tmp-*.tmp``,
+        never a user's file, never through a link); call it only while holding the run's
+        lock, when no writer of this run can be alive."""
         gone = []
-        for p in self.root.rglob(".*.tmp"):
-            if p.is_file() and not p.is_symlink():
-                p.unlink(missing_ok=True)
-                gone.append(p)
-        return gone
+        for dirpath, _, names in os.walk(self.root):  # links to folders are not followed
+            for n in sorted(names):
+                p = Path(dirpath) / n
+                ours = n.startswith(TMP_PREFIX) and n.endswith(".tmp")
+                if ours and p.is_file() and not p.is_symlink():
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+        return sorted(gone)
+
+    def refuse_links(self) -> None:
+        """Raise :class:`StoreError` naming the first folder of the run that is a symbolic link
+        (``checkpoints/`` pointing elsewhere would have richrep write through it)."""
+        if self.root.is_dir():
+            for name in RUN_FOLDERS:  # a dangling link too
+                if (self.root / name).is_symlink():
+                    self._linked(self.root / name)
+        for dirpath, dirnames, _ in os.walk(self.root):
+            for d in sorted(dirnames):
+                if (Path(dirpath) / d).is_symlink():
+                    self._linked(Path(dirpath) / d)
+
+    def _linked(self, path: Path) -> None:
+        raise StoreError(
+            f"{path} is a symbolic link inside the run folder {self.root}; richrep will not "
+            f"write through it (replace the link by a folder and run again)"
+        )
 
     @property
     def checkpoints(self) -> Path:

@@ -6,8 +6,8 @@ missing or corrupt. The only code that knows how checkpoint files are named::
     checkpoints/<member>.failed.json           why the member failed (e.g. its loss diverged)
     checkpoints/<member>.worker                a Ray worker is training it (pid)
 
-Reading a finished member checks its sha256; a file that does not match is moved to the run's
-``quarantine/`` folder (never deleted) and reported as corrupt.
+Reading a finished member checks its sha256; a file that does not match, or has lost its
+sidecar, is moved to the run's ``quarantine/`` folder (never deleted) and reported as corrupt.
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from richrep.errors import StoreError
-from richrep.store import RunStore, quarantine, read_json, remove, sidecar, verify, write_json
+from richrep.store import (
+    RunStore,
+    quarantine,
+    read_json,
+    remove,
+    sidecar,
+    verify,
+    write_atomic,
+    write_json,
+)
 
 
 class State(enum.Enum):
@@ -64,11 +73,14 @@ class Ledger:
 
     # -- states ---------------------------------------------------------------------------
     def status(self, member: str) -> Status:
-        """The member's state; a finished checkpoint is verified (sha256) on the way."""
+        """The member's state; a finished checkpoint is verified (sha256) on the way, and one
+        that fails (or has no sidecar) is moved to quarantine/ and reported as corrupt."""
         path, side = self.final(member), sidecar(self.final(member))
-        if path.exists() and not side.exists():
-            remove(path)  # killed between the file and its sidecar: never finished
-        elif side.exists():
+        if path.exists() and not side.exists():  # killed before its sidecar, or it was deleted
+            why = f"checkpoint {path.name} has no sidecar {side.name} to vouch for it"
+            moved = quarantine(path, why, root=self.store.root)
+            return Status(member, State.CORRUPT, error=f"{why}; moved to {moved}")
+        if side.exists():
             if verify(path):
                 try:
                     return Status(member, State.FINISHED, read_json(side))
@@ -120,8 +132,7 @@ class Ledger:
         self.failure(member).unlink(missing_ok=True)
 
     def mark_worker(self, member: str) -> None:
-        self.store.checkpoints.mkdir(parents=True, exist_ok=True)
-        self.worker(member).write_text(f"{os.getpid()}\n")
+        write_atomic(self.worker(member), f"{os.getpid()}\n".encode())
 
     def unmark_worker(self, member: str) -> None:
         self.worker(member).unlink(missing_ok=True)
