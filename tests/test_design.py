@@ -294,7 +294,7 @@ def test_open_run_api(tiny, tmp_path):
 def test_every_registration_is_found_by_the_plugin_loader():
     """A built-in is one file and one registration: load_plugins imports every module of the
     plug-in packages, so a module that registers must live in one of them."""
-    from richrep.plugins import PLUGIN_PACKAGES, builtin_modules
+    from richrep.registry import PLUGIN_PACKAGES, builtin_modules
 
     found = set(builtin_modules())
     registering = set()

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import importlib.util
 import inspect
+import pkgutil
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -97,17 +100,23 @@ class Registry(Generic[F]):
         """Remove an entry (tests and interactive sessions that re-register)."""
         self._entries.pop(name, None)
 
+    def _loaded(self) -> dict[str, Entry[F]]:
+        """The entries, every plug-in imported first (once): a registry is complete whichever
+        module reads it first."""
+        load_plugins()
+        return self._entries
+
     def names(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+        return sorted(n for n in self._loaded() if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._loaded()
 
     def __iter__(self) -> Iterator[Entry[F]]:
         return iter(self._entries[n] for n in self.names())
 
     def entry(self, name: str, where: str = "") -> Entry[F]:
-        if name not in self._entries:
+        if name not in self._loaded():
             at = f"{where}: " if where else ""
             raise ConfigError(
                 f"{at}unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
@@ -116,7 +125,7 @@ class Registry(Generic[F]):
         return self._entries[name]
 
     def meta(self, name: str, key: str, default: Any = None) -> Any:
-        e = self._entries.get(name)
+        e = self._loaded().get(name)
         return default if e is None else e.meta.get(key, default)
 
     def validate(self, name: str, params: Mapping[str, Any], where: str = "") -> dict[str, Any]:
@@ -166,3 +175,44 @@ def _resolve(fn: Callable[..., Any], pname: str, ann: Any) -> Any:
         hints = typing.get_type_hints(fn, include_extras=True)
         return hints.get(pname, Any)
     return ann
+
+
+# Packages whose modules register built-in plug-ins: every module in them is imported once by
+# load_plugins, so a new built-in is one file and one registration (no list to edit).
+PLUGIN_PACKAGES = (
+    "richrep.data",
+    "richrep.models",
+    "richrep.objectives",
+    "richrep.members",
+    "richrep.evaluation",
+    "richrep.representations",
+    "richrep.training.engines",
+    "richrep.analysis",
+    "richrep.report.figures",
+)
+_LOADED = [False]
+
+
+def load_plugins() -> None:
+    """Import the built-in plug-in modules and those of installed packages (entry-point group
+    ``richrep.plugins``); each registers its entries on import. Idempotent."""
+    if _LOADED[0]:
+        return
+    _LOADED[0] = True
+    for name in builtin_modules():
+        importlib.import_module(name)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="richrep.plugins"):
+        ep.load()
+
+
+def builtin_modules() -> list[str]:
+    """Every module of :data:`PLUGIN_PACKAGES` (found on disk, imported by nobody here)."""
+    out = []
+    for package in PLUGIN_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        paths = spec.submodule_search_locations if spec else None
+        out.append(package)
+        out += [m.name for m in pkgutil.walk_packages(paths or [], package + ".")]
+    return out

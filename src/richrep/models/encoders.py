@@ -114,7 +114,7 @@ class EncoderRegistry(Registry[Callable[..., Encoder]]):
         def deco(fn: Any) -> Any:
             add(fn)
             try:
-                check_signature(self.entry(name or fn.__name__))
+                check_signature(self._entries[name or fn.__name__])
             except Exception:
                 self.unregister(name or fn.__name__)
                 raise
