@@ -1,10 +1,11 @@
 """The report's opening paragraph, written from the numbers: per entry, catK against one seed
 and against the baselines of the same K, each with its 95% interval, saying when a gain is
-within noise."""
+within noise or has no interval. (``ood`` entries speak through worst test-environment
+accuracy: :func:`richrep.report.ood.ood_summary_lines`.)"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from richrep.report.tables import Comparison, Gain, TableRow, size_rank
 
@@ -34,7 +35,7 @@ def _scale(comp: Comparison) -> tuple[float, str]:
 def gain_phrase(g: Gain, other: str, scale: float, unit: str) -> str:
     d = g.diff * scale
     if g.ci95 is None:
-        return f"{d:+.1f}{unit} against {other} (one value on each side: no interval)"
+        return f"{d:+.1f}{unit} against {other} (no interval: {g.no_interval})"
     lo, hi = g.low * scale, g.high * scale  # type: ignore[operator]
     ci = f"95% CI {lo:+.1f} to {hi:+.1f}"
     if not g.significant:
@@ -47,8 +48,10 @@ def summary_lines(
     comp: Comparison,
     entries: Sequence[str] | None = None,
     entry_protocols: Mapping[str, str] | None = None,
+    skip: Collection[str] = (),
 ) -> list[str]:
-    """One sentence per entry (suite order) on catK's gains in ``comp``'s metric."""
+    """One sentence per entry (suite order) on catK's gains in ``comp``'s metric, but for the
+    entries in ``skip``."""
     if not comp.gain_columns:
         return []
     scale, unit = _scale(comp)
@@ -57,6 +60,8 @@ def summary_lines(
     ]
     out = []
     for entry in order:
+        if entry in skip:
+            continue
         row = headline_row(comp, entry, (entry_protocols or {}).get(entry))
         if row is None:
             continue
