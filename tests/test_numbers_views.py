@@ -24,6 +24,7 @@ from richrep.report.tables import (
     metrics,
     to_markdown,
 )
+from richrep.report.summary import summary_lines
 from richrep.report.terminal import render_table
 from richrep.results import Row
 from richrep.stages.evaluate import read_results
@@ -224,6 +225,11 @@ def test_identical_continual_orders_show_no_interval_and_no_colour(old_run):
     for row in comp.rows:
         for c in row.cells.values():
             assert 0.0 <= c.low <= c.mean <= c.high <= 1.0
+    first_view = table_view(comp)["rows"][0]["cells"]  # all 1.0: not even "within noise"
+    assert all(x["cls"] in ("", "ns") for x in first_view)
+    (line,) = summary_lines(comp)  # the stream's end speaks, not its trivial first task
+    assert line.startswith("stream (continual, all, after task 5/5): cat2 reaches")
+    assert "100.0 %" not in line
 
 
 # ------------------------------------------------------------------------ 3: the OOD summary

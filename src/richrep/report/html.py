@@ -114,22 +114,23 @@ def table_view(comp: Comparison, digits: int = 3) -> dict[str, Any]:
     rows = []
     for r in comp.rows:
         best, tied = comp.best(r), comp.tied(r)
+        top = comp.top(r)
+        if len(tied) < 2 or top is None or r.cells[top].ci95 is None:
+            tied = set()  # "within noise" needs the top's interval
         cells = []
         for c in comp.columns:
             x = r.cells.get(c)
             if x is None:
                 cells.append({"text": "", "sub": "", "title": "", "cls": ""})
                 continue
-            cls = (
-                "best" if c in best else ("tie" if not best and len(tied) > 1 and c in tied else "")
-            )
+            cls = "best" if c in best else ("tie" if not best and c in tied else "")
             title = (
                 f"mean {x.mean:.{digits + 1}f}, std {x.std:.{digits + 1}f}, "
                 f"n={x.n} {UNIT.get(x.unit, x.unit)}; {x.ci_text(digits)}"
             )
             if cls == "tie":
                 title += "; within noise of the highest mean"
-            sub = x.bracket(digits)
+            sub = x.bracket(digits) if x.ci95 is not None else ""  # the text says "no interval"
             cells.append({"text": x.text(digits), "sub": sub, "title": title, "cls": cls})
         for g in comp.gain_columns:
             x = r.gains.get(g.name)

@@ -112,7 +112,9 @@ def metric_vs_k(
         ax.axhline(chance, color="0.5", lw=1, linestyle=(0, (1, 3)))
         ax.plot([], [], color="0.5", lw=1, linestyle=(0, (1, 3)), label=f"chance ({chance:.3g})")
     ax.set_xlabel("K (seeds concatenated; baselines at the K they match)")
-    ax.set_ylabel(mpl_text(f"test {metric} (mean, bars: 95% CI)"))
+    units = dict.fromkeys(c.unit for r in comp.rows for c in r.cells.values())
+    over = " / ".join("episodes" if u == "episodes" else "seeds × draws" for u in units)
+    ax.set_ylabel(mpl_text(f"test {metric} (mean, bars: 95% CI over {over or 'values'})"))
     ax.set_title(mpl_text(f"{entry} — {protocol or ', '.join(protos)}"), fontsize=10)
     ax.grid(alpha=0.3)
     if ks:

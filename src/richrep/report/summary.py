@@ -12,7 +12,8 @@ from richrep.report.tables import Comparison, Gain, TableRow, size_rank
 
 def headline_row(comp: Comparison, entry: str, protocol: str | None = None) -> TableRow | None:
     """The row that speaks for ``entry``: its protocol (else the first), no group or
-    environment when there is such a row, and the ``all`` size (else the largest)."""
+    environment when there is such a row, the ``all`` size (else the largest) and, of several
+    variants, the protocol's last (a continual stream's end, not its trivial first task)."""
     rows = [r for r in comp.rows if r.target.entry == entry]
     if protocol and any(r.target.protocol == protocol for r in rows):
         rows = [r for r in rows if r.target.protocol == protocol]
@@ -21,7 +22,10 @@ def headline_row(comp: Comparison, entry: str, protocol: str | None = None) -> T
     plain = [r for r in rows if r.target.group is None and r.target.environment is None]
     rows = plain or rows
     rows = [r for r in rows if r.gains and any(g is not None for g in r.gains.values())] or rows
-    return max(rows, key=lambda r: size_rank(r.target.size), default=None)
+    if not rows:
+        return None
+    top = max(size_rank(r.target.size) for r in rows)
+    return [r for r in rows if size_rank(r.target.size) == top][-1]
 
 
 def _scale(comp: Comparison) -> tuple[float, str]:
@@ -78,7 +82,7 @@ def summary_lines(
         t = row.target
         c = row.cells[cat]
         level = f"{c.mean * scale:.1f}" if unit else f"{c.mean:.3f}"
-        where = f"{t.entry} ({t.protocol}, {t.size_text})"
+        where = f"{t.entry} ({', '.join(p for p in (t.protocol, t.size_text, t.variant) if p)})"
         out.append(
             f"{where}: {cat} reaches {level}{unit and ' %'} {comp.metric} and "
             + _join(phrases)
