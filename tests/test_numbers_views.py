@@ -17,6 +17,7 @@ from richrep.evaluation.stats import summarize, welch_interval
 from richrep.pipeline import run_experiment
 from richrep.report.html import ReportData, render_html, table_view
 from richrep.report.ood import ood_summary_lines, ood_table, table_rows
+from richrep.report.summary import summary_lines
 from richrep.report.tables import (
     build_comparison,
     caption,
@@ -24,7 +25,6 @@ from richrep.report.tables import (
     metrics,
     to_markdown,
 )
-from richrep.report.summary import summary_lines
 from richrep.report.terminal import render_table
 from richrep.results import Row
 from richrep.stages.evaluate import read_results

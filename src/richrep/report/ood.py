@@ -124,7 +124,7 @@ def ood_view(comp: Comparison, env: Comparison | None = None, digits: int = 1) -
         envs = _view_rows(env, rule, digits, comp.columns) if env is not None else []
         if body or envs:
             out.append({"rule": rule, "rows": body, "environments": envs})
-    return {"metric": comp.metric, "columns": list(comp.columns), "rules": out, "meaning": MEANING}
+    return {"metric": comp.metric, "columns": list(comp.columns), "rules": out}
 
 
 def ood_summary_lines(rows: Sequence[Any], entries: Sequence[str] | None = None) -> list[str]:
