@@ -17,7 +17,7 @@ from richrep.errors import ConfigError
 from richrep.evaluation.probes import LinearProbe
 from richrep.evaluation.protocols import Context
 from richrep.plugins import PROTOCOLS, load_plugins
-from richrep.report.tables import build_comparison
+from richrep.report.tables import build_comparison, caption
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer, Flatten
 from richrep.results.stats import summarize
@@ -108,7 +108,7 @@ def test_episodes_are_shared_by_representations_and_reproducible(target, monkeyp
 
 
 @pytest.mark.parametrize("classifier", ["prototype", "linear"])
-def test_separable_features_give_accuracy_one_and_zero_interval(classifier):
+def test_separable_features_give_accuracy_one_and_no_interval(classifier):
     # exactly `ways` classes: with a sixth, the linear probe's standardization on the support
     # would blow its noise-only column up to unit variance (scikit-learn errs there too)
     task = _task([40] * 5)
@@ -116,11 +116,14 @@ def test_separable_features_give_accuracy_one_and_zero_interval(classifier):
     rows = proto.evaluate(
         _ctx(task), Representation("input", 0, (), ("input",), 5, 0), task, _entry()
     )
-    acc = [r for r in rows if r.metric == "accuracy"]
-    assert len(acc) == 50 and all(r.value == 1.0 for r in acc)
-    ci = [r for r in rows if r.metric == "accuracy_ci95"]
-    assert [r.size for r in ci] == [1, 5] and all(r.value == 0.0 for r in ci)
-    assert all(r["mean"] == 1.0 and r["episodes"] == 25 for r in ci)
+    assert {r.metric for r in rows} == {"accuracy"}  # one row per episode, nothing derived
+    assert len(rows) == 50 and all(r.value == 1.0 for r in rows)
+    table = build_comparison(rows)
+    assert [t.target.size for t in table.rows] == [1, 5]
+    for t in table.rows:  # 25 episodes of accuracy 1: no spread, so no interval (not ± 0)
+        cell = t.cells["input"]
+        assert (cell.mean, cell.n, cell.unit, cell.ci95) == (1.0, 25, "episodes", None)
+        assert cell.text() == "1.000 (n=25, no interval)"
 
 
 def test_prototype_equals_a_per_episode_loop(target):
@@ -203,7 +206,7 @@ def test_end_to_end_through_the_registry_rows_and_table(target):
     rows = []
     for rep in (INPUT, SINGLE0, SINGLE1, CAT2):  # the stage's order: floors, singles, cat
         rows += proto.evaluate(ctx, rep, target, entry)
-    assert {r.metric for r in rows} == {"accuracy", "accuracy_ci95", "diff_vs_single"}
+    assert {r.metric for r in rows} == {"accuracy"}  # intervals and gains are the views' job
     assert {r.protocol for r in rows} == {"few_shot"}
     acc = {}
     for r in rows:
@@ -212,31 +215,25 @@ def test_end_to_end_through_the_registry_rows_and_table(target):
             assert r["classifier"] == "prototype" and r["ways"] == 5
             acc.setdefault((r.column, r.seeds, r.size), {})[r.episode] = r.value
     assert len(acc) == 8 and all(sorted(v) == list(range(20)) for v in acc.values())
-    ci = {(r.column, r.seeds, r.size): r for r in rows if r.metric == "accuracy_ci95"}
-    assert len(ci) == 8 and all(r.episode is None for r in ci.values())
-    for key, r in ci.items():
-        s = summarize([acc[key][i] for i in range(20)])
-        assert r.value == pytest.approx(s["ci95"]) and r["mean"] == pytest.approx(s["mean"])
-    diff = [r for r in rows if r.metric == "diff_vs_single"]
-    assert [(r.column, r.size) for r in diff] == [("cat2", 1), ("cat2", 5)]
-    for r in diff:
-        singles = [acc[("single", s, r.size)] for s in ((0,), (1,))]
-        d = [
-            acc[("cat2", (0, 1), r.size)][i] - (singles[0][i] + singles[1][i]) / 2
-            for i in range(20)
-        ]
-        assert r.value == pytest.approx(np.mean(d)) and r["singles"] == 2
-        assert r["ci95"] == pytest.approx(summarize(d)["ci95"])
-
     table = build_comparison(rows)
     assert [t.target.size for t in table.rows] == [1, 5]
     for t in table.rows:
-        assert t.cells["single"].n == 40 and t.cells["cat2"].n == 20  # seeds x episodes
-        gain = t.gains["cat2 − single"]
+        singles = [acc[("single", s, t.target.size)] for s in ((0,), (1,))]
+        per_episode = [(singles[0][i] + singles[1][i]) / 2 for i in range(20)]
+        s = summarize(per_episode)  # the seeds averaged per episode, the interval over episodes
+        single = t.cells["single"]
+        assert (single.n, single.unit) == (20, "episodes")
+        assert single.mean == pytest.approx(s["mean"]) and single.ci95 == pytest.approx(s["ci95"])
+        cat = acc[("cat2", (0, 1), t.target.size)]
+        assert t.cells["cat2"].n == 20
+        assert t.cells["cat2"].ci95 == pytest.approx(summarize(list(cat.values()))["ci95"])
+        d = [cat[i] - per_episode[i] for i in range(20)]
+        gain = t.gains["cat2 − single"]  # paired per episode
         assert gain is not None and gain.method == "paired" and gain.n == 20
-        r = next(r for r in diff if r.size == t.target.size)
-        assert gain.diff == pytest.approx(r.value)  # the table pairs over the same episodes
-    assert [t.target.size for t in build_comparison(rows, metric="accuracy_ci95").rows] == [1, 5]
+        assert gain.paired_over == "episodes" and "paired over 20 episodes" in gain.ci_text()
+        assert gain.diff == pytest.approx(np.mean(d))
+        assert gain.ci95 == pytest.approx(summarize(d)["ci95"])
+    assert "n = few-shot episodes, each averaged over seeds" in caption(table)
 
 
 def test_experiment_schema_accepts_and_rejects_few_shot_entries(tiny):

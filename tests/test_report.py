@@ -123,7 +123,7 @@ def test_cells_carry_n_and_interval():
     assert c.ci95 is not None and c.low < c.mean < c.high
     assert c.text() == f"{c.mean:.3f} ± {c.ci95:.3f} (n=15)"
     one = build_comparison(suite(draws=1)).rows[0].cells["cat5"]
-    assert one.n == 1 and one.ci95 is None and one.text() == f"{one.mean:.3f} (n=1)"
+    assert one.n == 1 and one.ci95 is None and one.text() == f"{one.mean:.3f} (n=1, no interval)"
 
 
 def test_gains_compare_the_same_k():

@@ -41,14 +41,15 @@ def rows():
     return out
 
 
-def test_the_table_has_one_row_per_algorithm_and_rule_with_mean_and_std(rows):
+def test_the_table_has_one_row_per_algorithm_and_rule_with_mean_and_interval(rows):
     assert ood_entries(rows) == ["ood"]
     comp = ood_table(rows, "ood")
     md = ood_markdown(comp, "train-domain")
     lines = md.splitlines()
     assert lines[0] == "| algorithm | single | cat2 |"
-    assert lines[2] == "| erm | 21.0 ± 1.4 (2) | 61.0 ± 1.4 (2) |"
-    assert lines[3] == "| irm | 31.0 ± 1.4 (2) | 71.0 ± 1.4 (2) |"
+    # two seeds 2 points apart: std 1.4, 95% half-width t(0.975, 1) · 1.41 / √2 = 12.7
+    assert lines[2] == "| erm | 21.0 ± 12.7 (n=2) | 61.0 ± 12.7 (n=2) |"
+    assert lines[3] == "| irm | 31.0 ± 12.7 (n=2) | 71.0 ± 12.7 (n=2) |"
     assert len(lines) == 4  # the oracle rows are in the other table
 
 

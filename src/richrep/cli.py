@@ -228,14 +228,26 @@ def results(
         bool,
         typer.Option(
             "--ood",
-            help="The ood entries as initialization × algorithm tables, one per selection "
-            "rule (markdown, % mean ± std (n); --metric, default worst_env_accuracy).",
+            help="The ood entries as algorithm × initialization tables, one per selection "
+            "rule (markdown, in %: mean ± 95% half-width (n); --metric, default "
+            "worst_env_accuracy).",
         ),
     ] = False,
 ) -> None:
-    """Print the comparison table: targets × representations, mean ± std (n), catK's gains."""
-    from richrep.report.ood_tables import RULES, ood_entries, ood_markdown, ood_table
-    from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
+    """Print the comparison table: targets × representations, catK's gains.
+
+    Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
+    (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
+    accuracy-like metrics; one value or equal values give no interval."""
+    from richrep.report.ood_tables import (
+        MEANING,
+        RULES,
+        ood_entries,
+        ood_markdown,
+        ood_table,
+        table_rows,
+    )
+    from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
     from richrep.report.terminal import render_table
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
@@ -252,6 +264,9 @@ def results(
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
             return
+        note = derived_note(rows)
+        if note:
+            say(note, style="yellow", to=err)
         if ood:
             names = ood_entries(rows)
             if not names:
@@ -261,9 +276,10 @@ def results(
                 for rule in RULES:
                     print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
                     print(ood_markdown(comp, rule))
-                    print()
+                    print(f"\n_{MEANING}_\n")
             return
         order = [e.name for e in r.exp.evaluation.suite]
+        rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
         for m in [metric] if metric else metrics(rows):
             comp = build_comparison(rows, order, metric=m)
             if fmt == Format.markdown:

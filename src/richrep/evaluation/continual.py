@@ -12,7 +12,9 @@ NCM on pretrained features; Euclidean otherwise).
 Rows (``draw`` = order): ``accuracy`` after each task (``variant`` "after task t/T", ``n`` the
 test examples of the seen classes) and ``average_incremental_accuracy``, the mean over tasks of
 those accuracies (Rebuffi et al., 2017, iCaRL). With frozen features the final classifier does
-not depend on the order; the path to it does.
+not depend on the order; the path to it does. So the orders of one representation agree after
+the last task (and after a first task of one class): the views give those cells no interval,
+and the report's summary speaks for the last task.
 """
 
 from __future__ import annotations

@@ -26,14 +26,13 @@ Classifiers (one per suite entry; write two entries to get both):
   weights lie in the span of the support features, so the problem is solved exactly in that
   (at most ways*shots)-dimensional basis, all episodes at once (:func:`linear_predict`).
 
-Rows (``size`` = shots): ``accuracy`` one per episode (``episode`` set, so the table averages
-over episodes and seed subsets, gives the interval over episodes and pairs gains per episode);
-``accuracy_ci95`` one per representation, the half-width of the 95% t-interval of the mean
-accuracy over episodes (``extra``: mean, std, episodes); ``diff_vs_single`` one per
-non-single representation evaluated after the singles (the stage's order puts the floors
-before them, so they get none): the mean over episodes of its accuracy minus the singles' mean
-accuracy on the same episode, ``extra['ci95']`` its paired 95% half-width. (The table's cell
-of catK pools seed subsets x episodes into one interval; its gains pair per episode.)
+Rows (``size`` = shots): ``accuracy``, one per episode (``episode`` set) and nothing else. The
+episode is what varied, so the views compute from these rows what an episode study reports
+(Chen et al. 2019: the mean with its 95% interval over episodes): a cell averages each
+episode's values over seeds (or seed subsets) and gives the mean ± the half-width of the
+95% t-interval over the episodes, n = episodes; a gain (catK − single) pairs the two sides per
+episode. An interval or a difference is never stored as a row (older runs did:
+``accuracy_ci95``, ``diff_vs_single``; the views ignore those rows).
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ from richrep.evaluation.protocols import Context
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
-from richrep.results.stats import summarize
 from richrep.runtime.cpu_policy import probe_compute_policy
 
 Shots = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]
@@ -61,12 +59,13 @@ CHUNK = 1 << 26  # feature values gathered at once (256 MB of float32)
 
 @PROTOCOLS.register(
     "few_shot",
-    metrics=("accuracy", "accuracy_ci95", "diff_vs_single"),
+    metrics=("accuracy",),
     description="N-way k-shot episodes on the target's test classes (prototype or linear)",
 )
 class FewShot:
     """N-way k-shot episodes drawn from the target's test split; nearest cosine prototype or a
-    fixed-C linear probe on frozen features; accuracy per episode with its 95% interval."""
+    fixed-C linear probe on frozen features; accuracy per episode (the views give the mean
+    and its 95% interval over episodes)."""
 
     def __init__(
         self,
@@ -145,20 +144,6 @@ class FewShot:
             for i, a in enumerate(acc.tolist()):
                 ex = extra if conv is None else {**extra, "converged": bool(conv[i])}
                 rows.append(ctx.row(entry, rep, "accuracy", a, n_q, episode=i, **common, extra=ex))
-            s = summarize(acc.tolist())
-            ex = {**extra, "mean": s["mean"], "std": s["std"], "episodes": len(acc)}
-            n_all = n_q * len(acc)
-            rows.append(ctx.row(entry, rep, "accuracy_ci95", s["ci95"], n_all, **common, extra=ex))
-            store = ctx.fitted.setdefault(f"few_shot-acc|{target.hash}|{entry.name}|{shots}", {})
-            singles = list(store.values())  # the stage evaluates every single before the rest
-            if rep.kind == "single":
-                store[rep.id] = acc
-            elif singles:
-                d = summarize((acc - torch.stack(singles).mean(0)).tolist())
-                ex = {**extra, "ci95": d["ci95"], "episodes": len(acc), "singles": len(singles)}
-                rows.append(
-                    ctx.row(entry, rep, "diff_vs_single", d["mean"], n_all, **common, extra=ex)
-                )
         return rows
 
 

@@ -20,14 +20,25 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from richrep.plugins import PROTOCOLS
 from richrep.report import plots as P
 from richrep.report.figures.protocols import FIGURES
-from richrep.report.ood_tables import RULES, ood_entries, ood_environments, ood_table, ood_view
+from richrep.report.ood_tables import (
+    RULES,
+    ood_entries,
+    ood_environments,
+    ood_summary_lines,
+    ood_table,
+    ood_view,
+    table_rows,
+)
 from richrep.report.seed_figures import seed_context, seed_plots
 from richrep.report.summary import summary_lines
 from richrep.report.tables import (
+    UNIT,
     Comparison,
+    bounds,
     build_comparison,
     caption,
     count,
+    derived_note,
     kind_display,
     metrics,
 )
@@ -98,29 +109,29 @@ def table_view(comp: Comparison, digits: int = 3) -> dict[str, Any]:
         for c in comp.columns
     ]
     head += [
-        {"text": g.name, "title": "95% interval; coloured when it excludes 0"}
+        {"text": g.name, "title": "± 95% interval half-width; coloured only when it excludes 0"}
         for g in comp.gain_columns
     ]
     rows = []
     for r in comp.rows:
         best, tied = comp.best(r), comp.tied(r)
+        top = comp.top(r)
+        if len(tied) < 2 or top is None or r.cells[top].ci95 is None:
+            tied = set()  # "within noise" needs the top's interval
         cells = []
         for c in comp.columns:
             x = r.cells.get(c)
             if x is None:
                 cells.append({"text": "", "sub": "", "title": "", "cls": ""})
                 continue
-            cls = (
-                "best" if c in best else ("tie" if not best and len(tied) > 1 and c in tied else "")
+            cls = "best" if c in best else ("tie" if not best and c in tied else "")
+            title = (
+                f"mean {x.mean:.{digits + 1}f}, std {x.std:.{digits + 1}f}, "
+                f"n={x.n} {UNIT.get(x.unit, x.unit)}; {x.ci_text(digits)}"
             )
-            title = f"mean {x.mean:.{digits + 1}f}, std {x.std:.{digits + 1}f}, n={x.n}; {x.ci_text(digits)}"
             if cls == "tie":
                 title += "; within noise of the highest mean"
-            sub = (
-                f"[{x.low:.{digits}f}, {x.high:.{digits}f}]"
-                if x.ci95 is not None
-                else "n=1: no interval"
-            )
+            sub = x.bracket(digits) if x.ci95 is not None else ""  # the text says "no interval"
             cells.append({"text": x.text(digits), "sub": sub, "title": title, "cls": cls})
         for g in comp.gain_columns:
             x = r.gains.get(g.name)
@@ -128,11 +139,7 @@ def table_view(comp: Comparison, digits: int = 3) -> dict[str, Any]:
                 cells.append({"text": "", "sub": "", "title": "", "cls": ""})
                 continue
             cls = ("pos" if x.diff > 0 else "neg") if x.significant else "ns"
-            sub = (
-                f"[{x.low:+.{digits}f}, {x.high:+.{digits}f}]"
-                if x.ci95 is not None
-                else "no interval"
-            )
+            sub = f"[{x.low:+.{digits}f}, {x.high:+.{digits}f}]" if x.ci95 is not None else ""
             cells.append(
                 {"text": x.text(digits), "sub": sub, "title": x.ci_text(digits), "cls": cls}
             )
@@ -185,7 +192,8 @@ def _figure(path: Path, caption_text: str) -> dict[str, str]:
 def render_html(data: ReportData, out_dir: Path) -> str:
     """Draw the plots under ``out_dir/plots`` and return the page."""
     plots_dir = Path(out_dir) / "plots"
-    comps = [build_comparison(data.rows, data.entries, m) for m in metrics(data.rows)]
+    shown = table_rows(data.rows)  # an ood entry's accuracy: its worst environment
+    comps = [build_comparison(shown, data.entries, m) for m in metrics(shown)]
     comps = [c for c in comps if c.rows]
     entries = list(data.entries) + [
         e for e in dict.fromkeys(r.entry for r in data.rows) if e not in data.entries
@@ -206,7 +214,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
                 protocol=data.entry_protocols.get(e),
                 chance=_float(data.chance.get(e)),
             )
-            figures.append(_figure(path, f"{comp.metric} against K: {e}"))
+            figures.append(_figure(path, f"{comp.metric} against K: {e} ({_bars(comp)})"))
     for e in entries:  # a protocol's own figure (report.figures.protocols.FIGURES)
         protocol = data.entry_protocols.get(e, "")
         if protocol in FIGURES:
@@ -214,15 +222,20 @@ def render_html(data: ReportData, out_dir: Path) -> str:
             if path is not None:
                 figures.append(_figure(path, e))
     ood = []
-    for e in ood_entries(data.rows):
-        view = ood_view(ood_table(data.rows, e))
+    oods = ood_entries(data.rows)
+    for e in oods:
+        view = ood_view(ood_table(data.rows, e), ood_table(data.rows, e, "accuracy"))
         view["entry"] = e
         view["figures"] = []
         for rule in RULES:
             path = ood_environments(data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule)
             if path is not None:
                 view["figures"].append(
-                    _figure(path, f"{e}: accuracy per test environment ({rule} selection)")
+                    _figure(
+                        path,
+                        f"{e}: accuracy per test environment ({rule} selection; mean, bars: "
+                        "95% interval over seeds × restarts, clipped to [0, 1])",
+                    )
                 )
         ood.append(view)
     curves = P.training_curves(data.members, plots_dir / "training_curves.png")
@@ -235,10 +248,15 @@ def render_html(data: ReportData, out_dir: Path) -> str:
     kinds = list(
         dict.fromkeys(i.kind for c in comps for i in (c.column_info[x] for x in c.columns))
     )
+    summary = []
+    if comps:
+        summary = summary_lines(comps[0], data.entries, data.entry_protocols, skip=oods)
+    note = derived_note(data.rows)
     context = {
         "data": data,
+        "warnings": [*data.warnings, *([note] if note else [])],
         "written": dt.datetime.now().isoformat(timespec="seconds"),
-        "summary": summary_lines(comps[0], data.entries, data.entry_protocols) if comps else [],
+        "summary": summary + ood_summary_lines(data.rows, data.entries),
         "summary_metric": comps[0].metric if comps else "",
         "intro": _intro_sentence(data.intro),
         "intro_items": [(str(k), _plain(v)) for k, v in data.intro.items()],
@@ -267,6 +285,12 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     path = out_dir / "report.html"
     write_atomic(path, page.encode("utf-8"))
     return path
+
+
+def _bars(comp: Comparison) -> str:
+    b = bounds(comp.metric)
+    clip = f", clipped to [{b[0]:g}, {b[1]:g}]" if b else ""
+    return f"mean; bars: 95% interval{clip}; n in the {comp.metric} table"
 
 
 def _float(v: Any) -> float | None:

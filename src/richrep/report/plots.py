@@ -1,5 +1,8 @@
 """Plots: a metric against K per target entry (catK line, baselines as markers, floors as lines
-in their group's colour, chance), and training curves per member. PNGs written atomically."""
+in their group's colour, chance), and training curves per member. PNGs written atomically.
+
+Error bars are the tables' intervals (95% Student-t, clipped to [0, 1] for accuracy-like
+metrics); a point without an interval (one value, or equal values) has no bar."""
 
 from __future__ import annotations
 
@@ -14,7 +17,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from richrep.report.tables import build_comparison, clean, kind_display  # noqa: E402
+from richrep.report.tables import (  # noqa: E402
+    Cell,
+    bounds,
+    build_comparison,
+    clean,
+    kind_display,
+)
+from richrep.results.stats import summarize  # noqa: E402
 
 FLOOR_STYLES = {"input": "--", "random": ":"}  # other floors: dash-dot
 
@@ -60,7 +70,7 @@ def metric_vs_k(
             ax.errorbar(
                 [k for k, _ in line],
                 [c.mean for _, c in line],
-                yerr=[_err(c) for _, c in line],
+                yerr=_err([c for _, c in line]),
                 marker="o",
                 color=color,
                 capsize=3,
@@ -84,7 +94,7 @@ def metric_vs_k(
             ax.errorbar(
                 [k for k, _ in v],
                 [c.mean for _, c in v],
-                yerr=[_err(c) for _, c in v],
+                yerr=_err([c for _, c in v]),
                 marker=d.marker,
                 color=color,
                 ms=8,
@@ -102,7 +112,9 @@ def metric_vs_k(
         ax.axhline(chance, color="0.5", lw=1, linestyle=(0, (1, 3)))
         ax.plot([], [], color="0.5", lw=1, linestyle=(0, (1, 3)), label=f"chance ({chance:.3g})")
     ax.set_xlabel("K (seeds concatenated; baselines at the K they match)")
-    ax.set_ylabel(mpl_text(f"test {metric} (mean, bars: 95% CI)"))
+    units = dict.fromkeys(c.unit for r in comp.rows for c in r.cells.values())
+    over = " / ".join("episodes" if u == "episodes" else "seeds × draws" for u in units)
+    ax.set_ylabel(mpl_text(f"test {metric} (mean, bars: 95% CI over {over or 'values'})"))
     ax.set_title(mpl_text(f"{entry} — {protocol or ', '.join(protos)}"), fontsize=10)
     ax.grid(alpha=0.3)
     if ks:
@@ -121,8 +133,9 @@ def metric_vs_k(
 accuracy_vs_k = metric_vs_k
 
 
-def _err(cell: Any) -> float:
-    return cell.ci95 if cell.ci95 is not None and math.isfinite(cell.ci95) else 0.0
+def _err(cells: Sequence[Cell]) -> list[list[float]]:
+    """Error bars (below, above) of cells: their clipped 95% interval, 0 without one."""
+    return [[c.mean - c.low for c in cells], [c.high - c.mean for c in cells]]
 
 
 CURVES = (("loss", "training loss"), ("train_acc", "training accuracy"))
@@ -218,8 +231,10 @@ def lines_by_column(
     log2: bool = False,
     log10: bool = False,
 ) -> Path | None:
-    """One line per table column: the mean of ``metric`` against ``x_of(row)`` (a number), for
-    the rows of ``entry``; a protocol's own report figure (continual, truncation, retrieval)."""
+    """One line per table column: the mean of ``metric`` against ``x_of(row)`` (a number), with
+    the 95% interval of its values (seeds or seed subsets × draws, clipped to [0, 1] for a rate)
+    as bars and n in the legend, for the rows of ``entry``; a protocol's own report figure
+    (continual, truncation, retrieval)."""
     mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == metric]
     if not mine:
         return None
@@ -230,12 +245,27 @@ def lines_by_column(
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for col, pts in by.items():
         xs = sorted(pts)
-        ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker="o", label=mpl_text(col))
+        cells = []
+        for x in xs:
+            s = summarize(pts[x])
+            ci = s["ci95"] if math.isfinite(s["ci95"]) else None
+            cells.append(Cell(s["mean"], s["std"], s["n"], ci, bounds=bounds(metric)))
+        ns = sorted({c.n for c in cells})
+        n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
+        ax.errorbar(
+            xs,
+            [c.mean for c in cells],
+            yerr=_err(cells),
+            marker="o",
+            capsize=3,
+            label=mpl_text(f"{col} ({n})"),
+        )
     if log2 or log10:
         ax.set_xscale("log", base=2 if log2 else 10)
     ax.set_xlabel(mpl_text(xlabel))
     ax.set_ylabel(mpl_text(ylabel))
-    ax.set_title(mpl_text(f"{entry}: {title}"), fontsize=10)
+    note = "(mean; bars: 95% interval, none from equal values)"
+    ax.set_title(mpl_text(f"{entry}: {title}") + "\n" + note, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save(fig, path)

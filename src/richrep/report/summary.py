@@ -1,17 +1,19 @@
 """The report's opening paragraph, written from the numbers: per entry, catK against one seed
 and against the baselines of the same K, each with its 95% interval, saying when a gain is
-within noise."""
+within noise or has no interval. (``ood`` entries speak through worst test-environment
+accuracy: :func:`richrep.report.ood_tables.ood_summary_lines`.)"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from richrep.report.tables import Comparison, Gain, TableRow, size_rank
 
 
 def headline_row(comp: Comparison, entry: str, protocol: str | None = None) -> TableRow | None:
     """The row that speaks for ``entry``: its protocol (else the first), no group or
-    environment when there is such a row, and the ``all`` size (else the largest)."""
+    environment when there is such a row, the ``all`` size (else the largest) and, of several
+    variants, the protocol's last (a continual stream's end, not its trivial first task)."""
     rows = [r for r in comp.rows if r.target.entry == entry]
     if protocol and any(r.target.protocol == protocol for r in rows):
         rows = [r for r in rows if r.target.protocol == protocol]
@@ -20,7 +22,10 @@ def headline_row(comp: Comparison, entry: str, protocol: str | None = None) -> T
     plain = [r for r in rows if r.target.group is None and r.target.environment is None]
     rows = plain or rows
     rows = [r for r in rows if r.gains and any(g is not None for g in r.gains.values())] or rows
-    return max(rows, key=lambda r: size_rank(r.target.size), default=None)
+    if not rows:
+        return None
+    top = max(size_rank(r.target.size) for r in rows)
+    return [r for r in rows if size_rank(r.target.size) == top][-1]
 
 
 def _scale(comp: Comparison) -> tuple[float, str]:
@@ -34,7 +39,7 @@ def _scale(comp: Comparison) -> tuple[float, str]:
 def gain_phrase(g: Gain, other: str, scale: float, unit: str) -> str:
     d = g.diff * scale
     if g.ci95 is None:
-        return f"{d:+.1f}{unit} against {other} (one value on each side: no interval)"
+        return f"{d:+.1f}{unit} against {other} (no interval: {g.no_interval})"
     lo, hi = g.low * scale, g.high * scale  # type: ignore[operator]
     ci = f"95% CI {lo:+.1f} to {hi:+.1f}"
     if not g.significant:
@@ -47,8 +52,10 @@ def summary_lines(
     comp: Comparison,
     entries: Sequence[str] | None = None,
     entry_protocols: Mapping[str, str] | None = None,
+    skip: Collection[str] = (),
 ) -> list[str]:
-    """One sentence per entry (suite order) on catK's gains in ``comp``'s metric."""
+    """One sentence per entry (suite order) on catK's gains in ``comp``'s metric, but for the
+    entries in ``skip``."""
     if not comp.gain_columns:
         return []
     scale, unit = _scale(comp)
@@ -57,6 +64,8 @@ def summary_lines(
     ]
     out = []
     for entry in order:
+        if entry in skip:
+            continue
         row = headline_row(comp, entry, (entry_protocols or {}).get(entry))
         if row is None:
             continue
@@ -73,7 +82,7 @@ def summary_lines(
         t = row.target
         c = row.cells[cat]
         level = f"{c.mean * scale:.1f}" if unit else f"{c.mean:.3f}"
-        where = f"{t.entry} ({t.protocol}, {t.size_text})"
+        where = f"{t.entry} ({', '.join(p for p in (t.protocol, t.size_text, t.variant) if p)})"
         out.append(
             f"{where}: {cat} reaches {level}{unit and ' %'} {comp.metric} and "
             + _join(phrases)

@@ -2,9 +2,16 @@
 targets (suite entry × protocol × size …), columns representations, one table per metric.
 
 A cell is the mean of its values (seeds or seed subsets × draws of the probe's training
-examples) with its n and a 95% Student-t interval. Gains (catK − single, catK − wideK,
-catK − distillK, always of the same K) carry a 95% interval: paired over draws when both sides
-share several draws, else Welch. Nothing is called best within noise.
+examples; few-shot: episodes, each averaged over seeds) with its n and "±" the half-width of its
+95% Student-t interval. One value, or values all equal, give no interval (never "± 0"). The
+interval of a metric bounded in [0, 1] (accuracy-like) is clipped to [0, 1] where it is shown
+as bounds. Gains (catK − single, catK − wideK, catK − distillK, always of the same K) carry a
+95% interval: paired over draws (or episodes) when both sides share several, else Welch. Nothing
+is called best, and no gain is coloured, without an interval that clears the others or 0.
+
+Intervals and differences are views computed here from the rows, never rows themselves: the
+pseudo-metrics older runs stored (``accuracy_ci95``, ``diff_vs_single``) are ignored
+(:func:`derived_note` says so).
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import json
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from richrep.report.cells import UNIT, Cell, Gain, bounds
 from richrep.report.display import Display, kind_display
 from richrep.report.text import strip_control
 from richrep.results.stats import aggregate, paired_difference, welch_interval
@@ -26,6 +34,19 @@ TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment", "va
 CELL_KEYS = (*TARGET_KEYS, "column", "representation", "k")
 GAIN_AGAINST = ("single", "wide", "distill")  # catK − these, of the same K
 PRIMARY_METRIC = "accuracy"
+DERIVED = ("accuracy_ci95", "diff_vs_single")  # views older few-shot runs stored as metrics
+
+
+def derived_note(rows: Iterable[Any]) -> str | None:
+    """What is ignored of rows holding an interval or a difference as a metric (older runs)."""
+    names = [r.get("metric") for r in rows if r.get("metric") in DERIVED]
+    if not names:
+        return None
+    kinds = ", ".join(dict.fromkeys(names))
+    return (
+        f"ignored {len(names)} result rows of {kinds}: an interval or a difference stored as a "
+        "metric by an older richrep; the tables compute them from the per-episode accuracy rows"
+    )
 
 
 @dataclass(frozen=True)
@@ -58,79 +79,6 @@ class Target:
     @property
     def label(self) -> str:
         return " · ".join(self.parts)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """Mean of a cell's values, their std, n, and the 95% interval half-width (None if n=1)."""
-
-    mean: float
-    std: float
-    n: int
-    ci95: float | None
-    dim: int | None = None
-    params: int | None = None
-    by_draw: dict[Any, list[float]] = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def low(self) -> float:
-        return self.mean - (self.ci95 or 0.0)
-
-    @property
-    def high(self) -> float:
-        return self.mean + (self.ci95 or 0.0)
-
-    def text(self, digits: int = 3) -> str:
-        """``0.742 ± 0.011 (n=3)``: mean ± 95% interval half-width, and n."""
-        return f"{self.mean_text(digits)}{self.pm_text(digits)} (n={self.n})"
-
-    def mean_text(self, digits: int = 3) -> str:
-        return f"{self.mean:.{digits}f}"
-
-    def pm_text(self, digits: int = 3) -> str:
-        return f" ± {self.ci95:.{digits}f}" if self.ci95 is not None else ""
-
-    def ci_text(self, digits: int = 3) -> str:
-        if self.ci95 is None:
-            return "no interval (n=1)"
-        return f"95% CI [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-@dataclass(frozen=True)
-class Gain:
-    """``left − right`` with the half-width of its 95% interval (None: no interval)."""
-
-    left: str
-    right: str
-    diff: float
-    ci95: float | None
-    n: int  # draws (paired) or the smaller side's values (Welch)
-    method: str  # "paired", "welch" or "none"
-
-    @property
-    def low(self) -> float | None:
-        return None if self.ci95 is None else self.diff - self.ci95
-
-    @property
-    def high(self) -> float | None:
-        return None if self.ci95 is None else self.diff + self.ci95
-
-    @property
-    def significant(self) -> bool:
-        """True only when the 95% interval excludes 0."""
-        if self.ci95 is None or not math.isfinite(self.ci95):
-            return False
-        return self.diff - self.ci95 > 0 or self.diff + self.ci95 < 0
-
-    def text(self, digits: int = 3) -> str:
-        pm = f" ± {self.ci95:.{digits}f}" if self.ci95 is not None else ""
-        return f"{self.diff:+.{digits}f}{pm}"
-
-    def ci_text(self, digits: int = 3) -> str:
-        if self.ci95 is None:
-            return "no interval (one value on each side)"
-        how = f"paired over {self.n} draws" if self.method == "paired" else "Welch, unpaired"
-        return f"95% CI [{self.low:+.{digits}f}, {self.high:+.{digits}f}], {how}"
 
 
 @dataclass(frozen=True)
@@ -233,8 +181,10 @@ def kind_of(comp: Comparison, column: str) -> str:
 
 
 def metrics(rows: Iterable[Any]) -> list[str]:
-    """The metrics present, accuracy first, then in order of appearance."""
+    """The metrics present, accuracy first, then in order of appearance (not the intervals and
+    differences older runs stored as metrics: :data:`DERIVED`)."""
     seen = list(dict.fromkeys(r.get("metric", PRIMARY_METRIC) for r in rows))
+    seen = [m for m in seen if m not in DERIVED]
     return sorted(seen, key=lambda m: (m != PRIMARY_METRIC, seen.index(m)))
 
 
@@ -256,8 +206,9 @@ def build_comparison(
     """Aggregate result rows (``Row`` objects or dicts) of ``metric`` into the table.
 
     ``entries`` orders the targets (the suite's order); entries it does not name follow in
-    order of appearance. Rows of another metric are ignored."""
-    agg = aggregate(rows, CELL_KEYS, metric=metric)
+    order of appearance. Rows of another metric are ignored, and so is a metric of
+    :data:`DERIVED` (an interval or a difference is computed here, not read)."""
+    agg = aggregate(rows, CELL_KEYS, metric=metric) if metric not in DERIVED else []
     info: dict[str, Column] = {}
     table: dict[Target, dict[str, Cell]] = {}
     for a in agg:
@@ -276,7 +227,15 @@ def build_comparison(
         )
         ci = a["ci95"] if a["n"] > 1 and math.isfinite(a["ci95"]) else None
         table.setdefault(target, {})[col] = Cell(
-            a["mean"], a["std"], a["n"], ci, a["dim"], a["params"], a["by_draw"]
+            a["mean"],
+            a["std"],
+            a["n"],
+            ci,
+            a["dim"],
+            a["params"],
+            a["by_draw"],
+            a["unit"],
+            bounds(metric),
         )
     columns = sorted(info, key=lambda c: (info[c].display.order, info[c].k, c))
     order = list(entries or [])
@@ -329,18 +288,21 @@ def _gain_columns(info: dict[str, Column]) -> tuple[int | None, list[GainColumn]
 
 
 def gain(a: Cell | None, b: Cell | None, g: GainColumn) -> Gain | None:
-    """``a − b`` with its 95% interval: paired over shared draws when both sides have several,
-    otherwise Welch from the cells' std and n; no interval when both have one value."""
+    """``a − b`` with its 95% interval: paired over shared draws when both sides have several
+    (none when the difference is the same on every draw), otherwise Welch from the cells' std
+    and n; no interval when neither side has two distinct values."""
     if a is None or b is None:
         return None
     p = None
     if len(a.by_draw) > 1 and len(b.by_draw) > 1:
         p = paired_difference(a.by_draw, b.by_draw)
-    if p is not None and p["ci95"] is not None and math.isfinite(p["ci95"]):
-        return Gain(g.left, g.right, p["mean"], p["ci95"], p["n"], "paired")
+    if p is not None:
+        ci = p["ci95"] if math.isfinite(p["ci95"]) else None
+        over = "episodes" if a.unit == "episodes" else "draws"
+        return Gain(g.left, g.right, p["mean"], ci, p["n"], "paired", over)
     w = welch_interval(a.mean, a.std, a.n, b.mean, b.std, b.n)
     if w is None:
-        return Gain(g.left, g.right, a.mean - b.mean, None, 1, "none")
+        return Gain(g.left, g.right, a.mean - b.mean, None, min(a.n, b.n), "none")
     return Gain(g.left, g.right, w["mean"], w["ci95"], w["n"], "welch")
 
 
@@ -354,10 +316,19 @@ def clean(s: Any) -> str:
 
 
 def caption(comp: Comparison) -> str:
-    """What the numbers of a table are."""
+    """What the numbers of a table are: what "±" means, what n counts, how bounds clip."""
+    units = set(c.unit for r in comp.rows for c in r.cells.values()) or {"values"}
+    n = " or ".join(UNIT.get(u, u) for u in sorted(units, reverse=True))
+    b = bounds(comp.metric)
+    clip = (
+        f"; an interval that would leave [{b[0]:g}, {b[1]:g}] is clipped and shown as [low, high]"
+        if b
+        else ""
+    )
     return (
-        f"test {comp.metric}: mean ± 95% interval half-width (n = seeds or seed subsets × "
-        "draws); gains ± 95% interval, paired over draws where possible"
+        f"test {comp.metric}: mean ± half-width of the 95% Student-t interval over what varied "
+        f"(n = {n}){clip}; no interval from one value or equal values; gains ± their 95% "
+        "interval, paired over shared draws or episodes where possible, else Welch"
     )
 
 

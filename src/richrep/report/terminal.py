@@ -53,13 +53,18 @@ def _table_width(widths: Sequence[int]) -> int:
 def _cell_lines(cell: Cell | None, digits: int) -> list[str]:
     if cell is None:
         return [""]
-    return [cell.mean_text(digits), f"{cell.pm_text(digits).strip()} n={cell.n}".strip()]
+    if cell.ci95 is None:
+        return [cell.mean_text(digits), cell.n_text()]
+    return [cell.mean_text(digits), f"{cell.pm_text(digits).strip()} n={cell.n}"]
 
 
 def _gain_lines(g: Gain | None, digits: int) -> list[str]:
     if g is None:
         return [""]
-    return [f"{g.diff:+.{digits}f}", f"± {g.ci95:.{digits}f}" if g.ci95 is not None else "no CI"]
+    return [
+        f"{g.diff:+.{digits}f}",
+        f"± {g.ci95:.{digits}f}" if g.ci95 is not None else "no interval",
+    ]
 
 
 def _one_line(comp: Comparison, digits: int) -> list[int]:
@@ -178,7 +183,7 @@ def _per_target(comp: Comparison, digits: int) -> list:
         t = Table(title=Text(clean(r.label)), box=box.SIMPLE, expand=False)
         t.add_column("column", overflow="fold")
         t.add_column("mean", justify="right", no_wrap=True)
-        t.add_column("± 95%", justify="right", no_wrap=True)
+        t.add_column("± 95% interval", justify="right", no_wrap=True)
         t.add_column("n", justify="right", no_wrap=True)
         for c in comp.columns:
             cell = r.cells.get(c)
@@ -187,7 +192,7 @@ def _per_target(comp: Comparison, digits: int) -> list:
             t.add_row(
                 Text(clean(c)),
                 Text(cell.mean_text(digits), style=_style(comp, r, c)),
-                Text(f"{cell.ci95:.{digits}f}" if cell.ci95 is not None else "–"),
+                Text(cell.pm_text(digits).strip() or "none"),
                 Text(str(cell.n)),
             )
         for g in comp.gain_columns:
@@ -197,7 +202,7 @@ def _per_target(comp: Comparison, digits: int) -> list:
             t.add_row(
                 Text(clean(g.name)),
                 Text(f"{x.diff:+.{digits}f}", style=_gain_style(x)),
-                Text(f"{x.ci95:.{digits}f}" if x.ci95 is not None else "–"),
+                Text(f"± {x.ci95:.{digits}f}" if x.ci95 is not None else "none"),
                 Text(str(x.n)),
             )
         out.append(t)
