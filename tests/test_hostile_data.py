@@ -101,6 +101,13 @@ def symlink_to_class(tmp: Path) -> Callable[[], object]:
     return lambda: _load(root)
 
 
+def symlink_loop(tmp: Path) -> Callable[[], object]:
+    root = _classes(tmp / "imgs")
+    (root / "b" / "sub").mkdir()
+    os.symlink(root / "b", root / "b" / "sub" / "loop")
+    return lambda: _load(root)
+
+
 def split_shares_a_class(tmp: Path) -> Callable[[], object]:
     root = tmp / "imgs"
     _classes(root / "train")
@@ -214,12 +221,25 @@ INF = np.ones((10, 3))
 INF[2, 0] = np.inf
 
 REFUSED = {
-    "class folder -> dataset root": (symlink_to_root, DataError, r"class folder .*imgs/c.* root"),
-    "class folder -> another class": (symlink_to_class, DataError, r"imgs/a.*imgs/c"),
+    "class folder -> dataset root": (
+        symlink_to_root,
+        DataError,
+        r"imgs/c resolves to .*imgs, the dataset's folder or one above it",
+    ),
+    "class folder -> another class": (
+        symlink_to_class,
+        DataError,
+        r"imgs/c resolves to .*imgs/a, read as .*imgs/a: its images would be read twice",
+    ),
     "test class -> train class": (
         split_shares_a_class,
         DataError,
-        r"test/a and .*train/a resolve to the same folder",
+        r"test/a resolves to .*train/a, read as .*train/a",
+    ),
+    "symlink loop in a class folder": (
+        symlink_loop,
+        DataError,
+        r"imgs/b/sub/loop resolves to .*imgs/b, read as .*imgs/b:",
     ),
     "empty class folder": (empty_class, DataError, r"class folder .*imgs/b holds no image"),
     "FIFO named .png": (fifo, DataError, r"b/pipe\.png is not a regular file"),
@@ -296,6 +316,19 @@ def test_sixteen_bit_pngs_are_read_in_the_unit_range(tmp_path, channels):
         want = (1000 if name == "dark" else 40000) + 97 * np.arange(64).reshape(8, 8)
         got = x[y == c][:, 0]
         assert np.all(np.abs(got - want / 65535) <= 5 / 65535), name  # + i, i < 5
+
+
+def test_symlinked_sub_folder_is_read(tmp_path):
+    """Images in a sub-folder reached through a symlink count, under their class folder."""
+    root = _classes(tmp_path / "imgs")
+    _grey(tmp_path / "elsewhere" / "x.png", 200)
+    _grey(tmp_path / "elsewhere" / "y.png", 201)
+    os.symlink(tmp_path / "elsewhere", root / "b" / "more")
+    t = _load(root, verify=1000)
+    files = t.train.x.files
+    assert len(files) == 10 and {"b/more/x.png", "b/more/y.png"} <= set(files)
+    labels = np.concatenate([s.y.numpy() for s in (t.train, t.val, t.test)])
+    assert int((labels == 1).sum()) == 6  # class b: its 4 images and the 2 linked ones
 
 
 def test_large_integers_in_range_are_kept(tmp_path):

@@ -8,8 +8,9 @@ limit) are read with Pillow, converted to ``channels`` (1: grey, 3: RGB) and res
 ``size`` × ``size`` (bilinear), in [0, 1] (8-bit images divided by 255, 16-bit by 65535;
 32-bit ones are refused). Nothing is decoded up front: the splits hold an
 :class:`~richrep.data.images.ImageSource`. Refused when the data loads, with the folder or file
-named: a class folder without images (class ids would shift), class folders that resolve to the
-same folder, one inside another or the dataset's root (images read twice, under two labels),
+named: a class folder without images (class ids would shift), a folder reached twice through
+symlinks (a loop, two class folders resolving to one folder, a class folder resolving to the
+dataset's: images read twice, under two labels; symlinked sub-folders are otherwise followed),
 and image names that are not regular files (a FIFO) or dangling symlinks.
 
 The splits' fingerprint is a manifest — every file's relative path, size and modification
@@ -47,26 +48,38 @@ class Folder(NamedTuple):
     labels: list[int]
     classes: list[str]  # the class folders' names, sorted
     stats: list[os.stat_result]  # of each file (symlinks followed)
-    folders: list[Path]  # the class folders
 
 
-def scan(root: Path, where: str) -> Folder:
-    """The class folders under ``root`` and their image files (regular files only; see
-    :func:`_images`); a :class:`DataError` naming a class folder that holds no image, since
-    every later class id would shift."""
+Seen = dict[Path, Path | None]  # real folder -> how it was first reached (None: a dataset root)
+
+
+def roots_seen(*roots: Path) -> Seen:
+    """The dataset folders ``roots`` and every folder above them, which no class folder may
+    reach."""
+    seen: Seen = {}
+    for root in roots:
+        real = root.resolve()
+        seen.update({p: None for p in (real, *real.parents)})
+    return seen
+
+
+def scan(root: Path, where: str, seen: Seen) -> Folder:
+    """The class folders under ``root`` and their image files (see :func:`_images`); a
+    :class:`DataError` naming a class folder that holds no image, since every later class id
+    would shift."""
     if not root.is_dir():
         raise DataError(f"{where}: {root} is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{where}: {root} holds no class folders (expected {root}/<class>/*.png)")
-    out = Folder([], [], classes, [], [root / name for name in classes])
-    for c, folder in enumerate(out.folders):
-        found = _images(root, folder, where)
+    out = Folder([], [], classes, [])
+    for c, name in enumerate(classes):
+        found = _images(root, root / name, where, seen)
         if not found:
             raise DataError(
-                f"{where}: class folder {folder} holds no image files ({', '.join(EXTENSIONS)}); "
-                "classes are the sorted folder names, so every later class id would shift: "
-                "add its images or remove the folder"
+                f"{where}: class folder {root / name} holds no image files "
+                f"({', '.join(EXTENSIONS)}); classes are the sorted folder names, so every "
+                "later class id would shift: add its images or remove the folder"
             )
         for f, st in found:
             out.files.append(f)
@@ -75,17 +88,29 @@ def scan(root: Path, where: str) -> Folder:
     return out
 
 
-def _images(root: Path, folder: Path, where: str) -> list[tuple[str, os.stat_result]]:
-    """(path relative to ``root``, stat) of the image files under ``folder``, sorted; symlinked
-    sub-folders are not followed. A :class:`DataError` names a dangling symlink or an image name
-    that is not a regular file (a FIFO would block its reader forever)."""
+def _images(root: Path, folder: Path, where: str, seen: Seen) -> list[tuple[str, os.stat_result]]:
+    """(path relative to ``root``, stat) of the image files under ``folder``, sorted, symlinked
+    sub-folders followed. A :class:`DataError` names a folder reached twice (a symlink loop, a
+    class folder resolving to another's folder, the dataset's or one above it: images read
+    twice, under two labels), a dangling symlink, or an image name that is not a regular file
+    (a FIFO would block its reader forever)."""
     found = []
-    for dirpath, dirnames, names in os.walk(folder):
+    for dirpath, dirnames, names in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in seen:
+            first = seen[real]
+            why = "the dataset's folder or one above it" if first is None else f"read as {first}"
+            raise DataError(
+                f"{where}: {here} resolves to {real}, {why}: its images would be read twice; "
+                "remove the symlink"
+            )
+        seen[real] = here
         dirnames.sort()
         for n in sorted(names):
             if not n.lower().endswith(EXTENSIONS) or n.startswith("."):
                 continue
-            path = Path(dirpath) / n
+            path = here / n
             try:
                 st = path.stat()
             except FileNotFoundError:
@@ -100,28 +125,6 @@ def _images(root: Path, folder: Path, where: str) -> list[tuple[str, os.stat_res
                 )
             found.append((str(path.relative_to(root)), st))
     return found
-
-
-def distinct_folders(folders: list[Path], roots: list[Path], where: str) -> None:
-    """A :class:`DataError` when a class folder resolves (through symlinks) to a dataset folder
-    in ``roots`` or one above it, or two class folders to the same folder or one inside the
-    other: their images would be read twice, under two labels."""
-    for folder in folders:
-        real = folder.resolve()
-        for root in roots:
-            if real == root.resolve() or real in root.resolve().parents:
-                raise DataError(
-                    f"{where}: class folder {folder} resolves to {real}, the dataset's root "
-                    "or a folder above it: its images would be read again under this label"
-                )
-    real = sorted((f.resolve().parts, f) for f in folders)
-    for (a, fa), (b, fb) in zip(real, real[1:], strict=False):
-        if b[: len(a)] == a:  # the same folder, or b inside a (sorted: a prefix comes first)
-            raise DataError(
-                f"{where}: class folders {fa} and {fb} resolve to "
-                f"{'the same folder' if a == b else 'one folder inside the other'} "
-                f"({Path(*b)}): their images would carry two labels"
-            )
 
 
 def manifest(
@@ -169,12 +172,12 @@ def image_folder(
     seed = 0 if split_seed is None else split_seed
     info: dict[str, Any] = {"path": str(root), "size": size, "channels": channels}
     if (root / "train").is_dir() and (root / "test").is_dir():
-        tr, te = scan(root / "train", where), scan(root / "test", where)
+        seen = roots_seen(root / "train", root / "test")
+        tr, te = scan(root / "train", where, seen), scan(root / "test", where, seen)
         if te.classes != tr.classes:
             raise DataError(
                 f"{where}: {root}/test has classes {te.classes}, {root}/train {tr.classes}"
             )
-        distinct_folders(tr.folders + te.folders, [root / "train", root / "test"], where)
         files = [f"train/{f}" for f in tr.files] + [f"test/{f}" for f in te.files]
         fp = manifest(root, files, tr.stats + te.stats, verify, seed, channels)
         source = ImageSource(root, files, size, channels, fp)
@@ -183,8 +186,7 @@ def image_folder(
         y_tr, y_te, classes = tr.labels, te.labels, tr.classes
         info["test_split"] = {"from": "test/"}
     else:
-        found = scan(root, where)
-        distinct_folders(found.folders, [root], where)
+        found = scan(root, where, roots_seen(root))
         files, y, classes = found.files, found.labels, found.classes
         fp = manifest(root, files, found.stats, verify, seed, channels)
         source = ImageSource(root, files, size, channels, fp)
