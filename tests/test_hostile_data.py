@@ -68,12 +68,12 @@ def _bomb_png(path: Path, side: int = 20_000) -> None:
     path.write_bytes(bytes(data))
 
 
-def _huge_member_npz(path: Path) -> Path:
-    """An npz whose deflated ``x.npy`` declares a 14.6 TiB float64 array in a few bytes."""
+def _huge_member_npz(path: Path, how: int = zipfile.ZIP_DEFLATED) -> Path:
+    """An npz whose ``x.npy`` declares a 14.6 TiB float64 array in a few bytes."""
     head = io.BytesIO()
     header = {"descr": "<f8", "fortran_order": False, "shape": HUGE}
     np.lib.format.write_array_header_1_0(head, header)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(path, "w", how) as z:
         z.writestr("x.npy", head.getvalue() + bytes(64))
         y = io.BytesIO()
         np.save(y, np.arange(HUGE[0] // 10**5) % 2)
@@ -177,6 +177,11 @@ def huge_member_as_data(tmp: Path) -> Callable[[], object]:
     return lambda: load_task("npz", {"path": str(p)})
 
 
+def huge_stored_member(tmp: Path) -> Callable[[], object]:
+    p = _huge_member_npz(tmp / "huge.npz", zipfile.ZIP_STORED)
+    return lambda: load_task("npz", {"path": str(p)})
+
+
 def huge_member_as_target(tmp: Path) -> Callable[[], object]:
     p = _huge_member_npz(tmp / "huge.npz")
     raw = {
@@ -257,6 +262,11 @@ REFUSED = {
         r": x_test holds 1 NaN/inf value \(example 2",
     ),
     "14.6 TiB member (data)": (huge_member_as_data, DataError, r"x\.npy declares .*14\.6 TiB"),
+    "14.6 TiB member, stored": (
+        huge_stored_member,
+        DataError,
+        r"x\.npy declares .*\(14\.6 TiB\) but holds 64 B of data",
+    ),
     "14.6 TiB member (suite target)": (
         huge_member_as_target,
         DataError,

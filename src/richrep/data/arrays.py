@@ -123,8 +123,8 @@ def _read(p: Path) -> dict[str, np.ndarray]:
         what = "empty" if not head else "not a zip archive"
         raise DataError(f"{p} is not a readable .npz file ({what}); save with {HOW_TO_SAVE}")
     try:
-        arrays = memmap_npz(p)
         check_declared(p)
+        arrays = memmap_npz(p)
         with np.load(p, allow_pickle=False) as f:  # compressed members: read
             arrays.update({k: f[k] for k in f.files if k not in arrays})
     except ValueError as e:
@@ -176,13 +176,13 @@ def memmap_npz(p: Path) -> dict[str, np.ndarray]:
 
 
 def check_declared(p: Path) -> None:
-    """Read the ``.npy`` header of each compressed member of the .npz at ``p`` (decompressing
-    only its first bytes) and refuse an array larger than the memory available or than the
-    member's data: ``np.load`` would allocate it whole before reading it."""
+    """Read the ``.npy`` header of each member of the .npz at ``p`` (decompressing only its
+    first bytes) and refuse an array larger than the member's data, or, compressed, than the
+    memory available: ``np.load`` would allocate it whole before reading it."""
     free = available_memory()
     with zipfile.ZipFile(p) as z:
         for info in z.infolist():
-            if info.compress_type == zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+            if not info.filename.endswith(".npy"):
                 continue
             with z.open(info) as fh:
                 shape, _, dtype = _header(fh)
@@ -191,7 +191,7 @@ def check_declared(p: Path) -> None:
                 continue  # pickled: np.load refuses it with its own message
             need = math.prod(shape) * dtype.itemsize
             what = f"{p}: member {info.filename} declares a {dtype} array of shape {shape}"
-            if free is not None and need > free:
+            if info.compress_type != zipfile.ZIP_STORED and free is not None and need > free:
                 raise DataError(
                     f"{what}, {human_bytes(need)}: more than the {human_bytes(free)} of memory "
                     "available to read it into"
