@@ -399,6 +399,9 @@ def resolve(exp: Experiment) -> Experiment:
                 f"training.baselines.{i}.k: {b.kind} takes k = {need} (it stands for catK); "
                 f"got {b.k}"
             )
+        if MEMBERS.meta(b.kind, "k_seeds", False) and b.k > (n := len(exp.training.seed_list)):
+            msg = f"{b.kind}{b.k} stands for cat{b.k}, but the run trains {n} seeds"
+            raise ConfigError(f"training.baselines.{i}.k: {msg}; lower k or raise training.seeds")
         baselines.append(Baseline(kind=b.kind, k=b.k, seeds=b.seeds, params=_jsonable(params)))
     objective = exp.training.objective.resolved(OBJECTIVES, "training.objective")
     head = getattr(OBJECTIVES.entry(objective.name).fn, "head", "")

@@ -5,20 +5,24 @@ Members stored uncompressed (``np.savez``) are memory-mapped (:func:`memmap_npz`
 local headers give each ``.npy`` member's offset, its header the dtype and shape), so the file
 is never read whole into memory before the splits are cut from it: only the rows a split takes
 are read, straight into its float32 tensor. Compressed members (``np.savez_compressed``)
-cannot be mapped and are read as before."""
+cannot be mapped and are read as before, once their ``.npy`` headers are checked
+(:func:`check_declared`): an array larger than the memory available, or than the member holds,
+is refused before numpy allocates it. Inputs must be finite and keep their values in float32
+(:func:`~richrep.data.checks.check_inputs`)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from richrep.data.checks import integer_ids
+from richrep.data.checks import available_memory, check_inputs, human_bytes, integer_ids
 from richrep.data.datasets import DATASETS, RawData
 from richrep.data.splits import stratified_split
 from richrep.errors import DataError
@@ -56,6 +60,13 @@ def npz(
     sets = [("x", "y", "groups")] + [("x_test", "y_test", "groups_test")] * ("x_test" in arrays)
     for xk, yk, gk in sets:
         _check_set(p, arrays, xk, yk, gk)
+    need, free = 4 * sum(arrays[s[0]].size for s in sets), available_memory()
+    if free is not None and need > free:  # a mapped x is read whole into float32 tensors
+        names = " and ".join(s[0] for s in sets) + (" take" if len(sets) > 1 else " takes")
+        raise DataError(
+            f"{p}: {names} {human_bytes(need)} as float32 (the tasks' dtype), more than the "
+            f"{human_bytes(free)} of memory available"
+        )
     x, y, g = arrays["x"], arrays["y"], arrays.get("groups")
     if x.ndim == 3 and kind in ("auto", "image"):
         x = x[:, None]
@@ -112,6 +123,7 @@ def _read(p: Path) -> dict[str, np.ndarray]:
         what = "empty" if not head else "not a zip archive"
         raise DataError(f"{p} is not a readable .npz file ({what}); save with {HOW_TO_SAVE}")
     try:
+        check_declared(p)
         arrays = memmap_npz(p)
         with np.load(p, allow_pickle=False) as f:  # compressed members: read
             arrays.update({k: f[k] for k in f.files if k not in arrays})
@@ -145,11 +157,7 @@ def memmap_npz(p: Path) -> dict[str, np.ndarray]:
                 + int.from_bytes(local[26:28], "little")
                 + int.from_bytes(local[28:30], "little")
             )
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            shape, fortran, dtype = _header(fh)
             if dtype.hasobject:
                 continue  # pickled: np.load below refuses it with its own message
             name = info.filename[: -len(".npy")]
@@ -165,6 +173,42 @@ def memmap_npz(p: Path) -> dict[str, np.ndarray]:
                 order="F" if fortran else "C",
             )
     return out
+
+
+def check_declared(p: Path) -> None:
+    """Read the ``.npy`` header of each member of the .npz at ``p`` (decompressing only its
+    first bytes) and refuse an array larger than the member's data, or, compressed, than the
+    memory available: ``np.load`` would allocate it whole before reading it."""
+    free = available_memory()
+    with zipfile.ZipFile(p) as z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as fh:
+                shape, _, dtype = _header(fh)
+                held = info.file_size - fh.tell()
+            if dtype.hasobject:
+                continue  # pickled: np.load refuses it with its own message
+            need = math.prod(shape) * dtype.itemsize
+            what = f"{p}: member {info.filename} declares a {dtype} array of shape {shape}"
+            if info.compress_type != zipfile.ZIP_STORED and free is not None and need > free:
+                raise DataError(
+                    f"{what}, {human_bytes(need)}: more than the {human_bytes(free)} of memory "
+                    "available to read it into"
+                )
+            if need > held:
+                raise DataError(
+                    f"{what} ({human_bytes(need)}) but holds {human_bytes(held)} of data: the "
+                    "file is corrupt or truncated"
+                )
+
+
+def _header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from the ``.npy`` header at ``fh``'s position."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    return np.lib.format.read_array_header_2_0(fh)
 
 
 def _pickled(p: Path) -> str:
@@ -185,6 +229,7 @@ def _check_set(p: Path, arrays: dict[str, np.ndarray], xk: str, yk: str, gk: str
         raise DataError(f"{p}: {xk} holds 0 examples")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{p}: {xk} must hold real numbers (bool, int or float), got {x.dtype}")
+    check_inputs(x, xk, str(p))
     n = x.shape[0]
     if y.shape != (n,):
         raise DataError(f"{p}: {yk} must have shape ({n},) to match {xk}, got {y.shape}")

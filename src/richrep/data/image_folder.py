@@ -3,9 +3,15 @@
 Layout: ``DIR/train/<class>/*.png`` and ``DIR/test/<class>/*.png`` (the test set as given), or
 ``DIR/<class>/*`` (a stratified ``test_fraction`` held out for testing, drawn with
 ``split_seed``, default the experiment's seed). Classes are the sub-folder names in sorted
-order; PNG, JPEG, BMP, GIF, TIFF and WebP files of any size are read with Pillow, converted to
-``channels`` (1: grey, 3: RGB) and resized to ``size`` × ``size`` (bilinear), in [0, 1].
-Nothing is decoded up front: the splits hold an :class:`~richrep.data.images.ImageSource`.
+order; PNG, JPEG, BMP, GIF, TIFF and WebP files of any size (up to Pillow's decompression-bomb
+limit) are read with Pillow, converted to ``channels`` (1: grey, 3: RGB) and resized to
+``size`` × ``size`` (bilinear), in [0, 1] (8-bit images divided by 255, 16-bit by 65535;
+32-bit ones are refused). Nothing is decoded up front: the splits hold an
+:class:`~richrep.data.images.ImageSource`. Refused when the data loads, with the folder or file
+named: a class folder without images (class ids would shift), a folder reached twice through
+symlinks (a loop, two class folders resolving to one folder, a class folder resolving to the
+dataset's: images read twice, under two labels; symlinked sub-folders are otherwise followed),
+and image names that are not regular files (a FIFO) or dangling symlinks.
 
 The splits' fingerprint is a manifest — every file's relative path, size and modification
 time — plus the content hashes (blake2b) of a seeded sample of ``verify`` files, which are
@@ -20,17 +26,18 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from richrep.data.datasets import DATASETS, RawData
-from richrep.data.images import ImageSource, decode
+from richrep.data.images import ImageSource, data_workers, decode
 from richrep.data.splits import stratified_split
 from richrep.errors import DataError
 from richrep.store import TMP_PREFIX, write_json
@@ -38,33 +45,103 @@ from richrep.store import TMP_PREFIX, write_json
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def scan(root: Path, where: str) -> tuple[list[str], list[int], list[str]]:
-    """(files relative to ``root``, labels, class names) of the class folders under ``root``,
-    sorted."""
+class Folder(NamedTuple):
+    files: list[str]  # relative to the scanned folder, sorted
+    labels: list[int]
+    classes: list[str]  # the class folders' names, sorted
+    stats: list[os.stat_result]  # of each file (symlinks followed)
+
+
+Seen = dict[Path, Path | None]  # real folder -> how it was first reached (None: a dataset root)
+
+
+def roots_seen(*roots: Path) -> Seen:
+    """The dataset folders ``roots`` and every folder above them, which no class folder may
+    reach."""
+    seen: Seen = {}
+    for root in roots:
+        real = root.resolve()
+        seen.update({p: None for p in (real, *real.parents)})
+    return seen
+
+
+def scan(root: Path, where: str, seen: Seen) -> Folder:
+    """The class folders under ``root`` and their image files (see :func:`_images`); a
+    :class:`DataError` naming a class folder that holds no image, since every later class id
+    would shift."""
     if not root.is_dir():
         raise DataError(f"{where}: {root} is not a folder")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{where}: {root} holds no class folders (expected {root}/<class>/*.png)")
-    files, labels = [], []
+    out = Folder([], [], classes, [])
     for c, name in enumerate(classes):
-        for dirpath, dirnames, names in os.walk(root / name):
-            dirnames.sort()
-            for n in sorted(names):
-                if n.lower().endswith(EXTENSIONS) and not n.startswith("."):
-                    files.append(str((Path(dirpath) / n).relative_to(root)))
-                    labels.append(c)
-    if not files:
-        raise DataError(f"{where}: no image files ({', '.join(EXTENSIONS)}) under {root}")
-    return files, labels, classes
+        found = _images(root, root / name, where, seen)
+        if not found:
+            raise DataError(
+                f"{where}: class folder {root / name} holds no image files "
+                f"({', '.join(EXTENSIONS)}); classes are the sorted folder names, so every "
+                "later class id would shift: add its images or remove the folder"
+            )
+        for f, st in found:
+            out.files.append(f)
+            out.labels.append(c)
+            out.stats.append(st)
+    return out
 
 
-def manifest(root: Path, files: list[str], verify: int, seed: int, channels: int) -> str:
-    """Fingerprint of ``files``: path, size and mtime of each, plus the content hash of a seeded
-    sample of ``verify`` of them (each also decoded, so a bad file in it fails here)."""
+def _images(root: Path, folder: Path, where: str, seen: Seen) -> list[tuple[str, os.stat_result]]:
+    """(path relative to ``root``, stat) of the image files under ``folder``, sorted, symlinked
+    sub-folders followed. A :class:`DataError` names a folder reached twice (a symlink loop, a
+    class folder resolving to another's folder, the dataset's or one above it: images read
+    twice, under two labels), a dangling symlink, or an image name that is not a regular file
+    (a FIFO would block its reader forever)."""
+    found = []
+    for dirpath, dirnames, names in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in seen:
+            first = seen[real]
+            why = "the dataset's folder or one above it" if first is None else f"read as {first}"
+            raise DataError(
+                f"{where}: {here} resolves to {real}, {why}: its images would be read twice; "
+                "remove the symlink"
+            )
+        seen[real] = here
+        dirnames.sort()
+        for n in sorted(names):
+            if not n.lower().endswith(EXTENSIONS) or n.startswith("."):
+                continue
+            path = here / n
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                what = "a dangling symlink" if path.is_symlink() else "gone"
+                raise DataError(f"{where}: {path} is {what}; fix or remove it") from None
+            except OSError as e:
+                raise DataError(f"{where}: cannot read {path}: {e.strerror or e}") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise DataError(
+                    f"{where}: {path} is not a regular file (a FIFO, socket or device named "
+                    "like an image); remove it"
+                )
+            found.append((str(path.relative_to(root)), st))
+    return found
+
+
+def manifest(
+    root: Path,
+    files: list[str],
+    stats: list[os.stat_result],
+    verify: int,
+    seed: int,
+    channels: int,
+) -> str:
+    """Fingerprint of ``files``: path, size and mtime of each (``stats``), plus the content hash
+    of a seeded sample of ``verify`` of them (each also decoded, so a bad file in it fails
+    here)."""
     h = hashlib.blake2b(digest_size=8)
-    for f in files:
-        st = (root / f).stat()
+    for f, st in zip(files, stats, strict=True):
         h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     g = torch.Generator().manual_seed(seed)
     for i in torch.randperm(len(files), generator=g)[: min(verify, len(files))].tolist():
@@ -93,24 +170,27 @@ def image_folder(
     where = "dataset 'image_folder'"
     if not root.exists():
         raise DataError(f"{where}: {root} does not exist")
+    data_workers()  # a bad $RICHREP_DATA_WORKERS fails now, not when training streams
     seed = 0 if split_seed is None else split_seed
     info: dict[str, Any] = {"path": str(root), "size": size, "channels": channels}
     if (root / "train").is_dir() and (root / "test").is_dir():
-        tr, y_tr, classes = scan(root / "train", where)
-        te, y_te, test_classes = scan(root / "test", where)
-        if test_classes != classes:
+        seen = roots_seen(root / "train", root / "test")
+        tr, te = scan(root / "train", where, seen), scan(root / "test", where, seen)
+        if te.classes != tr.classes:
             raise DataError(
-                f"{where}: {root}/test has classes {test_classes}, {root}/train {classes}"
+                f"{where}: {root}/test has classes {te.classes}, {root}/train {tr.classes}"
             )
-        files = [f"train/{f}" for f in tr] + [f"test/{f}" for f in te]
-        fp = manifest(root, files, verify, seed, channels)
+        files = [f"train/{f}" for f in tr.files] + [f"test/{f}" for f in te.files]
+        fp = manifest(root, files, tr.stats + te.stats, verify, seed, channels)
         source = ImageSource(root, files, size, channels, fp)
-        n = len(tr)
+        n = len(tr.files)
         x_tr, x_te = source.subset(np.arange(n)), source.subset(np.arange(n, len(files)))
+        y_tr, y_te, classes = tr.labels, te.labels, tr.classes
         info["test_split"] = {"from": "test/"}
     else:
-        files, y, classes = scan(root, where)
-        fp = manifest(root, files, verify, seed, channels)
+        found = scan(root, where, roots_seen(root))
+        files, y, classes = found.files, found.labels, found.classes
+        fp = manifest(root, files, found.stats, verify, seed, channels)
         source = ImageSource(root, files, size, channels, fp)
         keep, held = stratified_split(np.asarray(y), test_fraction, seed, "image_folder-test")
         x_tr, x_te = source.subset(keep), source.subset(held)

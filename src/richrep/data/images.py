@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from richrep.errors import DataError
+from richrep.errors import ConfigError, DataError
 
 STATS_SAMPLE = 4096  # images read for the channel statistics and value checks
 Layer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (batch, positions) -> batch
@@ -44,30 +45,90 @@ def is_lazy(x: Any) -> bool:
 
 
 def decode(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image file as uint8 ``(channels, size, size)``; :class:`DataError` naming the file
-    when it cannot be read or decoded."""
+    """One image file as float32 ``(channels, size, size)`` in [0, 1]: 8-bit images divided by
+    255, 16-bit ones (Pillow modes ``I;16*``) by 65535. :class:`DataError` naming the file
+    when it is not a regular file, cannot be decoded, is larger than Pillow's decompression-bomb
+    limit, or holds 32-bit pixels (whose range is unknown)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            mode = "L" if channels == 1 else "RGB"
-            if im.mode != mode:  # converting costs as much as decoding a small PNG
-                im = im.convert(mode)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
+        with _open_regular(path) as fh, Image.open(fh) as im:
+            a = _pixels(im, size, channels, path)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(f"cannot decode image {path}: {e} Resize it below that limit") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    if a.ndim == 2:
+        return np.repeat(a[None], channels, axis=0)
+    return a.transpose(2, 0, 1)
+
+
+def _open_regular(path: Path) -> Any:
+    """``path`` opened for reading; a :class:`DataError` if it is not a regular file (a FIFO is
+    opened without blocking and never read)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DataError(f"cannot decode image {path}: it is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _pixels(im: Any, size: int, channels: int, path: Path) -> np.ndarray:
+    """The pixels of the opened image ``im``, resized, in [0, 1]: ``(H, W)`` or ``(H, W, 3)``."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        im, top = im.convert("F"), 65535.0  # 16 bits (an older Pillow opens PNGs as "I")
+    elif im.mode in ("I", "F"):
+        kind = "integer" if im.mode == "I" else "float"
+        raise DataError(
+            f"image {path} holds 32-bit {kind} pixels, whose range richrep cannot know; save "
+            "it with 8 or 16 bits per channel, or use the npz dataset (its `scale` argument)"
+        )
+    else:
+        mode = "L" if channels == 1 else "RGB"
+        if im.mode != mode:  # converting costs as much as decoding a small PNG
+            im = im.convert(mode)
+        top = 255.0
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    a = np.asarray(im, dtype=np.float32)
+    return a / np.float32(top)
+
+
+DATA_WORKERS = "RICHREP_DATA_WORKERS"
+MAX_WORKERS = 64
+
+
+def data_workers() -> int | None:
+    """``$RICHREP_DATA_WORKERS`` (decoding worker processes, 0: decode in the main process) or
+    None when unset; a :class:`ConfigError` naming the variable for anything but a whole number
+    from 0 to :data:`MAX_WORKERS`."""
+    env = os.environ.get(DATA_WORKERS)
+    if env is None:
+        return None
+    try:
+        n = int(env.strip())
+    except ValueError:
+        n = -1
+    if not 0 <= n <= MAX_WORKERS:
+        raise ConfigError(
+            f"{DATA_WORKERS}={env!r}: set it to a whole number from 0 to {MAX_WORKERS} (decoding "
+            "worker processes; 0 decodes in the main process), or unset it for the default"
+        )
+    return n
 
 
 def loader_workers(batches: int) -> int:
-    """Decoding worker processes: ``$RICHREP_DATA_WORKERS`` if set, else half the torch thread
-    budget (at least 1: one worker beside two training threads on 2 cores); none for a source
-    of at most two batches, where starting a process costs more than it saves."""
-    env = os.environ.get("RICHREP_DATA_WORKERS")
-    if env is not None:
-        return max(0, int(env))
+    """Decoding worker processes: ``$RICHREP_DATA_WORKERS`` if set (:func:`data_workers`), else
+    half the torch thread budget (at least 1: one worker beside two training threads on 2
+    cores); none for a source of at most two batches, where starting a process costs more than
+    it saves."""
+    n = data_workers()
+    if n is not None:
+        return n
     if batches <= 2:
         return 0
     return max(1, min(8, torch.get_num_threads() // 2))
@@ -176,7 +237,7 @@ class ImageSource:
             decode(self.root / self.files[int(f)], self.size, self.channels) for f in rows[:, 0]
         ]
         if arrays:
-            x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
+            x = torch.from_numpy(np.stack(arrays))
         else:
             x = torch.zeros(0, self.channels, self.size, self.size)
         for col, layer in enumerate(self.layers, start=1):

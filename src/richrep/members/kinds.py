@@ -1,7 +1,9 @@
 """The built-in member kinds: ``single`` (one per seed, the parts of catK) and the baselines
 of Zhang & Bottou (ICML 2023): ``wide`` (encoder parameters equal to catK's), ``wide_dim``
 (feature dimension equal to catK's), ``joint`` (K towers trained together with one head) and
-``distill`` (one network of a single seed's size distilled from K seeds)."""
+``distill`` (one network of a single seed's size distilled from K seeds). Each stands for catK
+(registry meta ``k_seeds``): a K above the run's seed count is refused when the experiment
+resolves."""
 
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Single(MemberKind):
     order=40,
     marker="s",
     color="tab:red",
+    k_seeds=True,  # K at most the run's seeds: it stands for catK
     description="one network whose width gives its encoder catK's parameter count",
 )
 class Wide(MemberKind):
@@ -55,6 +58,7 @@ class Wide(MemberKind):
     order=50,
     marker="D",
     color="tab:purple",
+    k_seeds=True,  # K at most the run's seeds: it stands for catK
     description="one network with catK's feature dimension",
 )
 class WideDim(MemberKind):
@@ -77,6 +81,7 @@ class WideDim(MemberKind):
     order=60,
     marker="^",
     color="tab:green",
+    k_seeds=True,  # K at most the run's seeds: it stands for catK
     description="K towers (catK's architecture) trained together with one head",
 )
 class Joint(MemberKind):
@@ -100,6 +105,7 @@ class Joint(MemberKind):
     order=70,
     marker="v",
     color="tab:orange",
+    k_seeds=True,  # K at most the run's seeds: it stands for catK
     description="one network of a single seed's size distilled from K seeds (K heads)",
 )
 class Distill(MemberKind):
