@@ -27,7 +27,7 @@ from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
 from richrep.evaluation.features import resolve_device
-from richrep.evaluation.probe_entries import make_probe
+from richrep.evaluation.probe_entries import make_probe, probe_seed
 from richrep.registries import PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer
@@ -83,8 +83,12 @@ class Context:
         return self.once(self._pools, task.hash, lambda: pool(task))
 
     def make_probe(self, entry: SuiteEntry, draw: int = 0) -> Any:
+        """A fresh probe of ``entry`` (or the evaluation's) for draw ``draw``: unless its spec
+        sets them, its validation split is seeded by the experiment's seed and the draw
+        (:func:`probe_seed`) and it runs on the run's evaluation device."""
         spec = entry.probe or self.probe
-        return make_probe(spec.name, dict(spec.params), seed=self.seed + draw, device=self.device)
+        seed = probe_seed(self.seed, draw)
+        return make_probe(spec.name, dict(spec.params), seed=seed, device=self.device)
 
     def row(
         self, entry: SuiteEntry, rep: Representation, metric: str, value: float, n: int, **kw: Any
@@ -172,11 +176,16 @@ def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
 
 
 def probe_facts(probe: Any) -> dict[str, Any]:
-    """What a row records about a fitted probe: its chosen C and whether it converged."""
-    return {
+    """What a row records about a fitted probe: its chosen C, whether it converged and the seed
+    of its validation split (``probe_seed``, for a probe that draws one)."""
+    facts = {
         "C": float(getattr(probe, "C_", float("nan"))),
         "converged": bool(getattr(probe, "solver_stats_", {}).get("converged", True)),
     }
+    seed = getattr(probe, "random_state", None)
+    if isinstance(seed, int):
+        facts["probe_seed"] = seed
+    return facts
 
 
 @PROTOCOLS.register(
