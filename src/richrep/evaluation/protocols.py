@@ -124,7 +124,7 @@ class Context:
         def make() -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
             train = self.pool(target)
             sets = draws(train.y, entry, self.seed)
-            if "all" not in entry.sizes:
+            if all(size != "all" for size, _, _ in sets):
                 used = torch.unique(torch.cat([idx for _, _, idx in sets]))
                 position = torch.full((len(train),), -1, dtype=torch.long)
                 position[used] = torch.arange(len(used))
@@ -139,15 +139,30 @@ def draws(
     labels: torch.Tensor, entry: SuiteEntry, seed: int
 ) -> list[tuple[Any, int, torch.Tensor]]:
     """(size, draw, indices) of every probe training set of a transfer entry: ``entry.draws``
-    random draws of n examples per class for each size n, and all examples for ``all``."""
-    out = []
-    for size in entry.sizes:
+    random draws of n examples per class for each size n, and all examples for ``all``.
+
+    A size n at least as large as the largest class takes every example in every draw: its
+    draws would be copies of one (a falsely narrow interval) under a label the data cannot
+    give, so it is evaluated once, as ``all``, with a warning; sizes that come to the same set
+    of examples give it once."""
+    largest = int(torch.bincount(labels).max()) if len(labels) else 0
+    out: list[tuple[Any, int, torch.Tensor]] = []
+    capped = [s for s in entry.sizes if s != "all" and int(s) >= largest]
+    for size in dict.fromkeys("all" if s in capped else s for s in entry.sizes):
         if size == "all":
             out.append((size, 0, torch.arange(len(labels))))
             continue
         for d in range(entry.draws):
             idx = per_class_sample(labels, int(size), seed, entry.name, size, d)
             out.append((size, d, torch.as_tensor(idx)))
+    if capped:
+        warnings.warn(
+            f"suite entry {entry.name!r}: size(s) {capped} per class are at least the "
+            f"{largest} examples of the target's largest class, so every draw would take all "
+            f"{len(labels)} examples; evaluated once, as size 'all'",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 
