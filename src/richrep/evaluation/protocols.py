@@ -117,9 +117,9 @@ class Context:
         self, target: Task, entry: SuiteEntry
     ) -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
         """The data a transfer entry's probes train on and the (size, draw, indices) sets into
-        it. Without an ``all`` size the data is only the examples some draw uses, so features of
-        the rest of the pool are never extracted. Made once per entry, shared by every
-        representation (so all are compared on identical data)."""
+        it (:func:`draws`). Without an ``all`` set the data is only the examples some draw uses,
+        so features of the rest of the pool are never extracted. Made once per entry, shared by
+        every representation (so all are compared on identical data)."""
 
         def make() -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
             train = self.pool(target)
