@@ -99,8 +99,9 @@ def test_each_draw_seeds_its_own_validation_split_from_the_experiment_seed(targe
     assert used == seeds and len(set(seeds)) == 3
     y = np.repeat(np.arange(3), 10)  # the same labels: each seed holds out other examples
     assert len({tuple(real(y, 0.2, s)[1]) for s in seeds}) == 3
-    other = protocols.Transfer().evaluate(_ctx(target, seed=1), INPUT, target, entry)
-    assert not {r["probe_seed"] for r in other} & set(seeds)  # the experiment's seed reaches it
+    other = protocols.Transfer().evaluate(_ctx(target, seed=7), INPUT, target, entry)
+    moved = [r["probe_seed"] for r in other]  # the experiment's seed reaches every draw's probe
+    assert all(a != b for a, b in zip(moved, seeds, strict=True))
     assert _ctx(target).make_probe(entry).device == "cpu"  # the run's device, not "auto"
 
 

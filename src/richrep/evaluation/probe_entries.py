@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from richrep.data.splits import rng
 from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
 from richrep.registries import PROBES
 
@@ -18,9 +17,10 @@ PROBES.register("nearest_mean", description="nearest class mean on standardized 
 
 def probe_seed(seed: int, draw: int) -> int:
     """The ``random_state`` (validation-split seed) of draw ``draw``'s probe in an experiment of
-    ``seed``: every draw of one experiment gets its own, and another ``seed`` another set."""
-    base = int(rng(seed, "probe").integers(2**31))
-    return (base + draw) % 2**31
+    ``seed``: ``seed + draw``, so every draw holds out its own validation split, another
+    ``seed`` moves every draw's, and a single-draw probe (``all``, robustness) keeps the
+    experiment's seed."""
+    return seed + draw
 
 
 def make_probe(name: str, params: dict[str, Any], *, seed: int, device: str) -> Any:
