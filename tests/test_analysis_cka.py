@@ -278,6 +278,17 @@ def test_rbf_cka_reproduces_kornblith_reference(threshold):
     assert abs(old - ref) > 1e-5
 
 
+def test_rbf_cka_default_is_the_reference_default():
+    np.random.seed(7)
+    x = np.random.randn(80, 6)
+    y = np.random.randn(80, 6) + x
+    # the reference's ``gram_rbf(x, threshold=1.0)`` called without a threshold
+    ref = _reference_cka(_reference_gram_rbf(x, 1.0), _reference_gram_rbf(y, 1.0))
+    assert rbf_cka(x, y) == pytest.approx(ref, abs=1e-10)
+    assert cka_gram(gram_rbf(x), gram_rbf(y)) == pytest.approx(ref, abs=1e-10)
+    assert MEASURES.validate("rbf_cka", {})["sigma_frac"] == 1.0
+
+
 def test_rbf_median_conventions():
     x, _ = related(n=101)  # odd n: n² is odd too, numpy's median is one entry
     xc = x - x.mean(0)

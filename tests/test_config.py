@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 
-from richrep.config import dump_experiment, load_experiment, parse_experiment
+from richrep.config import dump_experiment, load_experiment, parse_experiment, stable_hash
 from richrep.errors import ConfigError
 
 EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").rglob("*.yaml"))
@@ -121,6 +122,36 @@ def test_yaml_is_read_safely(tmp_path):
     p.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_experiment(p)
+
+
+def test_probe_seed_and_device_stay_unset_through_resolve_and_reload(tiny, tmp_path):
+    """The run fills a probe's ``random_state`` and ``device``: the resolved (stored) config
+    never writes their defaults, a reloaded one leaves them unset, and a stored config that
+    had the defaults written out reads the same as one that never had them."""
+    tiny["evaluation"] = {
+        "probe": {"Cs": [0.1, 1.0]},
+        "suite": [{"name": "t", "probe": "linear"}, {"name": "m", "probe": "nearest_mean"}],
+    }
+    exp = parse_experiment(tiny)
+    specs = [exp.evaluation.probe, *(e.probe for e in exp.evaluation.suite)]
+    for spec in specs:
+        assert "random_state" not in spec.params and "device" not in spec.params
+    assert specs[0].params["val_fraction"] == 0.2  # other defaults are still written out
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump_experiment(exp))
+    assert load_experiment(p) == exp
+    old = copy.deepcopy(tiny)  # as richrep wrote config.yaml before
+    old["evaluation"]["probe"] = {"linear": {"Cs": [0.1, 1.0], "random_state": 0, "device": "auto"}}
+    old["evaluation"]["suite"][1]["probe"] = {"nearest_mean": {"device": "auto"}}
+    assert parse_experiment(old) == exp
+    assert stable_hash(parse_experiment(old).results_identity()) == stable_hash(
+        exp.results_identity()
+    )
+    mine = copy.deepcopy(tiny)  # a value other than the default is the user's
+    mine["evaluation"]["probe"] = {"Cs": [0.1, 1.0], "random_state": 5, "device": "cpu"}
+    params = parse_experiment(mine).evaluation.probe.params
+    assert params["random_state"] == 5 and params["device"] == "cpu"
+    assert parse_experiment(mine).run_id() == exp.run_id()  # the run folder's hash: no evaluation
 
 
 def test_resolved_config_round_trips_and_hash_ignores_how(tiny, tmp_path):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+import richrep.evaluation.probes as probes
 import richrep.evaluation.protocols as protocols
 from richrep.cli import app
 from richrep.config import SuiteEntry, parse_experiment
@@ -38,7 +40,7 @@ def target():
     return apply_shift(task, "classes", {"keep": [0, 1, 2]})
 
 
-def _ctx(task):
+def _ctx(task, seed=0):
     feats = Featurizer({"input": Flatten()}, device=torch.device("cpu"), dtype=torch.float32)
     return protocols.Context(
         feats,
@@ -46,7 +48,7 @@ def _ctx(task):
         parse_experiment(
             {"name": "x", "data": {"dataset": "mnist1d"}, "model": {"encoder": "mlp"}}
         ).evaluation.probe,
-        seed=0,
+        seed=seed,
     )
 
 
@@ -77,6 +79,30 @@ def test_probes_never_see_test_data(target, monkeypatch):
     entry = SuiteEntry(name="t", sizes=[5, "all"], draws=2)
     rows = protocols.Transfer().evaluate(_ctx(target), INPUT, target, entry)
     assert len(rows) == 3 and len(seen) == 3 and seen[0] == 15  # 5 per class × 3 classes
+
+
+def test_each_draw_seeds_its_own_validation_split_from_the_experiment_seed(target, monkeypatch):
+    """The resolved probe spec leaves ``random_state`` and ``device`` to the run: every draw's
+    probe holds out its own validation split, seeded by the experiment's seed and the draw,
+    each row records that seed, and the probe runs on the run's evaluation device."""
+    real = probes.stratified_val_split
+    used = []
+
+    def spy(y_idx, fraction, seed):
+        used.append(seed)
+        return real(y_idx, fraction, seed)
+
+    monkeypatch.setattr(probes, "stratified_val_split", spy)
+    entry = SuiteEntry(name="t", sizes=[10], draws=3)
+    rows = protocols.Transfer().evaluate(_ctx(target), INPUT, target, entry)
+    seeds = [r["probe_seed"] for r in rows]
+    assert used == seeds and len(set(seeds)) == 3
+    y = np.repeat(np.arange(3), 10)  # the same labels: each seed holds out other examples
+    assert len({tuple(real(y, 0.2, s)[1]) for s in seeds}) == 3
+    other = protocols.Transfer().evaluate(_ctx(target, seed=7), INPUT, target, entry)
+    moved = [r["probe_seed"] for r in other]  # the experiment's seed reaches every draw's probe
+    assert all(a != b for a, b in zip(moved, seeds, strict=True))
+    assert _ctx(target).make_probe(entry).device == "cpu"  # the run's device, not "auto"
 
 
 def test_model_selection_ignores_test_labels(target):

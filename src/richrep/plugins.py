@@ -21,7 +21,8 @@ from richrep.registry import CATALOGUE, Registry, did_you_mean, load_plugins
 
 OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective")
 MEMBERS: Registry[Callable[..., Any]] = Registry("member kind", plural="members")
-PROBES: Registry[Callable[..., Any]] = Registry("probe")
+# a probe's validation-split seed and device come from the run unless its spec sets them
+PROBES: Registry[Callable[..., Any]] = Registry("probe", filled=("random_state", "device"))
 PROTOCOLS: Registry[Callable[..., Any]] = Registry("protocol")
 FLOORS: Registry[Callable[..., Any]] = Registry("floor")
 ENGINES: Registry[Callable[..., Any]] = Registry("engine")

@@ -73,11 +73,23 @@ CATALOGUE: dict[str, Registry[Any]] = {}  # plural kind (as `richrep list` spell
 
 class Registry(Generic[F]):
     """A named mapping from string to callable, filled by :meth:`register`. Every registry
-    enters :data:`CATALOGUE` under its plural name when it is created."""
+    enters :data:`CATALOGUE` under its plural name when it is created.
 
-    def __init__(self, kind: str, skip: int = 0, plural: str | None = None) -> None:
+    ``filled`` names arguments the caller supplies when a spec leaves them unset (a probe's
+    ``random_state`` and ``device``: the run's seed and device): :meth:`validate` does not
+    write their defaults into a spec, and reads a value equal to the default as unset (so a
+    stored spec that had the default written out keeps meaning "unset")."""
+
+    def __init__(
+        self,
+        kind: str,
+        skip: int = 0,
+        plural: str | None = None,
+        filled: tuple[str, ...] = (),
+    ) -> None:
         self.kind = kind
         self.skip = skip
+        self.filled = filled
         self._entries: dict[str, Entry[F]] = {}
         CATALOGUE[plural or kind + "s"] = self
 
@@ -129,7 +141,8 @@ class Registry(Generic[F]):
         return default if e is None else e.meta.get(key, default)
 
     def validate(self, name: str, params: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-        """Check ``params`` against the entry's signature; return them coerced and completed."""
+        """Check ``params`` against the entry's signature; return them coerced and completed
+        (arguments in ``filled`` only when set to something other than their default)."""
         entry = self.entry(name, where)
         at = f"{where}: " if where else ""
         if not isinstance(params, Mapping):
@@ -148,6 +161,8 @@ class Registry(Generic[F]):
         out: dict[str, Any] = {}
         for pname, p in accepted.items():
             if pname not in params:
+                if pname in self.filled and p.default is not inspect.Parameter.empty:
+                    continue
                 if p.default is inspect.Parameter.empty:
                     raise ConfigError(
                         f"{at}{self.kind} {name!r} needs argument {pname!r}: {entry.signature()}"
@@ -164,6 +179,8 @@ class Registry(Generic[F]):
                 raise ConfigError(
                     f"{at}{self.kind} {name!r} argument {pname!r}={params[pname]!r} is invalid: {msg}"
                 ) from None
+            if pname in self.filled and out[pname] == p.default:
+                del out[pname]  # the default written out reads as unset
         return out
 
     def build(self, name: str, *args: Any, where: str = "", **params: Any) -> Any:

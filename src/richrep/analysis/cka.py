@@ -215,11 +215,12 @@ def _sq_median(sq: torch.Tensor, median: str) -> float:
     return med
 
 
-def gram_rbf(X: Array, sigma_frac: float = 0.8, median: RBFMedian = "reference") -> torch.Tensor:
+def gram_rbf(X: Array, sigma_frac: float = 1.0, median: RBFMedian = "reference") -> torch.Tensor:
     """The RBF kernel exp(−|x_i − x_j|² / 2σ²) with σ = ``sigma_frac`` × √(median |x_i − x_j|²).
 
-    ``sigma_frac`` is the ``threshold`` of Kornblith et al. (2019)'s reference code: a fraction
-    of the median distance (their demo uses 0.5, their function's default is 1.0).
+    ``sigma_frac`` is the ``threshold`` of Kornblith et al. (2019)'s reference code: the kernel
+    width as a fraction of the median distance between examples (smaller: a more local kernel).
+    The default 1.0 is their ``gram_rbf``'s default; their demo notebook uses 0.5.
     ``median="reference"`` takes numpy's median over the full n×n matrix of squared distances,
     its n zero diagonal entries included, as their ``gram_rbf`` does, so published RBF-CKA
     values are reproduced. ``"distinct_pairs"`` (richrep's former convention) takes torch's
@@ -306,7 +307,7 @@ def linear_cka_gram(X: Array, Y: Array, debiased: bool = False) -> float:
 def rbf_cka(
     X: Array,
     Y: Array,
-    sigma_frac: PositiveFloat = 0.8,
+    sigma_frac: PositiveFloat = 1.0,
     debiased: bool = False,
     max_samples: Annotated[int, Field(ge=4)] = 4000,
     seed: int = 0,
@@ -314,9 +315,11 @@ def rbf_cka(
 ) -> float:
     """RBF-kernel CKA (Kornblith et al. 2019), σ = ``sigma_frac`` × √(median squared distance).
 
-    ``sigma_frac`` is the reference code's ``threshold``; ``median`` picks the convention of
-    the median (default: the reference's, over all n² entries; see :func:`gram_rbf`), so
-    ``rbf_cka(X, Y, sigma_frac=0.5)`` equals their ``cka(gram_rbf(X, 0.5), gram_rbf(Y, 0.5))``.
+    ``sigma_frac`` is the reference code's ``threshold``, σ as a fraction of the median
+    distance (default 1.0, the reference's default; their demo uses 0.5); ``median`` picks the
+    convention of the median (default: the reference's, over all n² entries; see
+    :func:`gram_rbf`), so ``rbf_cka(X, Y)`` equals their ``cka(gram_rbf(X), gram_rbf(Y))`` and
+    ``rbf_cka(X, Y, sigma_frac=0.5)`` their ``cka(gram_rbf(X, 0.5), gram_rbf(Y, 0.5))``.
     Needs n×n Gram matrices (O(n²) memory, float64), so when n > ``max_samples`` it uses a
     random subset of ``max_samples`` rows (the same rows of X and Y, drawn with ``seed``).
     """

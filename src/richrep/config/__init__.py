@@ -71,7 +71,8 @@ class Spec(Strict):
         return self.name + "(" + ",".join(f"{k}={_short(v)}" for k, v in self.params.items()) + ")"
 
     def resolved(self, registry: Registry[Any], where: str) -> Spec:
-        """This spec with its arguments checked against ``registry`` and defaults filled in."""
+        """This spec with its arguments checked against ``registry`` and defaults filled in (but
+        for those the run fills, ``registry.filled``: a probe's seed and device)."""
         params = registry.validate(self.name, self.params, where=where)
         return Spec(name=self.name, params=_jsonable(params))
 
@@ -372,7 +373,8 @@ def parse_experiment(raw: Any, source: str = "") -> Experiment:
 
 def resolve(exp: Experiment) -> Experiment:
     """Check every registry name and argument; fill registry defaults so the stored config
-    is complete."""
+    is complete (all but those the run fills where a spec leaves them unset,
+    :attr:`Registry.filled`: a probe's seed and device)."""
     load_plugins()
     from richrep.data import DATASETS, SHIFTS
     from richrep.data.augment import AUGMENTATIONS

@@ -18,7 +18,7 @@ import torch
 from richrep.data.checks import integer_ids
 from richrep.data.images import is_lazy
 from richrep.data.splits import per_class_sample, stratified_split
-from richrep.data.task import Rows, Split, Task, hash_tensors
+from richrep.data.task import Rows, Split, Task, hash_tensors, unseen_classes
 from richrep.errors import ConfigError, DataError
 from richrep.registry import Registry
 
@@ -95,6 +95,10 @@ def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:
     for which, y in (("train", y_pool), ("test", y_test)):
         if len(y) == 0:
             raise DataError(f"{where}: the {which} set holds 0 examples")
+    unseen = np.setdiff1d(y_test, y_pool)
+    if unseen.size:  # before the labels are renumbered: the error names the dataset's ids
+        raise DataError(f"{where}: {unseen_classes(unseen.tolist(), np.unique(y_pool).tolist())}")
+    _warn_gaps(labels, where)
     if classes != tuple(range(len(classes))):  # relabel 0..C-1; classes[i] keeps the original id
         y_pool, y_test = np.searchsorted(labels, y_pool), np.searchsorted(labels, y_test)
     if raw.class_names and len(raw.class_names) <= classes[-1]:
@@ -158,7 +162,7 @@ def pooled(task: Task, keep: np.ndarray, held: np.ndarray, size: int) -> Task:
 
 
 def _class_ids(labels: np.ndarray, where: str) -> tuple[int, ...]:
-    """The sorted distinct label ids; refuse negative or absurdly sparse ones, warn on gaps."""
+    """The sorted distinct label ids; refuse negative or absurdly sparse ones."""
     if labels.size and labels.min() < 0:
         raise DataError(f"{where}: labels must be non-negative, found {labels.min()}")
     n, top = len(labels), int(labels.max(initial=-1))
@@ -168,13 +172,18 @@ def _class_ids(labels: np.ndarray, where: str) -> tuple[int, ...]:
             f"must be class ids 0..C-1: remap them, e.g. "
             "`classes, y = np.unique(y, return_inverse=True)`"
         )
-    if top >= n:
+    return tuple(int(c) for c in labels)
+
+
+def _warn_gaps(labels: np.ndarray, where: str) -> None:
+    """Warn when the distinct label ids are not 0..C-1 (they are renumbered)."""
+    n = len(labels)
+    if int(labels.max(initial=-1)) >= n:
         warnings.warn(
             f"{where}: label ids {_short(labels)} are not 0..{n - 1}; using {n} classes, "
             "label i standing for id classes[i]",
             stacklevel=2,
         )
-    return tuple(int(c) for c in labels)
 
 
 def _short(a: np.ndarray) -> str:

@@ -33,6 +33,21 @@ def hash_tensors(*tensors: torch.Tensor | None, extra: str = "") -> str:
     return h.hexdigest()
 
 
+def unseen_classes(unseen: list[int], train: list[int]) -> str:
+    """Why a task whose test split holds classes ``unseen`` absent from its training split
+    (classes ``train``) is refused."""
+    return (
+        f"the test split holds class(es) {_listing(unseen)} that the training split lacks (it has "
+        f"{_listing(train)}); nothing can learn a class it never sees, so its test examples "
+        f"could only be scored wrong. Give training examples of every test class, or drop "
+        f"those test examples"
+    )
+
+
+def _listing(ids: list[int]) -> str:
+    return "[" + ", ".join(map(str, ids[:12])) + (", …]" if len(ids) > 12 else "]")
+
+
 @dataclass(frozen=True)
 class Rows:
     """Rows ``index`` of a root split (identified by ``root``, of ``size`` examples)."""
@@ -181,4 +196,11 @@ class Task:
                     f"task {self.name!r}: {sname} labels span [{lo}, {hi}] but the task has "
                     f"{self.num_classes} classes (labels must be in [0, {self.num_classes - 1}])"
                 )
+        seen = torch.unique(self.train.y).tolist()
+        unseen = sorted(set(torch.unique(self.test.y).tolist()) - set(seen))
+        if unseen:
+            ids = [self.classes[i] for i in unseen]
+            raise DataError(
+                f"task {self.name!r}: {unseen_classes(ids, [self.classes[i] for i in seen])}"
+            )
         return self

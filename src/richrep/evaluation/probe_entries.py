@@ -15,10 +15,20 @@ PROBES.register("nearest_mean", description="nearest class mean on standardized 
 )
 
 
+def probe_seed(seed: int, draw: int) -> int:
+    """The ``random_state`` (validation-split seed) of draw ``draw``'s probe in an experiment of
+    ``seed``: ``seed + draw``, so every draw holds out its own validation split, another
+    ``seed`` moves every draw's, and a single-draw probe (``all``, robustness) keeps the
+    experiment's seed."""
+    return seed + draw
+
+
 def make_probe(name: str, params: dict[str, Any], *, seed: int, device: str) -> Any:
-    """A fresh probe ``name`` with ``params``; the run's seed and device fill ``random_state``
-    and ``device`` where the probe takes them and the spec leaves them unset."""
+    """A fresh probe ``name`` with ``params``; ``seed`` and the run's ``device`` fill
+    ``random_state`` and ``device`` where the probe takes them and ``params`` leaves them unset
+    (:attr:`PROBES.filled`: a resolved spec never holds their defaults)."""
     entry = PROBES.entry(name)
     accepted = {p.name for p in entry.params()}
-    extra = {k: v for k, v in (("random_state", seed), ("device", device)) if k in accepted}
+    run = {"random_state": seed, "device": device}
+    extra = {k: run[k] for k in PROBES.filled if k in accepted}
     return PROBES.build(name, **{**extra, **params})

@@ -26,7 +26,7 @@ from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
 from richrep.evaluation.inputs import resolve_device
-from richrep.evaluation.probe_entries import make_probe
+from richrep.evaluation.probe_entries import make_probe, probe_seed
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer
@@ -83,8 +83,12 @@ class Context:
         return self.once(self._pools, task.hash, lambda: pool(task))
 
     def make_probe(self, entry: SuiteEntry, draw: int = 0) -> Any:
+        """A fresh probe of ``entry`` (or the evaluation's) for draw ``draw``: unless its spec
+        sets them, its validation split is seeded by the experiment's seed and the draw
+        (:func:`probe_seed`) and it runs on the run's evaluation device."""
         spec = entry.probe or self.probe
-        return make_probe(spec.name, dict(spec.params), seed=self.seed + draw, device=self.device)
+        seed = probe_seed(self.seed, draw)
+        return make_probe(spec.name, dict(spec.params), seed=seed, device=self.device)
 
     def row(
         self, entry: SuiteEntry, rep: Representation, metric: str, value: float, n: int, **kw: Any
@@ -113,14 +117,14 @@ class Context:
         self, target: Task, entry: SuiteEntry
     ) -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
         """The data a transfer entry's probes train on and the (size, draw, indices) sets into
-        it. Without an ``all`` size the data is only the examples some draw uses, so features of
-        the rest of the pool are never extracted. Made once per entry, shared by every
-        representation (so all are compared on identical data)."""
+        it (:func:`draws`). Without an ``all`` set the data is only the examples some draw uses,
+        so features of the rest of the pool are never extracted. Made once per entry, shared by
+        every representation (so all are compared on identical data)."""
 
         def make() -> tuple[Split, list[tuple[Any, int, torch.Tensor]]]:
             train = self.pool(target)
             sets = draws(train.y, entry, self.seed)
-            if "all" not in entry.sizes:
+            if all(size != "all" for size, _, _ in sets):
                 used = torch.unique(torch.cat([idx for _, _, idx in sets]))
                 position = torch.full((len(train),), -1, dtype=torch.long)
                 position[used] = torch.arange(len(used))
@@ -135,15 +139,30 @@ def draws(
     labels: torch.Tensor, entry: SuiteEntry, seed: int
 ) -> list[tuple[Any, int, torch.Tensor]]:
     """(size, draw, indices) of every probe training set of a transfer entry: ``entry.draws``
-    random draws of n examples per class for each size n, and all examples for ``all``."""
-    out = []
-    for size in entry.sizes:
+    random draws of n examples per class for each size n, and all examples for ``all``.
+
+    A size n at least as large as the largest class takes every example in every draw: its
+    draws would be copies of one (a falsely narrow interval) under a label the data cannot
+    give, so it is evaluated once, as ``all``, with a warning; sizes that come to the same set
+    of examples give it once."""
+    largest = int(torch.bincount(labels).max()) if len(labels) else 0
+    out: list[tuple[Any, int, torch.Tensor]] = []
+    capped = [s for s in entry.sizes if s != "all" and int(s) >= largest]
+    for size in dict.fromkeys("all" if s in capped else s for s in entry.sizes):
         if size == "all":
             out.append((size, 0, torch.arange(len(labels))))
             continue
         for d in range(entry.draws):
             idx = per_class_sample(labels, int(size), seed, entry.name, size, d)
             out.append((size, d, torch.as_tensor(idx)))
+    if capped:
+        warnings.warn(
+            f"suite entry {entry.name!r}: size(s) {capped} per class are at least the "
+            f"{largest} examples of the target's largest class, so every draw would take all "
+            f"{len(labels)} examples; evaluated once, as size 'all'",
+            UserWarning,
+            stacklevel=2,
+        )
     return out
 
 
@@ -172,11 +191,16 @@ def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
 
 
 def probe_facts(probe: Any) -> dict[str, Any]:
-    """What a row records about a fitted probe: its chosen C and whether it converged."""
-    return {
+    """What a row records about a fitted probe: its chosen C, whether it converged and the seed
+    of its validation split (``probe_seed``, for a probe that draws one)."""
+    facts = {
         "C": float(getattr(probe, "C_", float("nan"))),
         "converged": bool(getattr(probe, "solver_stats_", {}).get("converged", True)),
     }
+    seed = getattr(probe, "random_state", None)
+    if isinstance(seed, int):
+        facts["probe_seed"] = seed
+    return facts
 
 
 @PROTOCOLS.register(

@@ -2,7 +2,8 @@
 
 Layout::
 
-    config.yaml          the resolved experiment (registry defaults filled in)
+    config.yaml          the resolved experiment (registry defaults filled in, but a probe's
+                         seed and device: the run fills those)
     env.json             versions, device, git commit, task hashes
     checkpoints/         <member>.safetensors + <member>.json (sha256, metrics, status);
                          <member>.partial.* while a member trains (resume point)
