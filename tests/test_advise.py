@@ -14,13 +14,13 @@ import yaml
 from typer.testing import CliRunner
 
 from richrep.analysis.advise import MemberCost, advise
+from richrep.analysis.advise_text import advice_lines, floor_note, verdict
 from richrep.analysis.budget import parse_budget
 from richrep.analysis.saturation import curve, fit
 from richrep.cli import app
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError
 from richrep.ledger import Ledger
-from richrep.report.advice import advice_lines, floor_note, verdict
 from richrep.results import Row
 from richrep.run import FORMAT, Run
 from richrep.store import RunStore, save_tensors, write_jsonl

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from richrep import __version__
+from richrep.cli_advise import advise, print_verdicts
 from richrep.errors import RichrepError
 from richrep.text import show
 
@@ -272,63 +274,21 @@ def results(
             else:
                 console.print(render_table(comp, console.width, title=r.exp.name))
         if metric in (None, "accuracy"):
-            _verdicts(r, rows, order, markdown=fmt == Format.markdown)
+            print_verdicts(r, rows, order, markdown=fmt == Format.markdown)
 
 
-def _verdicts(run: Any, rows: list[Any], order: list[str], markdown: bool) -> None:
-    """One line per target: what to use (``richrep advise`` gives the reasons)."""
-    from richrep.analysis.advise import advise as advise_rows
-    from richrep.report.advice import verdict
-    from richrep.run import member_costs
+def _guarded(command: Any) -> Any:
+    """``command`` run inside :func:`_guard` (its signature kept for Typer)."""
 
-    try:
-        answers = advise_rows(rows, member_costs(run.store), order=order)
-    except RichrepError as e:
-        say(f"no verdicts: {e}", style="yellow")
-        return
-    head = "What to use (`richrep advise RUN` for the reasons):"
-    say(f"**{head}**\n" if markdown else head, style=None if markdown else "bold")
-    for a in answers:
-        say(f"- {verdict(a)}" if markdown else f"  {verdict(a)}")
+    @functools.wraps(command)
+    def run_guarded(*args: Any, **kwargs: Any) -> Any:
+        with _guard():
+            return command(*args, **kwargs)
+
+    return run_guarded
 
 
-@app.command()
-def advise(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
-    target: Annotated[
-        str | None, typer.Option("--target", help="A suite entry (or a target's full label).")
-    ] = None,
-    budget: Annotated[
-        str | None,
-        typer.Option("--budget", help="Training budget: 8members, 600s / 600cpu-s, 0.5gpu-h."),
-    ] = None,
-    max_k: Annotated[
-        int | None, typer.Option("--max-k", help="Use only the seed subsets of K ≤ this.")
-    ] = None,
-    metric: Annotated[str, typer.Option("--metric", help="The metric to advise on.")] = "accuracy",
-) -> None:
-    """How many seeds are worth it, and which method? Per target, from the run's own rows and
-    ledger: what more seeds would buy (fitted against K, with intervals), each option's cost,
-    and the cheapest representation within noise of the best."""
-    from richrep.report.advice import OPTION_HEAD, OPTION_LEGEND, advice_lines, option_rows
-    from richrep.run import advise_store
-
-    with _guard():
-        answers = advise_store(run_dir, target=target, budget=budget, max_k=max_k, metric=metric)
-    for a in answers:
-        lines = advice_lines(a)
-        say(lines[0], style="bold")
-        for line in lines[1:]:
-            say(f"  {line}")
-        table = Table(box=None, padding=(0, 1), show_edge=False)
-        for h in OPTION_HEAD:
-            table.add_column(h, justify="left" if h in ("option", "") else "right")
-        for cells in option_rows(a):
-            table.add_row(*(Text(show(c)) for c in cells))
-        console.print(table)
-        console.print()
-    if answers:
-        say(OPTION_LEGEND, style="dim")
+app.command("advise")(_guarded(advise))
 
 
 @app.command()

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from richrep.analysis.advise import advise
+from richrep.analysis.advise_text import advice_lines, verdict
 from richrep.errors import RichrepError, StoreError
-from richrep.report.advice import advice_lines, verdict
 from richrep.report.html import ReportData, write_report
 from richrep.run import Run, member_costs
 from richrep.stages.evaluate import read_results

@@ -1,11 +1,18 @@
 """The advice in words (``richrep advise``, the verdicts under ``richrep results`` and the
-report's "What to use" box): every number with its interval, n and what varied."""
+report's "What to use" box): every number with its interval, n and what varied. Plain text,
+so ``richrep advise`` loads neither the report nor its plotting."""
 
 from __future__ import annotations
 
 from richrep.analysis.advise import Advice, Option
 from richrep.analysis.saturation import C_RANGE, Estimate
-from richrep.report.tables import count
+
+
+def count(n: int | None) -> str:
+    """A parameter count, short: 0, 12k, 1.25M (as the tables show it)."""
+    if not n:
+        return "0"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
 
 
 def _gain(e: Estimate | None, scale: float) -> str:
