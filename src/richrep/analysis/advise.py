@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from richrep.analysis.advise_targets import SEED_KINDS, select_targets, target_key, target_label
 from richrep.analysis.budget import Budget, check_budget, parse_budget
 from richrep.analysis.saturation import RESAMPLES, Estimate, curve, fit, interval, resample_fits
 from richrep.errors import ConfigError
 from richrep.results import Row
 
-SEED_KINDS = ("single", "cat")
 FLOOR_KINDS = frozenset({"input", "random"})  # representations that train nothing
 AHEAD = (10, 20)
 MIN_GAIN = 0.001
@@ -57,7 +57,7 @@ class MemberCost:
 
 @dataclass(frozen=True)
 class Curve:
-    """``f(K) = a − b·K^(−c)`` with 95% intervals; ``sd`` the scatter of one subset around it."""
+    """``f(K) = a − b·K^(−c)`` with 95% intervals; ``sd``: one subset's scatter around it."""
 
     a: Estimate
     b: Estimate
@@ -132,63 +132,6 @@ class Advice:
 
     def option(self, column: str | None) -> Option | None:
         return next((o for o in self.options if o.column == column), None)
-
-
-# ------------------------------------------------------------------------------ targets
-
-
-def target_key(r: Row) -> tuple:
-    return (r.entry, r.protocol, r.shift, str(r.size), r.group, r.environment, r.variant)
-
-
-def target_label(key: tuple) -> str:
-    entry, protocol, _shift, size, group, env, variant = key
-    parts = [entry, protocol, "all" if size == "all" else f"{size}/class"]
-    parts += [] if variant is None else [variant]
-    parts += [] if group is None else [f"group {group}"]
-    parts += [] if env is None else [f"env {env}"]
-    return " · ".join(parts)
-
-
-def _size_rank(size: str) -> float:
-    try:
-        return float(size)
-    except ValueError:
-        return math.inf
-
-
-def headline_targets(rows: Sequence[Row], order: Sequence[str] = ()) -> list[tuple]:
-    """One target per entry (``order`` first): no group or environment where there is such a
-    row, no variant (else the last), the largest training size; seeds measured, if any."""
-    keys = list(dict.fromkeys(map(target_key, rows)))
-    seeded = set(map(target_key, (r for r in rows if r.representation in SEED_KINDS)))
-    entries = list(order) + [e for e in dict.fromkeys(k[0] for k in keys) if e not in order]
-    out = []
-    for e in entries:
-        mine = [k for k in keys if k[0] == e]
-        mine = [k for k in mine if k in seeded] or mine
-        mine = [k for k in mine if k[4] is None and k[5] is None] or mine
-        plain = [k for k in mine if k[6] is None]
-        if not plain and mine:
-            plain = [k for k in mine if k[6] == mine[-1][6]]
-        if plain:
-            out.append(max(plain, key=lambda k: _size_rank(k[3])))
-    return out
-
-
-def select_targets(rows: Sequence[Row], target: str | None, order: Sequence[str]) -> list[tuple]:
-    """The headline target of each entry, of entry ``target``, or the target labelled so."""
-    heads = headline_targets(rows, order)
-    if target is None:
-        return heads
-    hits = [k for k in heads if k[0] == target]
-    hits = hits or [
-        k for k in dict.fromkeys(target_key(r) for r in rows) if target_label(k) == target
-    ]
-    if not hits:
-        have = sorted({k[0] for k in heads})
-        raise ConfigError(f"no target {target!r} in the run's results; its entries are {have}")
-    return hits
 
 
 # ------------------------------------------------------------------------------ options
@@ -309,13 +252,16 @@ def _options(
 
 
 def _cheapest(options: Sequence[Option], by: str) -> str | None:
+    """The option within noise of the best that is cheapest to train (``by="train"``: its
+    seconds, then params) or to run (params, then seconds)."""
+
+    def key(o: Option) -> tuple:
+        secs = math.inf if o.seconds is None else o.seconds
+        params = math.inf if o.params is None else o.params
+        return (secs, params, -o.mean) if by == "train" else (params, secs, -o.mean)
+
     near = [o for o in options if o.within_noise]
-    if by == "train":
-        near = [o for o in near if o.seconds is not None]
-        key = lambda o: (o.seconds, o.params or 0, -o.mean)  # noqa: E731
-    else:
-        near = [o for o in near if o.params is not None]
-        key = lambda o: (o.params, o.seconds if o.seconds is not None else math.inf, -o.mean)  # noqa: E731
+    near = [o for o in near if (o.seconds if by == "train" else o.params) is not None]
     return min(near, key=key).column if near else None
 
 

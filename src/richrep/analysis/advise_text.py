@@ -76,7 +76,8 @@ def _seeds_phrase(a: Advice) -> str:
     if a.no_gain:
         return f"no gain from more seeds (cat{top} − single {_gain(a.measured, a.scale)})"
     if a.next_seed is None:
-        return f"cat{top} − single {_gain(a.measured, a.scale)}; {a.no_curve.split(':')[0]}: no extrapolation"
+        only = a.no_curve.split(":")[0]
+        return f"cat{top} − single {_gain(a.measured, a.scale)}; {only}: no extrapolation"
     stop = (
         f"stops paying at K = {a.stops_at}"
         if a.stops_at is not None
@@ -86,11 +87,13 @@ def _seeds_phrase(a: Advice) -> str:
 
 
 def verdict(a: Advice) -> str:
-    """One line: the best, the cheapest within noise of it, what one more seed buys, floors."""
+    """One line: the highest mean ("best" when no other option is within noise of it), the
+    cheapest within noise of it, what one more seed buys, and the floors."""
     best = a.option(a.best)
     if best is None:
         return f"{a.target}: no result rows"
-    parts = [f"best {best.column} {best.mean:.3f}"]
+    clear = not any(o.within_noise for o in a.options if o is not best)
+    parts = [f"{'best' if clear else 'highest'} {best.column} {best.mean:.3f}"]
     cheap = a.option(a.cheapest)
     if cheap is not None and cheap is not best:
         parts.append(f"cheapest within noise {cheap.column} ({_secs(cheap.seconds)} training)")
@@ -102,7 +105,8 @@ def verdict(a: Advice) -> str:
 
 
 def _measured_line(a: Advice) -> str:
-    ks = f"K = {min(a.ks)}–{max(a.ks)}" if len(a.ks) > 1 else f"K = {a.ks[0]}"
+    run = len(a.ks) > 2 and a.ks == tuple(range(a.ks[0], a.ks[-1] + 1))
+    ks = f"K = {a.ks[0]}–{a.ks[-1]}" if run else f"K = {', '.join(map(str, a.ks))}"
     what = "draw" if a.draws <= 1 else "draws or episodes"
     line = (
         f"measured: {a.subsets} seed subsets of {a.seeds} seeds, {ks} "
@@ -118,16 +122,18 @@ def _curve_lines(a: Advice) -> list[str]:
         return [f"curve: none: {a.no_curve}"]
     c, top = a.curve, a.top_k
     out = [
-        f"curve: f(K) = a − b·K^(−c), a = {_level(c.a)}, b = {_level(c.b)}, c = {_level(c.c)}; "
-        f"{c.resamples} resamples of the seed subsets; one subset scatters {_gain(Estimate(c.sd), a.scale).lstrip('+')} around it",
+        f"curve: f(K) = a − b·K^(−c), a = {_level(c.a)}, b = {_level(c.b)}, "
+        f"c = {_level(c.c)}; "
+        f"{c.resamples} resamples of the seed subsets; one subset scatters "
+        f"{_gain(Estimate(c.sd), a.scale).lstrip('+')} around it",
         f"fitted cat{top} − single {_gain(a.fitted, a.scale)}; next seed (K = {top + 1}) "
         f"{_gain(a.next_seed, a.scale)}",
     ]
     for k, v in a.ahead.items():
         if k != top + 1 or k in (10, 20):
             out.append(
-                f"K = {k}: {_level(v)} ({_gain(a.ahead_gain[k], a.scale)} over cat{top}), "
-                f"extrapolated from K ≤ {top}"
+                f"K = {k}: {_level(v)} ({_gain(a.ahead_gain[k], a.scale)} over the curve at "
+                f"K = {top}), extrapolated from K ≤ {top}"
             )
     if c.c.value <= C_RANGE[0] * 1.001:
         out.append(
