@@ -136,6 +136,20 @@ def test_fewer_than_three_k_give_measured_gains_only():
     assert any(line.startswith("curve: none") for line in advice_lines(adv))
 
 
+@pytest.mark.parametrize(
+    "rows, says",
+    [
+        ([_row("single", "single", 1, (0,), 0.7)], "only K = 1 measured"),
+        ([_row("wide5", "wide", 5, (0,), 0.7)], "no seeds measured"),
+        ([_row("single", "single", 1, (0,), float("nan"))], "no result rows"),
+    ],
+)
+def test_targets_with_little_to_go_on_get_a_plain_sentence(rows, says):
+    (adv,) = advise(rows, _members())
+    assert says in verdict(adv) and adv.curve is None
+    assert advice_lines(adv)[1].startswith("measured: ")
+
+
 def test_costs_come_from_the_ledger_teachers_included():
     rows = _rows(_known, range(1, 6), 5, 3, noise=0.003)
     rows += [

@@ -105,11 +105,14 @@ def verdict(a: Advice) -> str:
 
 
 def _measured_line(a: Advice) -> str:
+    if not a.ks:
+        return "measured: no single or catK value for this target"
     run = len(a.ks) > 2 and a.ks == tuple(range(a.ks[0], a.ks[-1] + 1))
     ks = f"K = {a.ks[0]}–{a.ks[-1]}" if run else f"K = {', '.join(map(str, a.ks))}"
     what = "draw" if a.draws <= 1 else "draws or episodes"
     line = (
-        f"measured: {a.subsets} seed subsets of {a.seeds} seeds, {ks} "
+        f"measured: {a.subsets} seed subset{'s' * (a.subsets != 1)} of {a.seeds} "
+        f"seed{'s' * (a.seeds != 1)}, {ks} "
         f"({a.draws} {what} of the probe's training examples each)"
     )
     if a.measured is not None:
