@@ -289,3 +289,15 @@ def test_report_opens_with_what_to_use(folder):
     page = render_html(data, folder)
     assert page.index("What to use") < page.index("<h2>Summary</h2>")
     assert "next seed" in page
+
+
+def test_ledger_records_read_finished_sidecars_only(folder):
+    store = RunStore(folder)
+    ledger = Ledger(store)
+    save_tensors(ledger.partial("single-s9"), {"w": torch.zeros(1)}, {"member": {}})
+    with open(ledger.final("single-s4"), "ab") as f:  # truncated or grown: size mismatch
+        f.write(b"x")
+    (store.checkpoints / "stray.json").write_text("{}")
+    records = ledger.records()
+    assert sorted(records) == [f"single-s{s}" for s in range(4)]
+    assert records["single-s0"]["train_seconds"] == 2.0
