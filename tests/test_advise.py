@@ -301,3 +301,14 @@ def test_ledger_records_read_finished_sidecars_only(folder):
     records = ledger.records()
     assert sorted(records) == [f"single-s{s}" for s in range(4)]
     assert records["single-s0"]["train_seconds"] == 2.0
+
+
+def test_member_costs_skip_records_richrep_did_not_write(folder):
+    from richrep.run import member_costs
+
+    store = RunStore(folder)
+    meta = {"member": {"kind": "single", "k": "x", "seed": 9}, "train_seconds": "soon"}
+    save_tensors(Ledger(store).final("single-s9"), {"w": torch.zeros(1)}, meta)
+    costs = {m.name: m for m in member_costs(store)}
+    assert sorted(costs) == [f"single-s{s}" for s in range(5)]
+    assert costs["single-s0"].seconds == 2.0 and costs["single-s0"].params == 1000

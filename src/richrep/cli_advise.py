@@ -64,6 +64,8 @@ def print_verdicts(run: Any, rows: list[Any], order: list[str], markdown: bool) 
     from richrep.analysis.advise_text import verdict
     from richrep.run import member_costs
 
+    if not any(r.metric == "accuracy" for r in rows):
+        return
     try:
         answers = advise_rows(rows, member_costs(run.store), order=order)
     except RichrepError as e:

@@ -375,20 +375,23 @@ class Run:
 def member_costs(store: RunStore) -> list[MemberCost]:
     """Each finished member's training time, parameters and feature size, as its ledger
     record has them (no data is built)."""
+    num = lambda v, kind: kind(v) if isinstance(v, int | float) and v == v else None  # noqa: E731
     out = []
     for name, meta in Ledger(store).records().items():
         m = meta.get("member") if isinstance(meta.get("member"), dict) else {}
-        secs = meta.get("train_seconds")
+        k, seed = num(m.get("k"), int), num(m.get("seed"), int)
+        if k is None or seed is None:
+            continue  # not a member record richrep wrote
         out.append(
             MemberCost(
                 name,
                 str(m.get("kind", "")),
-                int(m.get("k", 1)),
-                int(m.get("seed", 0)),
-                float(secs) if isinstance(secs, int | float) else None,
-                meta.get("encoder_params"),
-                meta.get("feature_dim"),
-                tuple(m.get("requires") or ()),
+                k,
+                seed,
+                num(meta.get("train_seconds"), float),
+                num(meta.get("encoder_params"), int),
+                num(meta.get("feature_dim"), int),
+                tuple(str(r) for r in m.get("requires") or () if isinstance(r, str)),
                 str(meta.get("device", "cpu")),
             )
         )

@@ -56,8 +56,9 @@ def report_data(run: Run) -> ReportData:
     }
     advice = []
     try:
-        for a in advise(rows, member_costs(run.store), order=[e.name for e in suite]):
-            advice.append({"target": a.target, "verdict": verdict(a), "lines": advice_lines(a)[1:]})
+        if any(r.metric == "accuracy" for r in rows):
+            for a in advise(rows, member_costs(run.store), order=[e.name for e in suite]):
+                advice.append({"verdict": verdict(a), "lines": advice_lines(a)[1:]})
     except RichrepError as e:
         warnings.append(f"no advice: {e}")
     config = run.store.root / "config.yaml"
