@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from richrep import __version__
+from richrep.analysis.advise import Advice, MemberCost, advise
+from richrep.analysis.budget import parse_budget
 from richrep.config import Experiment, SuiteEntry, load_experiment
 from richrep.data import Split, Task, apply_shifts, load_task
 from richrep.data.checks import ValueStats, value_stats
@@ -29,7 +31,7 @@ from richrep.representations import Representation, Trained, plan_representation
 from richrep.representations.features import FeatureCache, Featurizer, Flatten
 from richrep.results import Row
 from richrep.runtime.device import resolve_device, resolve_precision
-from richrep.store import RunStore, read_json, write_json
+from richrep.store import RunStore, read_json, read_jsonl, write_json
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint
 
@@ -347,12 +349,75 @@ class Run:
             )
         return out
 
+    def advise(
+        self,
+        target: str | None = None,
+        budget: str | None = None,
+        max_k: int | None = None,
+        metric: str = "accuracy",
+    ) -> list[Advice]:
+        """What to use, per target, from this run's rows and ledger: what more seeds would buy
+        (fitted against K, with intervals) and the cheapest representation within noise of the
+        best (:mod:`richrep.analysis.advise`)."""
+        order = [e.name for e in self.exp.evaluation.suite]
+        return advise_store(
+            self.store, target=target, budget=budget, max_k=max_k, metric=metric, order=order
+        )
+
     def env(self) -> dict[str, Any]:
         path = self.store.root / "env.json"
         return read_json(path) if path.exists() else {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.store.root)!r})"
+
+
+def member_costs(store: RunStore) -> list[MemberCost]:
+    """Each finished member's training time, parameters and feature size, as its ledger
+    record has them (no data is built)."""
+    num = lambda v, kind: kind(v) if isinstance(v, int | float) and v == v else None  # noqa: E731
+    out = []
+    for name, meta in Ledger(store).records().items():
+        m = meta.get("member") if isinstance(meta.get("member"), dict) else {}
+        k, seed = num(m.get("k"), int), num(m.get("seed"), int)
+        if k is None or seed is None:
+            continue  # not a member record richrep wrote
+        out.append(
+            MemberCost(
+                name,
+                str(m.get("kind", "")),
+                k,
+                seed,
+                num(meta.get("train_seconds"), float),
+                num(meta.get("encoder_params"), int),
+                num(meta.get("feature_dim"), int),
+                tuple(str(r) for r in m.get("requires") or () if isinstance(r, str)),
+                str(meta.get("device", "cpu")),
+            )
+        )
+    return out
+
+
+def advise_store(store: RunStore | str | Path, **options: Any) -> list[Advice]:
+    """:meth:`Run.advise` on a run folder without loading its experiment (the entries in the
+    order of the results); ``options`` as :func:`richrep.analysis.advise.advise` takes them."""
+    if not isinstance(store, RunStore):
+        store = RunStore(Path(store))
+        if not store.exists():
+            raise StoreError(f"{store.root} is not a richrep run folder (no config.yaml)")
+        Run._check(store)
+    if not store.results.exists():
+        raise StoreError(
+            f"{store.root} has no results.jsonl yet; run `richrep run` (or --only evaluate) first"
+        )
+    if options.get("budget") is not None:
+        parse_budget(options["budget"])  # a malformed budget fails before the rows are read
+    metric = options.get("metric", "accuracy")
+    rows = [Row.from_dict(d) for d in read_jsonl(store.results) if d.get("metric") == metric]
+    if not rows:
+        have = sorted({str(d.get("metric")) for d in read_jsonl(store.results)})
+        raise ConfigError(f"no {metric!r} result rows in {store.root}; it has {have}")
+    return advise(rows, member_costs(store), **options)
 
 
 def open_run(path: str | Path) -> Run:

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from richrep import __version__
+from richrep.cli.advise import advise, print_verdicts
+from richrep.cli.common import console, err, fail, guard, guarded, say
+from richrep.cli.data import data_app
+from richrep.cli.progress import progress_bar
 from richrep.errors import RichrepError
 from richrep.report.text import show
 
@@ -33,42 +25,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Learn rich representations (catK: K seeds, concatenated) and test them under shift.",
 )
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-INTERRUPTED = "interrupted; run the same command again to resume"
-
-
-def say(message: object, style: str | None = None, to: Console | None = None) -> None:
-    """Print untrusted text: never parsed as markup, control characters stripped."""
-    (to or console).print(Text(show(message, keep="\n"), style=style or ""), soft_wrap=True)
-
-
-def _fail(e: BaseException, code: int = 2) -> None:
-    err.print(Text("error: ", style="bold red") + Text(show(e, keep="\n")), soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _guard() -> Iterator[None]:
-    """richrep's own errors as one clean line (exit 2); Ctrl-C or SIGTERM as one line saying
-    how to resume (exit 130)."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    except RichrepError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        err.print(Text(INTERRUPTED, style="yellow"))
-        raise typer.Exit(130) from None
-    finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _version(value: bool) -> None:
@@ -122,10 +78,10 @@ def run(
     from richrep.config import load_experiment
     from richrep.pipeline import run_experiment
 
-    with _guard():
+    with guard():
         exp = _override(load_experiment(experiment), engine, address, device)
         say(f"{exp.name} → {out / exp.run_id()}", style="bold")
-        with _progress() as tick:
+        with progress_bar() as tick:
             result = run_experiment(
                 exp,
                 out,
@@ -159,53 +115,6 @@ def _override(exp, engine, address, device):  # noqa: ANN001, ANN202
         rt["device"] = device
         rt["eval_device"] = None
     return parse_experiment(raw, "(with command-line overrides)")
-
-
-class _Ticker:
-    """Progress of the run: a bar per member and per suite entry on a terminal; otherwise one
-    line per member or entry when it starts and when it ends, in order."""
-
-    def __init__(self, bar: Progress | None) -> None:
-        self.bar = bar
-        self.tasks: dict[str, Any] = {}
-        self.state: dict[str, tuple[int, int]] = {}
-
-    def __call__(self, name: str, done: int, total: int) -> None:
-        if self.bar is not None:
-            if name not in self.tasks:
-                self.tasks[name] = self.bar.add_task(show(name), total=total)
-            self.bar.update(self.tasks[name], completed=done, total=total)
-            return
-        if name.startswith("eval "):
-            return  # the evaluate stage logs one line per suite entry
-        before = self.state.get(name)
-        self.state[name] = (done, total)
-        if done >= total and (before is None or before[0] < total):
-            say(f"{name}: trained")
-
-    def log(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(Text(show(message, keep="\n")), soft_wrap=True)
-        else:
-            say(message)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[_Ticker]:
-    if not console.is_terminal:
-        yield _Ticker(None)
-        return
-    bar = Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    with bar:
-        yield _Ticker(bar)
 
 
 class Format(StrEnum):
@@ -252,7 +161,7 @@ def results(
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
-    with _guard():
+    with guard():
         r = Run.open(run_dir)
         rows = read_results(r)
         if entry:
@@ -287,6 +196,12 @@ def results(
                 print()
             else:
                 console.print(render_table(comp, console.width, title=r.exp.name))
+        if metric in (None, "accuracy"):
+            print_verdicts(r, rows, order, markdown=fmt == Format.markdown)
+
+
+app.command("advise")(guarded(advise))
+app.add_typer(data_app, name="data")
 
 
 @app.command()
@@ -313,7 +228,7 @@ def analyze(
     from richrep.stages.analyze import analyze as analyze_stage
     from richrep.stages.report import report
 
-    with _guard():
+    with guard():
         r = Run.open(run_dir)
         with r.store.lock(), console.status("analyzing seeds…"):
             s = analyze_stage(
@@ -355,7 +270,7 @@ def runs(
     """List the runs of a folder, with catK's gain over single and wide per target."""
     from richrep.index import list_runs
 
-    with _guard():
+    with guard():
         if not out.is_dir():
             raise RichrepError(f"{out} is not a folder of runs")
         listed = list_runs(out)
@@ -423,7 +338,7 @@ def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: 
     protocols, floors, engines or measures."""
     from richrep.plugins import registry_of
 
-    with _guard():
+    with guard():
         reg = registry_of(kind.value)
     table = Table(title=kind.value, show_lines=False)
     table.add_column("name", style="bold")
@@ -439,59 +354,11 @@ def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: 
     console.print(table)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: export them as image folders.")
-app.add_typer(data_app, name="data")
-
-
-@data_app.command("export")
-def data_export(
-    dataset: Annotated[str, typer.Argument(help="A registered image dataset (fashion_mnist).")],
-    directory: Annotated[Path, typer.Argument(help="The image folder to write.")],
-    size: Annotated[int | None, typer.Option(min=4, help="Resize to size × size.")] = None,
-    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = None,
-    limit_per_class: Annotated[
-        int | None, typer.Option(min=1, help="At most N images per class and split.")
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Replace DIRECTORY if it holds an earlier export of richrep's.")
-    ] = False,
-) -> None:
-    """Write DATASET as PNGs in DIRECTORY/train/<class>/ and DIRECTORY/test/<class>/ (read
-    back with the image_folder dataset); atomic: written beside, then renamed. DIRECTORY must
-    be new or empty, or (--force) an earlier export; richrep never replaces the current, home
-    or root folder, a file, a symbolic link or a folder of yours."""
-    from richrep.data.image_folder import export_image_folder
-    from richrep.errors import ConfigError
-
-    with _guard():
-        if channels not in (None, 1, 3):
-            raise ConfigError(f"--channels must be 1 or 3, got {channels}")
-        with _progress() as ticker:
-
-            def progress(done: int, total: int) -> None:
-                if ticker.bar is not None:  # a bar on a terminal; the summary line otherwise
-                    ticker(f"export {dataset}", done, total)
-
-            counts = export_image_folder(
-                dataset,
-                {},
-                directory,
-                size=size,
-                channels=channels,  # type: ignore[arg-type]
-                limit_per_class=limit_per_class,
-                force=force,
-                progress=progress,
-            )
-    say(
-        f"wrote {counts.get('train', 0)} train and {counts.get('test', 0)} test images to {directory}"
-    )
-
-
 def main() -> None:  # pragma: no cover
     try:
         app()
     except RichrepError as e:
-        _fail(e)
+        fail(e)
 
 
 if __name__ == "__main__":  # pragma: no cover
