@@ -27,7 +27,7 @@ from richrep.config import Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError, TrainingError
 from richrep.members import Member, waves
-from richrep.plugins import ENGINES
+from richrep.plugins import ENGINES, load_plugins
 from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore, load_tensors, save_tensors
 from richrep.store.ledger import Ledger, State, Status
@@ -63,6 +63,7 @@ def _worker(
     from richrep.config import Experiment
     from richrep.training.engines.local import train_local
 
+    load_plugins()  # a fresh worker process has imported none of the registries' entries
     exp = Experiment.model_validate(exp_json)
     runtime = exp.runtime.model_copy(
         update={"strategy": strategy, "threads": threads, "engine": {"name": "local"}}
