@@ -73,17 +73,26 @@ def test_a_thread_applies_its_own_budget_without_touching_its_parents(restore_th
     """torch.set_num_threads is the calling thread's: a worker's share leaves the thread that
     started it as it was; what each edge applied is told per thread."""
     seen = {}
+    torch.set_num_threads(before := 3)
     with ThreadBudget(2).applied():
 
         def worker():
             ThreadBudget(1).apply()
             seen["worker"] = (torch.get_num_threads(), ThreadBudget.here())
 
-        t = threading.Thread(target=worker)
-        t.start()
-        t.join()
+        _run(worker)
         assert seen["worker"] == (1, ThreadBudget(1))
         assert torch.get_num_threads() == 2 and ThreadBudget.here() == ThreadBudget(2)
+        _run(lambda: seen.update(later=torch.get_num_threads()))
+        assert seen["later"] == 1  # the worker moved the default later threads begin with
+    _run(lambda: seen.update(after=torch.get_num_threads()))
+    assert seen["after"] == before  # applied() put the process default back too
+
+
+def _run(fn):
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
 
 
 def test_the_plan_follows_the_budget_not_torchs_setting(restore_threads, tiny):
