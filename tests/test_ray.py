@@ -15,6 +15,7 @@ from richrep.errors import ConfigError
 from richrep.members import plan_members
 from richrep.plugins import ENGINES
 from richrep.run import source_task
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore, load_tensors
 from richrep.store.ledger import Ledger, State
 from richrep.training.engines import train_local, work_units
@@ -68,7 +69,7 @@ def test_ray_runs_the_local_units_bit_for_bit_by_default(tiny, tmp_path, ray_ses
     exp = parse_experiment(tiny)
     task = source_task(exp)
     members = plan_members(exp, task.input_shape)
-    units = work_units(exp, task, members[:3], 2)
+    units = work_units(exp, task, members[:3], ThreadBudget(2))
     assert [(len(u.members), u.strategy, u.threads) for u in units] == [
         (2, "fused", 1),
         (1, "fused", 1),

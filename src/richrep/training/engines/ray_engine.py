@@ -2,8 +2,8 @@
 
 By default a task is one of the local engine's work units (:func:`work_units`: the same members
 folded together or not, on the same number of threads, planned from the experiment and the
-thread budget ``runtime.threads``), with as many CPUs as the unit has threads: the weights are
-bit-identical to the local engine's for the same file. Setting ``cpus_per_task`` (or
+thread budget ``runtime.threads``), with as many CPUs as the unit has threads, which the task
+applies at its start: the weights are bit-identical to the local engine's for the same file. Setting ``cpus_per_task`` (or
 ``gpus_per_task``) sizes tasks for a cluster instead: one member per task.
 
 Members run in waves, teachers before students. A task trains its members with the local
@@ -27,8 +27,8 @@ from richrep.config import Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError, TrainingError
 from richrep.members import Member, waves
-from richrep.plugins import ENGINES
-from richrep.runtime.device import set_threads
+from richrep.plugins import ENGINES, load_plugins
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore, load_tensors, save_tensors
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.engines.local import Progress, WorkUnit, sort_wave, work_units
@@ -56,12 +56,14 @@ def _worker(
     teachers: dict[str, tuple[dict[str, Any], dict[str, Any]]],
 ) -> dict[str, dict[str, Any]]:
     """Runs inside a Ray worker: train one unit of members with the local engine's code, on
-    ``threads`` threads; return each member's sidecar (and tensors if storage is not shared)."""
+    ``threads`` threads (applied for the task: Ray reuses its worker processes); return each
+    member's sidecar (and tensors if storage is not shared)."""
     from safetensors.torch import load_file
 
     from richrep.config import Experiment
     from richrep.training.engines.local import train_local
 
+    load_plugins()  # a fresh worker process has imported none of the registries' entries
     exp = Experiment.model_validate(exp_json)
     runtime = exp.runtime.model_copy(
         update={"strategy": strategy, "threads": threads, "engine": {"name": "local"}}
@@ -77,7 +79,7 @@ def _worker(
     if shared:
         for m in unit:
             ledger.mark_worker(m.name)
-    status = train_local(exp, task, unit, store)
+    status = train_local(exp, task, unit, store, budget=ThreadBudget(threads))
     out: dict[str, dict[str, Any]] = {}
     for m in unit:
         s = status[m.name]
@@ -121,8 +123,12 @@ class RayEngine:
         members: Sequence[Member],
         store: RunStore,
         progress: Progress | None = None,
+        budget: ThreadBudget | None = None,
     ) -> dict[str, Status]:
-        """Train every unfinished member as a Ray task; return each member's status."""
+        """Train every unfinished member as a Ray task; return each member's status. The units
+        are planned for ``runtime.threads`` as set: the Ray nodes, not this machine, bound it
+        (a task larger than every node is refused); 0 takes ``budget`` (default: this
+        machine's cores)."""
         ray = _import_ray()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         started = False
@@ -138,9 +144,11 @@ class RayEngine:
                 ray.init(num_cpus=self.num_cpus, **kw)
             started = True
         try:
+            threads = exp.runtime.threads
+            plan = ThreadBudget(threads) if threads else budget or ThreadBudget.resolve(0)
             status: dict[str, Status] = {}
             for wave in waves(members):
-                status.update(self._wave(ray, exp, task, wave, store, status, progress))
+                status.update(self._wave(ray, exp, task, wave, store, status, plan, progress))
             return {m.name: status[m.name] for m in members}
         finally:
             if started:
@@ -154,6 +162,7 @@ class RayEngine:
         wave: Sequence[Member],
         store: RunStore,
         done: dict[str, Status],
+        budget: ThreadBudget,
         progress: Progress | None,
     ) -> dict[str, Status]:
         ledger = Ledger(store)
@@ -163,7 +172,7 @@ class RayEngine:
         if self.cpus_per_task is None and not self.gpus_per_task:
             names = {m.name for m in todo}
             units = []
-            for u in work_units(exp, task, wave, set_threads(exp.runtime.threads)):
+            for u in work_units(exp, task, wave, budget):
                 left = tuple(m for m in u.members if m.name in names)
                 if left:
                     units.append(WorkUnit(left, u.strategy, u.threads))
