@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from richrep.cli import app
 from richrep.config import parse_experiment
-from richrep.errors import ConfigError
+from richrep.errors import ConfigError, StoreError
 from richrep.pipeline import run_experiment
 from richrep.stages.track import flatten, key
+from richrep.stages.trackers.mlflow_tracker import shown
 from richrep.store import read_jsonl
 
 
@@ -50,6 +51,7 @@ def test_mlflow_reads_back_the_run(tiny, tmp_path, monkeypatch):
     assert data.tags["richrep.run_id"] == run.store.root.name
     assert data.params["training.lr"] == "0.05" and data.params["model.encoder"] == "mlp"
     assert data.params["evaluation.suite.0.sizes"] == '[5, "all"]'
+    assert data.params["runtime.threads"] == "1" and not any("track" in p for p in data.params)
     loss = client.get_metric_history(logged.info.run_id, "member/single-s0/loss")
     history = run.members_info()[0]["history"]
     assert [(m.step, m.value) for m in loss] == [(h["epoch"], h["loss"]) for h in history]
@@ -76,7 +78,11 @@ def test_mlflow_reads_back_the_run(tiny, tmp_path, monkeypatch):
 
     elsewhere = (tmp_path / "elsewhere").resolve().as_uri()  # any URI, its own experiment
     spec = {"mlflow": {"tracking_uri": elsewhere, "experiment": "mine"}}
-    again = run_experiment(_tracked(tiny, spec), out, log=lambda s: None)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # a user's file store: MLflow's own rule
+    with pytest.raises(StoreError, match=f"MLflow at {elsewhere}: .*MLFLOW_ALLOW_FILE_STORE"):
+        run_experiment(_tracked(tiny, spec), out, log=lambda s: None)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    again = run_experiment(_tracked(tiny, spec), out, log=lambda s: None)  # no retraining
     assert again.store.root == run.store.root  # runtime is not part of the run's identity
     (other,) = _runs(elsewhere, "mine")[1]
     assert other.data.metrics == data.metrics
@@ -113,6 +119,11 @@ def test_bad_tracker_specs_are_named(tiny, track, message):
 def test_richrep_list_trackers():
     r = CliRunner().invoke(app, ["list", "trackers"])
     assert r.exit_code == 0 and "mlflow" in r.output and "tracking_uri" in r.output
+
+
+def test_a_password_in_the_tracking_uri_is_never_shown():
+    assert shown("https://me:secret@mlflow.example:5000/x") == "https://me@mlflow.example:5000/x"
+    assert shown("file:///tmp/mlruns") == "file:///tmp/mlruns"
 
 
 def test_keys_and_params_every_tracker_accepts():

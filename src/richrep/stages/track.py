@@ -2,8 +2,8 @@
 
 What one tracker run holds:
 
-* params: the resolved config (``config.yaml``) flattened to dotted keys
-  (``training.lr``, ``evaluation.suite.0.protocol.name``); a value longer than 6000
+* params: the resolved config (``config.yaml``, but ``runtime.track``) flattened to dotted
+  keys (``training.lr``, ``evaluation.suite.0.protocol.name``); a value longer than 6000
   characters is cut with a marker, and ``config.yaml`` is an artifact too;
 * tags: ``richrep.run_id``, ``richrep.version``, ``richrep.results_hash``, the source commit
   (``mlflow.source.git.commit``, ``richrep.git_dirty``) when there is one;
@@ -171,7 +171,7 @@ def gather(run: Run) -> Record:
         run_id=root.name,
         experiment=run.exp.name,
         runs_dir=root.parent,
-        params=flatten(run.exp.model_dump(mode="json")),
+        params=flatten(run.exp.model_dump(mode="json", exclude={"runtime": {"track"}})),
         tags=tags,
         metrics=metrics,
         artifacts=artifacts,
@@ -199,7 +199,7 @@ def track(run: Run, tracker: Tracker, *, log: Callable[[str], None] = print) -> 
     seen[target] = {"run": ref, "digest": record.digest}
     write_json(run.store.tracking, seen)
     log(
-        f"{name}: logged run {ref} ({target}): {len(record.metrics)} metrics, "
+        f"{name}: logged run {ref} ({target}): {len(record.metrics)} metric values, "
         f"{len(record.params)} params, {len(record.artifacts)} files"
     )
     return ref

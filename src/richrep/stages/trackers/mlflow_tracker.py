@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
 
@@ -36,6 +37,15 @@ def import_mlflow() -> Any:
             "`pip install 'richrep[track]'` (or `pip install mlflow-skinny`)"
         ) from None
     return MlflowException, MlflowClient
+
+
+def shown(uri: str) -> str:
+    """``uri`` without a password (``https://user:secret@host`` -> ``https://user@host``)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
 
 
 @TRACKERS.register("mlflow", description="log config, curves, results and report to MLflow")
@@ -59,7 +69,7 @@ class MlflowTracker:
         return (record.runs_dir / "mlruns").resolve().as_uri(), True
 
     def target(self, record: Record) -> str:
-        return f"{self._uri(record)[0]}#{self.experiment or record.experiment}"
+        return f"{shown(self._uri(record)[0])}#{self.experiment or record.experiment}"
 
     @contextlib.contextmanager
     def _client(self, record: Record) -> Iterator[Any]:
@@ -70,9 +80,9 @@ class MlflowTracker:
         try:
             yield self.client_class(tracking_uri=uri)
         except self.error as e:
-            raise StoreError(f"MLflow at {uri}: {e.message}") from None
+            raise StoreError(f"MLflow at {shown(uri)}: {e.message}") from None
         except OSError as e:
-            raise StoreError(f"MLflow at {uri}: {e}") from None
+            raise StoreError(f"MLflow at {shown(uri)}: {e}") from None
         finally:
             if own and before is None:
                 os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
@@ -98,7 +108,7 @@ class MlflowTracker:
                     raise
         if found.lifecycle_stage != "active":
             raise StoreError(
-                f"MLflow experiment {name!r} at {uri} is deleted: restore it "
+                f"MLflow experiment {name!r} at {shown(uri)} is deleted: restore it "
                 f"(mlflow experiments restore) or name another one with "
                 f"runtime.track: {{mlflow: {{experiment: ...}}}}"
             )
