@@ -24,6 +24,7 @@ from richrep.runtime.device import resolve_device
 from richrep.runtime.environment import describe
 from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
+from richrep.stages.track import open_tracker, track
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
 
@@ -114,9 +115,11 @@ def run_experiment(
     progress: Progress | None = None,
     allow_missing: bool = False,
 ) -> Run:
-    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused."""
+    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused.
+    With ``runtime.track``, the run is then logged to that tracker (once per state)."""
     resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
     resolve_device(exp.runtime.evaluation_device)
+    tracker = open_tracker(exp.runtime.track)  # and so does a tracker's missing library
     run = Run.create(exp, Path(out))
     store = run.store
     checked = not store.exists()
@@ -127,6 +130,8 @@ def run_experiment(
         store.sweep_temporaries()
         if only is None and is_complete(run, log):
             log(f"{store.root} is complete and up to date; nothing to do")
+            if tracker is not None:
+                track(run, tracker, log=log)
             return run
         if not checked:  # before config.yaml is replaced by this experiment's
             preflight(run)
@@ -155,4 +160,6 @@ def run_experiment(
             from richrep.index import record as index_record
 
             index_record(store)
+            if tracker is not None:
+                track(run, tracker, log=log)
     return run

@@ -206,6 +206,7 @@ PLUGIN_PACKAGES = (
     "richrep.training.engines",
     "richrep.analysis",
     "richrep.report.figures",
+    "richrep.stages.trackers",
 )
 _LOADED = [False]
 

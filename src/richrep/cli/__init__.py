@@ -329,13 +329,14 @@ class Kind(StrEnum):
     protocols = "protocols"
     floors = "floors"
     engines = "engines"
+    trackers = "trackers"
     measures = "measures"
 
 
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
     """Show a registry: datasets, shifts, augmentations, encoders, objectives, members, probes,
-    protocols, floors, engines or measures."""
+    protocols, floors, engines, trackers or measures."""
     from richrep.plugins import registry_of
 
     with guard():

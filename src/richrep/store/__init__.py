@@ -439,6 +439,10 @@ class RunStore:
     def done(self) -> Path:
         return self.root / "done"
 
+    @property
+    def tracking(self) -> Path:  # what was logged to experiment trackers (runtime.track)
+        return self.root / "tracking.json"
+
     def exists(self) -> bool:
         return (self.root / "config.yaml").exists()
 
