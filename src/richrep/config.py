@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from richrep.errors import ConfigError
 from richrep.legacy import runtime_from_older_files
+from richrep.limits import check_subsets, clamp_threads
 from richrep.registries import (
     ENGINES,
     FLOORS,
@@ -242,7 +243,7 @@ class RuntimeConfig(Strict):
 
     device: str = "auto"
     eval_device: str | None = None  # default: device
-    threads: Annotated[int, Field(ge=0)] = 0  # 0: all available cores
+    threads: Annotated[int, Field(ge=0), AfterValidator(clamp_threads)] = 0  # 0: all cores
     # suite entries evaluated at once, in threads sharing the feature cache, each with its own
     # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
     eval_workers: Annotated[int, Field(ge=0)] = 0
@@ -336,26 +337,22 @@ def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
     return "\n".join([head, *dict.fromkeys(lines)])
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "": Experiment,
-    "data": DataConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-    "evaluation": EvaluationConfig,
-    "runtime": RuntimeConfig,
-}
-
-
 def _field_hint(err: pydantic.ValidationError, loc: tuple[Any, ...]) -> str:
+    """A "did you mean" among the fields of the model ``loc`` ends in (a suite entry…)."""
     from richrep.registry import did_you_mean
 
-    parent = str(loc[0]) if len(loc) > 1 else ""
-    model = _SECTIONS.get(parent)
-    if model is None and parent == "evaluation" and len(loc) > 3:
-        model = SuiteEntry
-    if model is None:
-        return ""
-    return did_you_mean(str(loc[-1]), list(model.model_fields))
+    model: Any = Experiment
+    for part in loc[:-1]:
+        if not isinstance(part, int):
+            field = getattr(model, "model_fields", {}).get(str(part))
+            model = _model_in(field.annotation) if field is not None else None
+    return did_you_mean(str(loc[-1]), list(getattr(model, "model_fields", {})))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _model_in(a))), None)
 
 
 def parse_experiment(raw: Any, source: str = "") -> Experiment:
@@ -377,6 +374,7 @@ def resolve(exp: Experiment) -> Experiment:
     """Check every registry name and argument; fill registry defaults so the stored config
     is complete."""
     load_plugins()
+    check_subsets(exp.evaluation.subsets, len(exp.training.seed_list))
     from richrep.data import DATASETS, SHIFTS
     from richrep.data.augment import AUGMENTATIONS
     from richrep.models import ENCODERS
