@@ -16,6 +16,7 @@ from typing import Any, Literal
 from richrep.config import Experiment, dump_experiment, stable_hash
 from richrep.environment import describe
 from richrep.run import Run
+from richrep.stages.budget import check_run
 from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
 from richrep.stages.train import train
@@ -80,17 +81,25 @@ def run_experiment(
     log: Log = print,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    yes: bool = False,
 ) -> Run:
-    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused."""
+    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused.
+    Work estimated above richrep's limits (:mod:`richrep.limits`) is refused unless ``yes``."""
     resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
     resolve_device(exp.runtime.evaluation_device)
     run = Run.create(exp, Path(out))
     store = run.store
+    fresh = not store.root.exists()  # refused before its folder is made; else once it is locked
+    stages = {"train": only in (None, "train"), "evaluate": only in (None, "evaluate"), "yes": yes}
+    if fresh:
+        check_run(run, **stages)
     with store.lock(wait=wait):
         store.sweep_temporaries()
         if only is None and is_complete(run, log):
             log(f"{store.root} is complete and up to date; nothing to do")
             return run
+        if not fresh:
+            check_run(run, **stages)
         write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
         run.mark_format()
         preflight(run)
