@@ -13,12 +13,13 @@ entry: ``label`` (a format with ``{k}``), ``order``, ``marker``, ``color``, ``de
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from richrep.errors import ConfigError
-from richrep.registry import Registry, did_you_mean
+from richrep.registry import BROKEN_PLUGINS, Registry, did_you_mean
 
 OBJECTIVES: Registry[Callable[..., Any]] = Registry("objective")
 MEMBERS: Registry[Callable[..., Any]] = Registry("member kind")
@@ -58,7 +59,10 @@ _LOADED = [False]
 
 def load_plugins() -> None:
     """Import the built-in plug-in modules and those of installed packages (entry-point group
-    ``richrep.plugins``); each registers its entries on import. Idempotent."""
+    ``richrep.plugins``); each registers its entries on import. Idempotent. A plug-in that
+    fails to import, or registers a name richrep or an earlier plug-in has, is left out with
+    a warning naming it and its package (what it registered is removed): an experiment that
+    needs it fails where it names it."""
     if _LOADED[0]:
         return
     _LOADED[0] = True
@@ -67,7 +71,22 @@ def load_plugins() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="richrep.plugins"):
+        _load_plugin(ep)
+
+
+def _load_plugin(ep: Any) -> None:
+    before = {id(r): set(r.names()) for r in Registry.instances}
+    try:
         ep.load()
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party import is reported
+        for r in Registry.instances:
+            for name in set(r.names()) - before.get(id(r), set()):
+                r.unregister(name)
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "an unknown package"
+        why = f"{type(e).__name__}: {e}".splitlines()[0]
+        line = f"plug-in {ep.name!r} ({ep.value}, from {dist}) was not loaded: {why}"
+        BROKEN_PLUGINS.append(line)
+        warnings.warn(f"{line}; going on without it", RuntimeWarning, stacklevel=3)
 
 
 def all_registries() -> dict[str, Registry[Any]]:

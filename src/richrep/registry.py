@@ -26,9 +26,10 @@ from typing import Any, Generic, TypeVar
 
 import pydantic
 
-from richrep.errors import ConfigError
+from richrep.errors import ConfigError, RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
+BROKEN_PLUGINS: list[str] = []  # one line per plug-in that failed to load (richrep.registries)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,13 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 class Registry(Generic[F]):
     """A named mapping from string to callable, filled by :meth:`register`."""
 
+    instances: list[Registry[Any]] = []  # every registry made, for the plug-in loader
+
     def __init__(self, kind: str, skip: int = 0) -> None:
         self.kind = kind
         self.skip = skip
         self._entries: dict[str, Entry[F]] = {}
+        Registry.instances.append(self)
 
     def register(self, name: str | None = None, **meta: Any) -> Callable[[F], F]:
         """Register the decorated function or class as ``name`` (default: its ``__name__``)
@@ -80,7 +84,11 @@ class Registry(Generic[F]):
         def deco(fn: F) -> F:
             key = name or fn.__name__
             if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
+                was = self._entries[key].fn
+                raise RegistryError(
+                    f"{self.kind} {key!r} is registered twice: {_where(fn)} registers the name "
+                    f"{_where(was)} already has"
+                )
             doc = inspect.getdoc(fn) or ""
             summary = doc.split("\n\n")[0].replace("\n", " ").replace("``", "")
             self._entries[key] = Entry(key, fn, summary, self.skip, dict(meta))
@@ -104,9 +112,10 @@ class Registry(Generic[F]):
     def entry(self, name: str, where: str = "") -> Entry[F]:
         if name not in self._entries:
             at = f"{where}: " if where else ""
+            broken = "".join(f"; {b}" for b in BROKEN_PLUGINS)
             raise ConfigError(
                 f"{at}unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
-                f"choose one of: {', '.join(self.names())}"
+                f"choose one of: {', '.join(self.names())}{broken}"
             )
         return self._entries[name]
 
@@ -154,6 +163,10 @@ class Registry(Generic[F]):
 
     def build(self, name: str, *args: Any, where: str = "", **params: Any) -> Any:
         return self._entries[name].fn(*args, **self.validate(name, params, where))
+
+
+def _where(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)!s}"
 
 
 def _resolve(fn: Callable[..., Any], pname: str, ann: Any) -> Any:
