@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import warnings
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +37,7 @@ app = typer.Typer(
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 INTERRUPTED = "interrupted; run the same command again to resume"
+YES = typer.Option("--yes", help="Run work estimated above richrep's limits anyway.")
 
 
 def say(message: object, style: str | None = None, to: Console | None = None) -> None:
@@ -48,11 +50,16 @@ def _fail(e: BaseException, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _warn(message: Any, *args: Any, **kwargs: Any) -> None:
+    err.print(Text("warning: ", style="yellow") + Text(show(message, keep="\n")), soft_wrap=True)
+
+
 @contextlib.contextmanager
 def _guard() -> Iterator[None]:
     """richrep's own errors as one clean line (exit 2); Ctrl-C or SIGTERM as one line saying
-    how to resume (exit 130)."""
+    how to resume (exit 130); warnings as one line each."""
     previous = signal.getsignal(signal.SIGTERM)
+    shown, warnings.showwarning = warnings.showwarning, _warn
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -67,6 +74,7 @@ def _guard() -> Iterator[None]:
         err.print(Text(INTERRUPTED, style="yellow"))
         raise typer.Exit(130) from None
     finally:
+        warnings.showwarning = shown
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, previous)
 
@@ -116,6 +124,7 @@ def run(
             "--allow-missing", help="Evaluate even if some members are missing or corrupt."
         ),
     ] = False,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any
     earlier work."""
@@ -134,6 +143,7 @@ def run(
                 log=tick.log,
                 progress=tick,
                 allow_missing=allow_missing,
+                yes=yes,
             )
         say(f"done: {result.store.root}", style="green")
         bin_ = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "richrep"
@@ -234,6 +244,7 @@ def results(
     ] = False,
 ) -> None:
     """Print the comparison table: targets × representations, mean ± std (n), catK's gains."""
+    from richrep.registry import did_you_mean
     from richrep.report.ood import RULES, ood_entries, ood_markdown, ood_table
     from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
     from richrep.report.terminal import render_table
@@ -249,6 +260,12 @@ def results(
             if unknown:
                 raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
             rows = [x for x in rows if x.entry in entry]
+        have = sorted({x.metric for x in rows})
+        if metric is not None and metric not in have:
+            raise RichrepError(
+                f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
+                f"they have {', '.join(have) or 'none'}"
+            )
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
             return
@@ -288,6 +305,7 @@ def analyze(
     permutations: Annotated[
         int, typer.Option("--permutations", help="Permutations of the CKA test.")
     ] = 200,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Are the seeds different? CKA/CCA matrices, unit matching, sparse prediction, clustering."""
     import numpy as np
@@ -307,6 +325,7 @@ def analyze(
                 max_samples=max_samples,
                 n_permutations=permutations,
                 log=say,
+                yes=yes,
             )
             if r.store.results.exists():
                 report(r, log=say)
@@ -413,13 +432,9 @@ def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: 
     table.add_column("name", style="bold")
     table.add_column("arguments")
     table.add_column("what it is")
-    for e in reg:
-        if e.name in reg.names(pattern):
-            table.add_row(
-                Text(e.name),
-                Text(e.signature()[len(e.name) :]),
-                Text(e.meta.get("description") or e.summary),
-            )
+    for e in (reg.entry(n) for n in reg.names(pattern)):
+        about = e.meta.get("description") or e.summary
+        table.add_row(Text(e.name), Text(e.signature()[len(e.name) :]), Text(about))
     console.print(table)
 
 
