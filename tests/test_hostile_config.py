@@ -12,6 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import save_file
 from typer.testing import CliRunner
@@ -153,13 +154,20 @@ def test_hostile_experiment_is_one_clean_error(case, tiny, tmp_path):
     assert not (out / "checkpoints").exists()
 
 
-def test_threads_above_the_cores_are_clamped_with_a_warning(tiny):
+def test_threads_above_the_cores_are_clamped_with_a_warning(tiny, tmp_path):
     from richrep.limits import cores
 
     tiny["runtime"] = {"threads": 1_000_000}
-    with pytest.warns(RuntimeWarning, match=r"runtime.threads: 1000000 .* using"):
-        exp = parse_experiment(tiny)
-    assert exp.runtime.threads == cores()
+    tiny["training"]["epochs"] = 1
+    exp = parse_experiment(tiny)
+    old = torch.get_num_threads()
+    try:
+        with pytest.warns(RuntimeWarning, match=r"runtime.threads: 1000000 .* using"):
+            run = run_experiment(exp, tmp_path, only="train", log=lambda m: None)
+        assert torch.get_num_threads() == cores()
+    finally:
+        torch.set_num_threads(old)
+    assert all(s.ok for s in run.statuses().values())
 
 
 def test_yes_runs_work_above_the_limits(tiny, tmp_path, monkeypatch):

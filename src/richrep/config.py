@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from richrep.errors import ConfigError
 from richrep.legacy import runtime_from_older_files
-from richrep.limits import check_subsets, clamp_threads
+from richrep.limits import check_subsets
 from richrep.registries import (
     ENGINES,
     FLOORS,
@@ -243,7 +243,7 @@ class RuntimeConfig(Strict):
 
     device: str = "auto"
     eval_device: str | None = None  # default: device
-    threads: Annotated[int, Field(ge=0), AfterValidator(clamp_threads)] = 0  # 0: all cores
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: all cores; at most the cores (a warning)
     # suite entries evaluated at once, in threads sharing the feature cache, each with its own
     # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
     eval_workers: Annotated[int, Field(ge=0)] = 0

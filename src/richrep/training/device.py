@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 
 from richrep.errors import ConfigError
+from richrep.limits import clamp_threads, cores
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -96,13 +96,9 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 
 
 def set_threads(threads: int = 0) -> int:
-    """Give this process its own thread budget (0: all cores it may use). Two processes that each
-    take every core slow each other many times over, so workers must set this."""
-    if threads:
-        n = threads
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:
-        n = os.cpu_count() or 1
+    """Give this process its own thread budget (0: all cores it may use; more than its cores:
+    its cores, with a warning). Two processes that each take every core slow each other many
+    times over, so workers must set this."""
+    n = clamp_threads(threads) if threads else cores()
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
