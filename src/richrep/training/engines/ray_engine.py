@@ -213,9 +213,7 @@ class RayEngine:
         if self.cpus_per_task is None and not self.gpus_per_task:
             names = {m.name for m in todo}
             units = []
-            here = set_threads(exp.runtime.threads)  # this process: at most its cores
-            budget = exp.runtime.threads or here  # a node may have more cores than this one
-            for u in work_units(exp, task, wave, budget):
+            for u in work_units(exp, task, wave, set_threads(exp.runtime.threads)):
                 left = tuple(m for m in u.members if m.name in names)
                 if left:
                     units.append(WorkUnit(left, u.strategy, u.threads))
