@@ -138,7 +138,10 @@ def test_unknown_ray_option_fails_at_parse_time(tiny):
         _exp(tiny, ray={"cpu_per_task": 1})
 
 
-def test_task_bigger_than_any_node_is_a_clear_error(tiny, tmp_path, ray_session):
+def test_task_bigger_than_any_node_is_a_clear_error(tiny, tmp_path, ray_session, monkeypatch):
+    monkeypatch.setattr(
+        "richrep.runtime.threads.available_cores", lambda: 8
+    )  # a driver with more cores than Ray's
     tiny["runtime"] = {"engine": "ray", "threads": 8}  # 2 seeds: units of 4 threads
     exp = parse_experiment(tiny)
     task = source_task(exp)

@@ -22,6 +22,7 @@ from richrep.errors import StoreError
 from richrep.run import Run
 from richrep.runtime.device import resolve_device
 from richrep.runtime.environment import describe
+from richrep.stages.budget import check_run
 from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
 from richrep.stages.track import open_tracker, track
@@ -114,17 +115,21 @@ def run_experiment(
     log: Log = print,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    yes: bool = False,
 ) -> Run:
     """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused.
-    With ``runtime.track``, the run is then logged to that tracker (once per state)."""
+    With ``runtime.track``, the run is then logged to that tracker (once per state). Work
+    estimated above richrep's limits (:mod:`richrep.runtime.limits`) is refused unless ``yes``."""
     resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
     resolve_device(exp.runtime.evaluation_device)
     tracker = open_tracker(exp.runtime.track)  # and so does a tracker's missing library
     run = Run.create(exp, Path(out))
     store = run.store
     checked = not store.exists()
+    stages = {"train": only in (None, "train"), "evaluate": only in (None, "evaluate"), "yes": yes}
     if checked:  # a new run: nothing is written under out until the experiment passes
         preflight(run)
+        check_run(run, **stages)
     with store.lock(wait=wait):
         store.refuse_links()
         store.sweep_temporaries()
@@ -135,6 +140,7 @@ def run_experiment(
             return run
         if not checked:  # before config.yaml is replaced by this experiment's
             preflight(run)
+            check_run(run, **stages)
         write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
         run.mark_format()
         env = describe(run.device)

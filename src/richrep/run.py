@@ -91,7 +91,13 @@ class Run:
     @staticmethod
     def _check(store: RunStore) -> None:
         marker = store.root / "richrep.json"
-        fmt = read_json(marker).get("format") if marker.exists() else 1
+        info = read_json(marker) if marker.exists() else {"format": 1}
+        if not isinstance(info, dict):
+            raise StoreError(
+                f"{marker} is not a run folder marker: it holds a JSON {type(info).__name__}, "
+                f'not an object like {{"format": {FORMAT}}}; was it edited by hand?'
+            )
+        fmt = info.get("format")
         if fmt != FORMAT:
             raise StoreError(
                 f"{store.root} was written by another version of richrep (run folder format "

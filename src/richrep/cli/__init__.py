@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Learn rich representations (catK: K seeds, concatenated) and test them under shift.",
 )
+YES = typer.Option("--yes", help="Run work estimated above richrep's limits anyway.")
 
 
 def _version(value: bool) -> None:
@@ -72,6 +73,7 @@ def run(
             "--allow-missing", help="Evaluate even if some members are missing or corrupt."
         ),
     ] = False,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any
     earlier work."""
@@ -90,6 +92,7 @@ def run(
                 log=tick.log,
                 progress=tick,
                 allow_missing=allow_missing,
+                yes=yes,
             )
         say(f"done: {result.store.root}", style="green")
         bin_ = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "richrep"
@@ -148,6 +151,7 @@ def results(
     Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
+    from richrep.registry import did_you_mean
     from richrep.report.ood_tables import (
         MEANING,
         RULES,
@@ -170,6 +174,12 @@ def results(
             if unknown:
                 raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
             rows = [x for x in rows if x.entry in entry]
+        have = sorted({x.metric for x in rows})
+        if metric is not None and metric not in have:
+            raise RichrepError(
+                f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
+                f"they have {', '.join(have) or 'none'}"
+            )
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
             return
@@ -219,6 +229,7 @@ def analyze(
     permutations: Annotated[
         int, typer.Option("--permutations", help="Permutations of the CKA test.")
     ] = 200,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Are the seeds different? CKA/CCA matrices, unit matching, sparse prediction, clustering."""
     import numpy as np
@@ -238,6 +249,7 @@ def analyze(
                 max_samples=max_samples,
                 n_permutations=permutations,
                 log=say,
+                yes=yes,
             )
             if r.store.results.exists():
                 report(r, log=say)
@@ -345,13 +357,9 @@ def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: 
     table.add_column("name", style="bold")
     table.add_column("arguments")
     table.add_column("what it is")
-    for e in reg:
-        if e.name in reg.names(pattern):
-            table.add_row(
-                Text(e.name),
-                Text(e.signature()[len(e.name) :]),
-                Text(e.meta.get("description") or e.summary),
-            )
+    for e in (reg.entry(n) for n in reg.names(pattern)):
+        about = e.meta.get("description") or e.summary
+        table.add_row(Text(e.name), Text(e.signature()[len(e.name) :]), Text(about))
     console.print(table)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,11 +32,16 @@ def fail(e: BaseException, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _warn(message: Any, *args: Any, **kwargs: Any) -> None:
+    err.print(Text("warning: ", style="yellow") + Text(show(message, keep="\n")), soft_wrap=True)
+
+
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """richrep's own errors as one clean line (exit 2); Ctrl-C or SIGTERM as one line saying
-    how to resume (exit 130)."""
+    how to resume (exit 130); warnings as one line each."""
     previous = signal.getsignal(signal.SIGTERM)
+    shown, warnings.showwarning = warnings.showwarning, _warn
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -50,6 +56,7 @@ def guard() -> Iterator[None]:
         err.print(Text(INTERRUPTED, style="yellow"))
         raise typer.Exit(130) from None
     finally:
+        warnings.showwarning = shown
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, previous)
 

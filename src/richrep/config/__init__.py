@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -31,6 +31,7 @@ from richrep.plugins import (
     PROTOCOLS,
     load_plugins,
 )
+from richrep.runtime.limits import check_subsets
 from richrep.store.weightfiles import Checkpoints, Pretrained, identities, resolve_files
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -254,26 +255,22 @@ def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
     return "\n".join([head, *dict.fromkeys(lines)])
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "": Experiment,
-    "data": DataConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-    "evaluation": EvaluationConfig,
-    "runtime": RuntimeConfig,
-}
-
-
 def _field_hint(err: pydantic.ValidationError, loc: tuple[Any, ...]) -> str:
+    """A "did you mean" among the fields of the model ``loc`` ends in (a suite entry…)."""
     from richrep.registry import did_you_mean
 
-    parent = str(loc[0]) if len(loc) > 1 else ""
-    model = _SECTIONS.get(parent)
-    if model is None and parent == "evaluation" and len(loc) > 3:
-        model = SuiteEntry
-    if model is None:
-        return ""
-    return did_you_mean(str(loc[-1]), list(model.model_fields))
+    model: Any = Experiment
+    for part in loc[:-1]:
+        if not isinstance(part, int):
+            field = getattr(model, "model_fields", {}).get(str(part))
+            model = _model_in(field.annotation) if field is not None else None
+    return did_you_mean(str(loc[-1]), list(getattr(model, "model_fields", {})))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _model_in(a))), None)
 
 
 def parse_experiment(raw: Any, source: str = "") -> Experiment:
@@ -296,6 +293,7 @@ def resolve(exp: Experiment) -> Experiment:
     is complete (all but those the run fills where a spec leaves them unset,
     :attr:`Registry.filled`: a probe's seed and device)."""
     load_plugins()
+    check_subsets(exp.evaluation.subsets, len(exp.training.seed_list))
     from richrep.data import DATASETS, SHIFTS
     from richrep.data.augment import AUGMENTATIONS
     from richrep.models import ENCODERS

@@ -16,7 +16,7 @@ class RuntimeConfig(Strict):
 
     device: str = "auto"
     eval_device: str | None = None  # default: device
-    threads: Annotated[int, Field(ge=0)] = 0  # 0: all available cores
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: all cores; at most the cores (a warning)
     # suite entries evaluated at once, in threads sharing the feature cache, each with its own
     # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
     eval_workers: Annotated[int, Field(ge=0)] = 0

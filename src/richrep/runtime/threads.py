@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,6 +65,13 @@ class ThreadBudget:
                 f"runtime.threads must be 0 (every core) or a positive count, got {threads}"
             )
         cores = available_cores() if cores is None else cores
+        if threads > cores:
+            warnings.warn(
+                f"runtime.threads: {threads} is more than the {cores} core(s) this machine gives "
+                f"richrep; using {cores}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return cls(min(threads, cores) if threads else cores)
 
     def split(self, n: int) -> tuple[ThreadBudget, ...]:
