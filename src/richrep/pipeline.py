@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from richrep import __version__
 from richrep.config import Experiment, dump_experiment, stable_hash
 from richrep.errors import StoreError
 from richrep.run import Run
@@ -141,8 +142,8 @@ def run_experiment(
         if not checked:  # before config.yaml is replaced by this experiment's
             preflight(run)
             check_run(run, **stages)
-        write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
-        run.mark_format()
+        write_atomic(store.config, dump_experiment(exp).encode())
+        store.mark_format(__version__)
         env = describe(run.device)
         task = run.source_task
         env["source_task"] = {
@@ -152,7 +153,7 @@ def run_experiment(
             "val": len(task.val),
             "test": len(task.test),
         }
-        write_json(store.root / "env.json", env)
+        write_json(store.env, env)
         if only in (None, "train"):
             train(run, log=log, progress=progress)
         if only in (None, "evaluate"):

@@ -24,6 +24,7 @@ from torch import nn
 
 from richrep.config import TrainingConfig
 from richrep.data import Split
+from richrep.evaluation.run_view import RunView
 from richrep.models import Classifier, JointEncoder
 from richrep.runtime.device import autocast
 from richrep.runtime.seeding import seeded
@@ -61,7 +62,7 @@ class Tuned:
     encoder: dict[str, torch.Tensor] | None = None
 
 
-def network(run: Any, parts: Sequence[str], classes: int, *salt: Any) -> Classifier:
+def network(run: RunView, parts: Sequence[str], classes: int, *salt: object) -> Classifier:
     """Copies of the run's trained encoders of ``parts`` (side by side, one
     :class:`~richrep.models.JointEncoder`, when several) under a new linear head initialized
     from ``salt``: the networks are never trained in place."""

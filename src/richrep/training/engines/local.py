@@ -22,11 +22,10 @@ from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
+from richrep.training.engines.base import Progress
 from richrep.training.loop import accuracy, knn_validation
 from richrep.training.plan import Unit, choose_strategy, plan_units
 from richrep.training.workers import train_group
-
-Progress = Callable[[str, int, int], None]  # (member, done, total)
 
 
 def load_member(exp: Experiment, task: Task, member: Member, store: RunStore) -> Classifier:
