@@ -150,7 +150,7 @@ def train_group(
         return []
     if device.type == "cpu" and tune_allocator:
         tune_cpu_allocator()
-    folds = all(o.folds for o in group.objectives)
+    folds = all(o.folds() for o in group.objectives)
     if strategy == "auto":
         strategy = choose_strategy(models, device, folds=folds)
     if strategy.startswith("fused") and not (folds and fusable(models)):
