@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import torch
 
@@ -22,6 +23,14 @@ from richrep.runtime.seeding import generator
 
 Rows = Sequence[torch.Tensor | slice]
 Steps = Iterator[tuple[Rows, torch.Tensor]]
+
+
+class Batches(Protocol):
+    """A batch source: ``steps`` per epoch, and each step's rows and inputs per model."""
+
+    steps: int
+
+    def epoch(self, seeds: Sequence[int], epoch: int) -> Steps: ...
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:

@@ -32,9 +32,9 @@ from richrep.data import Split
 from richrep.data.augment import build_augment
 from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.objectives import Batch, CrossEntropy, Objective
-from richrep.objectives.base import accuracy
+from richrep.objectives.base import Augment, accuracy
 from richrep.store import remove
-from richrep.training.batches import EpochOrder, Rows, augment_batches, epoch_order
+from richrep.training.batches import Batches, EpochOrder, Rows, augment_batches, epoch_order
 from richrep.training.checkpoint import load_checkpoint
 from richrep.training.hooks import Checkpoints, Hook, Progress, UnitProgress
 from richrep.training.step import Step, lr_at, make_optimizer, uses_channels_last
@@ -90,7 +90,7 @@ class Loop:
     def __init__(
         self,
         step: Step,
-        batches: Any,
+        batches: Batches,
         y: torch.Tensor,
         targets: Sequence[Batch],
         seeds: Sequence[int],
@@ -149,13 +149,18 @@ class Loop:
             if not math.isfinite(mean_losses[a]):
                 self.failed[j] = (epoch, mean_losses[a])
                 continue
-            record = {"epoch": epoch + 1, "loss": mean_losses[a], "train_acc": accs[a]}
-            self.histories[j].append({**record, "seconds": seconds})
+            record = {
+                "epoch": epoch + 1,
+                "loss": mean_losses[a],
+                "train_acc": accs[a],
+                "seconds": seconds,
+            }
+            self.histories[j].append(record)
             for h in self.hooks:
-                h.end_epoch(self, j, self.histories[j][-1])
+                h.end_epoch(self, j, record)
 
     def train_step(
-        self, at: int, rows: Rows, xs: torch.Tensor, augment: Any
+        self, at: int, rows: Rows, xs: torch.Tensor, augment: Augment | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step on the examples ``rows`` (per active model) with inputs ``xs``: (losses,
         correct predictions) of the active models."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from richrep.config import TrainingConfig
+from richrep.errors import ConfigError
 from richrep.objectives import Batch, Objective
 from richrep.objectives.base import Augment
 from richrep.runtime.device import autocast
@@ -59,6 +60,8 @@ class Step:
         channels_last: bool = False,
         cfg: TrainingConfig | None = None,
     ) -> None:
+        if fused and cfg is None:
+            raise ConfigError("Step: a fused unit needs the training config of its optimizer")
         self.models, self.optimizers = list(models), list(optimizers)
         self.objectives, self.device, self.dtype = list(objectives), device, dtype
         self.fused, self.channels_last, self.cfg = fused, channels_last, cfg
@@ -73,8 +76,7 @@ class Step:
     def begin(self, active: list[int]) -> None:
         """Start an epoch of the models ``active`` (folded into one module when fused)."""
         self.active = active
-        if self.fused:
-            assert self.cfg is not None
+        if self.fused and self.cfg is not None:
             module = FusedClassifier([self.models[j] for j in active]).to(self.device)
             if self.channels_last:
                 module.to(memory_format=torch.channels_last)
