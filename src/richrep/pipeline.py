@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from richrep.stages.report import report
 from richrep.stages.track import open_tracker, track
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
+from richrep.store.origin import Origin, write_origin
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
@@ -107,10 +108,29 @@ def is_complete(run: Run, log: Log = print) -> bool:
     return True
 
 
+def with_overrides(
+    exp: Experiment | Path | str, overrides: Sequence[str], origin: Origin | None = None
+) -> tuple[Experiment, Origin]:
+    """``exp`` (an experiment or its file) with ``overrides`` applied, and what to record of
+    it: ``origin`` with these overrides added (and the file)."""
+    from richrep.config.overrides import experiment_with, load_with_overrides
+
+    origin = origin or Origin()
+    source = origin.experiment
+    if not isinstance(exp, Experiment):
+        source = source or str(Path(exp).absolute())
+        exp = load_with_overrides(exp, overrides)
+    elif overrides:
+        exp = experiment_with(exp.model_dump(mode="json"), overrides, repr(exp.name))
+    return exp, Origin([*origin.overrides, *overrides], origin.sweep, source)
+
+
 def run_experiment(
-    exp: Experiment,
+    exp: Experiment | Path | str,
     out: Path | str,
     *,
+    overrides: Sequence[str] = (),
+    origin: Origin | None = None,
     only: Stage | None = None,
     wait: bool = False,
     log: Log = print,
@@ -118,9 +138,13 @@ def run_experiment(
     allow_missing: bool = False,
     yes: bool = False,
 ) -> Run:
-    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused.
+    """Run (or resume) ``exp`` (an experiment or its file) under ``out``; return its
+    :class:`Run`. Finished work is reused. ``overrides`` (``KEY=VALUE``, see
+    :mod:`richrep.config.overrides`) are applied first; they and ``origin`` (overrides a caller
+    applied itself, the sweep it runs in) are recorded in the folder's ``overrides.json``.
     With ``runtime.track``, the run is then logged to that tracker (once per state). Work
     estimated above richrep's limits (:mod:`richrep.runtime.limits`) is refused unless ``yes``."""
+    exp, origin = with_overrides(exp, overrides, origin)
     resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
     resolve_device(exp.runtime.evaluation_device)
     tracker = open_tracker(exp.runtime.track)  # and so does a tracker's missing library
@@ -134,6 +158,7 @@ def run_experiment(
     with store.lock(wait=wait):
         store.refuse_links()
         store.sweep_temporaries()
+        write_origin(store.root, origin)
         if only is None and is_complete(run, log):
             log(f"{store.root} is complete and up to date; nothing to do")
             if tracker is not None:
