@@ -12,19 +12,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
 from richrep import __version__
 from richrep.errors import RichrepError
+from richrep.report.progress import Ticker, progress
 from richrep.report.text import show
 
 app = typer.Typer(
@@ -161,51 +154,8 @@ def _override(exp, engine, address, device):  # noqa: ANN001, ANN202
     return parse_experiment(raw, "(with command-line overrides)")
 
 
-class _Ticker:
-    """Progress of the run: a bar per member and per suite entry on a terminal; otherwise one
-    line per member or entry when it starts and when it ends, in order."""
-
-    def __init__(self, bar: Progress | None) -> None:
-        self.bar = bar
-        self.tasks: dict[str, Any] = {}
-        self.state: dict[str, tuple[int, int]] = {}
-
-    def __call__(self, name: str, done: int, total: int) -> None:
-        if self.bar is not None:
-            if name not in self.tasks:
-                self.tasks[name] = self.bar.add_task(show(name), total=total)
-            self.bar.update(self.tasks[name], completed=done, total=total)
-            return
-        if name.startswith("eval "):
-            return  # the evaluate stage logs one line per suite entry
-        before = self.state.get(name)
-        self.state[name] = (done, total)
-        if done >= total and (before is None or before[0] < total):
-            say(f"{name}: trained")
-
-    def log(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.console.print(Text(show(message, keep="\n")), soft_wrap=True)
-        else:
-            say(message)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[_Ticker]:
-    if not console.is_terminal:
-        yield _Ticker(None)
-        return
-    bar = Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-    with bar:
-        yield _Ticker(bar)
+def _progress() -> contextlib.AbstractContextManager[Ticker]:
+    return progress(console)
 
 
 class Format(StrEnum):
@@ -239,6 +189,7 @@ def results(
     Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
+    from richrep.evaluation.stored import left_out, left_out_message
     from richrep.report.ood_tables import (
         MEANING,
         RULES,
@@ -267,6 +218,8 @@ def results(
         note = derived_note(rows)
         if note:
             say(note, style="yellow", to=err)
+        if left := left_out(r.store.results_dir, {e.name for e in r.suite}):
+            say(left_out_message(left, r.store.root), style="yellow", to=err)
         if ood:
             names = ood_entries(rows)
             if not names:
@@ -278,7 +231,7 @@ def results(
                     print(ood_markdown(comp, rule))
                     print(f"\n_{MEANING}_\n")
             return
-        order = [e.name for e in r.exp.evaluation.suite]
+        order = [e.name for e in r.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
         for m in [metric] if metric else metrics(rows):
             comp = build_comparison(rows, order, metric=m)
@@ -287,6 +240,38 @@ def results(
                 print()
             else:
                 console.print(render_table(comp, console.width, title=r.exp.name))
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
+    entry: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A suite entry in YAML or JSON (repeatable): '{name: mine, dataset: "
+            "npz, params: {path: mine.npz}, sizes: [10, all]}'."
+        ),
+    ] = None,
+    suite: Annotated[
+        Path | None, typer.Option(help="A file of entries: a list, or suite: [...]")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an extra entry of the same name.")] = False,
+    drop: Annotated[list[str] | None, typer.Option(help="Remove this extra entry.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Evaluate without missing members.")] = False,
+) -> None:
+    """Evaluate a run on more targets: the entries become the run's own (extra_entries.yaml,
+    kept when the experiment runs again), in results.jsonl, the report and `richrep results`."""
+    from richrep.config.entries import gather_entries
+    from richrep.pipeline import evaluate_entries
+
+    with _guard(), _progress() as tick:
+        new = gather_entries(entry or [], [suite] if suite else [])
+        kw = {"replace": replace, "drop": drop, "allow_missing": allow_missing}
+        r, names = evaluate_entries(run_dir, new, log=tick.log, progress=tick, **kw)
+    if names:
+        results(run_dir, entry=names)
+    else:
+        say(f"extra entries of {run_dir}: {', '.join(e.name for e in r.extra_entries) or 'none'}")
 
 
 @app.command()

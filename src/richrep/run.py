@@ -5,10 +5,13 @@ a run's encoders and features (``richrep.open_run``)::
     run.representations()                      # single, cat2…, wide5, distill5, floors
     X = run.features("cat5", test_split)       # cached on disk in the run folder
     rows = run.evaluate(target, protocol="transfer", sizes=[10, "all"])
+    run.evaluate({"name": "mine", "dataset": "npz", "params": {"path": "mine.npz"}}, save=True)
+    run.results()                              # a pandas DataFrame of the tidy rows
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -20,16 +23,26 @@ from torch import nn
 
 from richrep import __version__
 from richrep.config import Experiment, SuiteEntry, load_experiment
+from richrep.config.entries import (
+    dump_extras,
+    merge_extras,
+    merge_suite,
+    parse_entries,
+    read_extras,
+    resolve_entries,
+)
 from richrep.data import Split, Task, apply_shifts, load_task
 from richrep.data.checks import ValueStats, value_stats
 from richrep.errors import ConfigError, DataError, StoreError
+from richrep.evaluation import stored
 from richrep.members import Member, kind_of, plan_members
 from richrep.plugins import FLOORS, PROTOCOLS
 from richrep.representations import Representation, Trained, plan_representations
 from richrep.representations.features import FeatureCache, Featurizer, Flatten
 from richrep.results import Row
+from richrep.results.frame import rows_frame
 from richrep.runtime.device import resolve_device, resolve_precision
-from richrep.store import RunStore, read_json, write_json
+from richrep.store import RunStore, read_json, read_jsonl, write_atomic, write_json
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint
 
@@ -63,6 +76,7 @@ class Run:
         self.store = store
         self.ledger = Ledger(store)
         self._encoders: dict[str, nn.Module] = {}
+        self._extras: tuple[Any, list[SuiteEntry]] = (None, [])
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -103,6 +117,23 @@ class Run:
     def mark_format(self) -> None:
         write_json(self.store.root / "richrep.json", {"format": FORMAT, "richrep": __version__})
 
+    # -- entries ------------------------------------------------------------------------------
+    @property
+    def extra_entries(self) -> list[SuiteEntry]:
+        """Suite entries added to the run after its experiment (``richrep evaluate RUN --entry``,
+        ``evaluate(..., save=True)``), kept in the run folder's ``extra_entries.yaml``."""
+        path = self.store.extra_entries
+        st = path.stat() if path.exists() else None
+        key = st and (st.st_ino, st.st_mtime_ns, st.st_size)
+        if key != self._extras[0]:
+            self._extras = (key, read_extras(path, self.exp) if key else [])
+        return self._extras[1]
+
+    @property
+    def suite(self) -> list[SuiteEntry]:
+        """The run's entries: the experiment's suite, then the extra entries it does not name."""
+        return merge_suite(self.exp.evaluation.suite, self.extra_entries)[0]
+
     # -- data ---------------------------------------------------------------------------------
     @cached_property
     def base_task(self) -> Task:
@@ -122,20 +153,31 @@ class Run:
         """A suite entry's target: the run's dataset (or the entry's own ``dataset``) with the
         entry's shifts applied; its inputs must fit the encoders."""
         where = f"evaluation.suite.{entry.name}"
+        if entry.name not in {e.name for e in self.exp.evaluation.suite}:
+            where = f"entry {entry.name}"
+            if any(e.name == entry.name for e in self.extra_entries):
+                where = (
+                    f"extra entry {entry.name} (kept in {self.store.extra_entries}; "
+                    f"`richrep evaluate {self.store.root} --drop {entry.name}` removes it)"
+                )
         if entry.dataset is not None:
-            task = load_task(
-                entry.dataset,
-                entry.params,
-                val_fraction=self.exp.data.val_fraction,
-                seed=self.exp.seed,
-            )
+            try:
+                task = load_task(
+                    entry.dataset,
+                    entry.params,
+                    val_fraction=self.exp.data.val_fraction,
+                    seed=self.exp.seed,
+                    like=self.source_task,
+                )
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from None
         else:
             task = base if base is not None else self.base_task
         task = apply_shifts(task, [s.as_tuple() for s in entry.shifts], where=where)
         if task.input_shape != self.source_task.input_shape:
             raise DataError(
                 f"{where}: the target's inputs have shape {task.input_shape} but the run's "
-                f"encoders take {self.source_task.input_shape}"
+                f"encoders take {self.source_task.input_shape}{_kind_hint(entry, self)}"
             )
         return task
 
@@ -286,14 +328,30 @@ class Run:
         target: Task | SuiteEntry | dict[str, Any],
         protocol: str = "transfer",
         representations: Sequence[str | Representation] | None = None,
+        *,
+        save: bool = False,
+        replace: bool = False,
         **entry: Any,
     ) -> list[Row]:
         """Evaluate representations (default: all) on ``target`` — a Task, or a suite entry
-        (as in the experiment file) — with ``protocol``; return the rows (nothing is written)."""
+        (as in the experiment file) — with ``protocol``; return the rows. Nothing is written
+        unless ``save``: then the entry becomes one of the run's extra entries (as with
+        ``richrep evaluate RUN --entry``), its rows kept in the run folder (``results/``,
+        ``results.jsonl``, ``results()``) and evaluated again only when the run changes; the
+        next ``richrep evaluate RUN`` or ``richrep run`` redraws the report. An extra entry of
+        the same name and other content is replaced only with ``replace``."""
         from richrep.evaluation.protocols import Context, protocol_of
 
         if isinstance(target, dict):
-            target = SuiteEntry.model_validate(target)
+            (target,) = parse_entries(target, "Run.evaluate")
+        if save:
+            if not isinstance(target, SuiteEntry) or representations:
+                raise ConfigError(
+                    "Run.evaluate(save=True) keeps a suite entry (a mapping as in the experiment "
+                    "file, which the run can rebuild) evaluated on every representation"
+                )
+            (target,) = resolve_entries(self.exp, [target], "Run.evaluate")
+            self._keep(target, replace)  # refused before any work
         if isinstance(target, SuiteEntry):
             spec = target
             task = self.target(spec)
@@ -303,6 +361,9 @@ class Run:
                 {"name": entry.pop("name", task.name or "target"), "protocol": protocol, **entry}
             )
         spec = spec.model_copy(update={"protocol": spec.protocol.resolved(PROTOCOLS, "protocol")})
+        facts = stored.target_facts(self.source_stats, task, spec.name)
+        if "warning" in facts:
+            warnings.warn(facts["warning"], stacklevel=2)
         ctx = Context(
             self.featurizer,
             self.source_task,
@@ -312,6 +373,7 @@ class Run:
             device=str(self.device),
             owner=self,
             representations=self.representations(),
+            info=facts,
         )
         proto = protocol_of(spec)
         reps = (
@@ -319,7 +381,46 @@ class Run:
             if representations
             else ctx.representations
         )
-        return [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
+        if not save:
+            return [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
+        with self.store.lock():
+            path = stored.entry_file(self.store.results_dir, self.exp, spec, reps, self.statuses())
+            try:
+                rows = [Row.from_dict(d) for d in read_jsonl(path)]
+            except (StoreError, FileNotFoundError):
+                rows = [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
+                stored.write_entry(path, spec, rows)
+            self._keep(spec, replace, write=True)
+            stored.put_rows(self.store.results, spec.name, path, rows)
+        return rows
+
+    def _keep(self, entry: SuiteEntry, replace: bool, write: bool = False) -> None:
+        """Add ``entry`` to the run's extra entries (refused if it clashes: see
+        :func:`~richrep.config.entries.merge_extras`); ``write``: to ``extra_entries.yaml``."""
+        suite, extras = self.exp.evaluation.suite, self.extra_entries
+        kept = merge_extras(suite, extras, [entry], replace=replace, where=str(self.store.root))
+        if write and kept != extras:
+            write_atomic(self.store.extra_entries, dump_extras(kept).encode())
+
+    def results(self, entry: str | Sequence[str] | None = None) -> Any:
+        """The run's result rows (``results.jsonl``, checked against its sha256) as a pandas
+        DataFrame, one row per measurement: the :class:`~richrep.results.Row` fields, then the
+        keys of ``extra``; ``entry``: only this entry (or these). Needs pandas
+        (``pip install 'richrep[data]'``)."""
+        if not self.store.results.exists():
+            raise StoreError(
+                f"{self.store.root} has no results.jsonl yet; run `richrep run` (or "
+                "`richrep evaluate RUN`) first"
+            )
+        rows = [Row.from_dict(d) for d in read_jsonl(self.store.results)]
+        if entry is not None:
+            names = [entry] if isinstance(entry, str) else list(entry)
+            have = sorted({r.entry for r in rows})
+            unknown = sorted(set(names) - set(have))
+            if unknown:
+                raise ConfigError(f"no entry {unknown} in {self.store.root}; it has {have}")
+            rows = [r for r in rows if r.entry in names]
+        return rows_frame(rows)
 
     # -- record -------------------------------------------------------------------------------
     def members_info(self) -> list[dict[str, Any]]:
@@ -353,6 +454,22 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.store.root)!r})"
+
+
+def _kind_hint(entry: SuiteEntry, run: Run) -> str:
+    """How to make an entry's arrays fit, when its dataset has a ``kind`` (``npz``)."""
+    kind = entry.params.get("kind")
+    shape = f"(N, {', '.join(map(str, run.source_task.input_shape))})"
+    if kind is None:
+        return ""
+    if kind != "auto":
+        return (
+            f"; its params set kind: {kind} (leave `kind:` out to follow the run's inputs, "
+            f"or give x of shape {shape})"
+        )
+    return (
+        f"; `kind: auto` follows the run's inputs only when x holds {shape}, singleton axes aside"
+    )
 
 
 def open_run(path: str | Path) -> Run:

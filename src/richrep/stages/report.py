@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from richrep.errors import StoreError
+from richrep.evaluation import stored
 from richrep.report.html import ReportData, write_report
 from richrep.run import Run
 from richrep.stages.evaluate import read_results
@@ -17,7 +18,7 @@ def report_data(run: Run) -> ReportData:
     """Everything the report shows, as plain data."""
     exp = run.exp
     rows = read_results(run)
-    suite = exp.evaluation.suite
+    suite = run.suite  # the experiment's entries, then the run's extra entries
     chance = {}
     warnings = []
     for e in suite:
@@ -25,6 +26,8 @@ def report_data(run: Run) -> ReportData:
         if mine:
             chance[e.name] = _chance(run, e)
         warnings += sorted({str(r.extra["warning"]) for r in mine if r.extra.get("warning")})
+    if left := stored.left_out(run.store.results_dir, {e.name for e in suite}):
+        warnings.append(stored.left_out_message(left, run.store.root))
     analysis_path = run.store.root / "analysis" / "summary.json"
     analysis = None
     if analysis_path.exists():

@@ -10,7 +10,8 @@ Layout::
     features/            cached features, one safetensors file per (representation, data)
     results/             <suite entry>-<hash>.jsonl, one file per evaluated suite entry
                          (written by write_jsonl: sidecar <...>.json holds sha256, bytes, rows)
-    results.jsonl        the tidy rows of the current suite, gathered from results/
+    results.jsonl        the tidy rows of the run's entries, gathered from results/
+    extra_entries.yaml   suite entries added after the experiment (richrep evaluate), kept
     plots/, report.html  the report
     quarantine/          files found corrupt, moved aside (never deleted) with a .reason
     done                 written last: the run is complete
@@ -434,6 +435,10 @@ class RunStore:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def extra_entries(self) -> Path:
+        return self.root / "extra_entries.yaml"
 
     @property
     def done(self) -> Path:
