@@ -1,7 +1,7 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Each creates (or reuses) .venv and installs what it needs: the demo only richrep and its
-# dependencies; the tests also pytest, hypothesis, ruff and Ray. torch is installed first and
-# pinned, so a machine with a local CPU build takes it instead of a multi-GB CUDA download
+# dependencies; the tests also pytest, hypothesis, ruff, Ray and MLflow. torch is installed
+# first and pinned, so a machine with a local CPU build takes it instead of a multi-GB CUDA download
 # (elsewhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu make demo).
 PYTHON ?= python3
 VENV ?= .venv

@@ -7,7 +7,7 @@ feature_dim 128, ``same`` padding) with a linear head to 10 classes; SGD, batch 
 (b) streamed: the same images exported once with ``richrep data export fashion_mnist DIR
     --size 28 --channels 1`` (60,000 + 10,000 PNGs) and read back with the ``image_folder``
     dataset: every batch decoded by Pillow in DataLoader worker processes
-    (:func:`richrep.data.images.loader_workers`: half the torch threads, at least one) while
+    (:func:`richrep.data.images.loader_workers`: half the thread budget, at least one) while
     the model trains on the others.
 
 Both sides train the same initialization, one epoch each, in one process, the in-memory side
@@ -33,6 +33,7 @@ from richrep.data.image_folder import export_image_folder
 from richrep.data.images import loader_workers
 from richrep.models import Classifier, build_encoder
 from richrep.runtime.seeding import seeded
+from richrep.runtime.threads import ThreadBudget
 from richrep.training.loop import train_member
 
 CFG = TrainingConfig(epochs=1, batch_size=128, schedule="constant", lr=0.05)
@@ -64,6 +65,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    ThreadBudget(torch.get_num_threads()).apply()  # this process's edge: decoding follows it
     folder = (
         args.folder
         if args.limit_per_class is None

@@ -48,6 +48,7 @@ from richrep.data import Split, load_task
 from richrep.models import Classifier, build_encoder, count_params
 from richrep.runtime.device import autocast, resolve_precision
 from richrep.runtime.seeding import seeded
+from richrep.runtime.threads import ThreadBudget
 from richrep.training.allocator import tune_cpu_allocator
 from richrep.training.loop import accuracy, epoch_order
 from richrep.training.plan import STRATEGIES
@@ -160,7 +161,14 @@ def run_variant(kind: str, seeds: list[int], args: argparse.Namespace) -> dict[s
         strategy, failed = "plain", []
     else:
         out = train_group(
-            models, train, cfg, seeds, device=device, dtype=dtype, strategy=args.strategy
+            models,
+            train,
+            cfg,
+            seeds,
+            device=device,
+            dtype=dtype,
+            budget=ThreadBudget.resolve(args.threads),
+            strategy=args.strategy,
         )
         strategy = out[0]["strategy"]
         failed = [s for s, r in zip(seeds, out, strict=True) if "failed" in r]

@@ -13,6 +13,7 @@ from richrep.data import Split
 from richrep.errors import ConfigError
 from richrep.models import Classifier, build_encoder
 from richrep.runtime.seeding import seeded
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import load_tensors
 from richrep.training.fused import FusedClassifier, fusable
 from richrep.training.loop import train_member
@@ -21,6 +22,7 @@ from richrep.training.workers import train_group
 
 CPU = torch.device("cpu")
 SEEDS = [0, 1, 2]
+BUDGET = ThreadBudget(torch.get_num_threads())  # the suite's threads (tests/conftest.py)
 
 
 def _data(shape: tuple[int, ...], n: int = 300, classes: int = 4) -> Split:
@@ -82,7 +84,9 @@ def test_fused_matches_train_member_fp32(arch, optimizer):
     cfg = _cfg(optimizer=optimizer, lr=0.05 if optimizer == "sgd" else 3e-3, weight_decay=1e-2)
     models = _models(arch)
     ref, hist = _reference(models, split, cfg)
-    out = train_group(models, split, cfg, SEEDS, device=CPU, dtype=torch.float32, strategy="fused")
+    out = train_group(
+        models, split, cfg, SEEDS, device=CPU, dtype=torch.float32, budget=BUDGET, strategy="fused"
+    )
     for m, r, h, o in zip(models, ref, hist, out, strict=True):
         assert o["strategy"] == "fused" and "failed" not in o
         assert _close(m, r, atol=2e-5), arch
@@ -96,7 +100,16 @@ def test_sequential_is_train_member_bit_for_bit():
     split, cfg = _data((1, 24)), _cfg()
     models = _models("cnn1d")
     ref, _ = _reference(models, split, cfg)
-    train_group(models, split, cfg, SEEDS, device=CPU, dtype=torch.float32, strategy="sequential")
+    train_group(
+        models,
+        split,
+        cfg,
+        SEEDS,
+        device=CPU,
+        dtype=torch.float32,
+        budget=BUDGET,
+        strategy="sequential",
+    )
     assert all(_same(m, r) for m, r in zip(models, ref, strict=True))
 
 
@@ -117,6 +130,7 @@ def test_parallel_strategies_match_train_member(strategy):
         SEEDS,
         device=CPU,
         dtype=torch.float32,
+        budget=BUDGET,
         strategy=strategy,
         workers=2,
         on_step=lambda k, d, t: seen.add(k) if d == t else None,
@@ -133,7 +147,9 @@ def test_fused_bf16_is_close(arch):
     split, cfg = _data(ARCHS[arch][0]), _cfg()
     models = _models(arch)
     ref, hist = _reference(models, split, cfg, dtype=torch.bfloat16)
-    out = train_group(models, split, cfg, SEEDS, device=CPU, dtype=torch.bfloat16, strategy="fused")
+    out = train_group(
+        models, split, cfg, SEEDS, device=CPU, dtype=torch.bfloat16, budget=BUDGET, strategy="fused"
+    )
     for m, r, h, o in zip(models, ref, hist, out, strict=True):
         assert _close(m, r, atol=2e-2, rtol=5e-2)
         assert abs(h[-1]["loss"] - o["history"][-1]["loss"]) < 2e-2
@@ -142,7 +158,16 @@ def test_fused_bf16_is_close(arch):
 def test_seeds_get_different_weights():
     split, cfg = _data((1, 12, 12)), _cfg(epochs=1)
     models = _models("cnn2d", seeds=[3, 3, 4])  # same init for the first two
-    train_group(models, split, cfg, [3, 5, 4], device=CPU, dtype=torch.float32, strategy="fused")
+    train_group(
+        models,
+        split,
+        cfg,
+        [3, 5, 4],
+        device=CPU,
+        dtype=torch.float32,
+        budget=BUDGET,
+        strategy="fused",
+    )
     assert not _close(models[0], models[1], atol=1e-4)  # same init, different data order
     assert not _close(models[0], models[2], atol=1e-4)
 
@@ -156,7 +181,16 @@ def test_resume_after_interruption(tmp_path, resume_with):
     split, cfg = _data((1, 12, 12)), _cfg(epochs=3)
     steps = -(-len(split) // cfg.batch_size)
     reference = _models("cnn2d")
-    train_group(reference, split, cfg, SEEDS, device=CPU, dtype=torch.float32, strategy="fused")
+    train_group(
+        reference,
+        split,
+        cfg,
+        SEEDS,
+        device=CPU,
+        dtype=torch.float32,
+        budget=BUDGET,
+        strategy="fused",
+    )
     paths = [tmp_path / f"m{s}.partial.safetensors" for s in SEEDS]
 
     def kill_in_epoch_2(k, done, total):
@@ -171,6 +205,7 @@ def test_resume_after_interruption(tmp_path, resume_with):
             SEEDS,
             device=CPU,
             dtype=torch.float32,
+            budget=BUDGET,
             strategy="fused",
             partial_paths=paths,
             on_step=kill_in_epoch_2,
@@ -185,6 +220,7 @@ def test_resume_after_interruption(tmp_path, resume_with):
         SEEDS,
         device=CPU,
         dtype=torch.float32,
+        budget=BUDGET,
         strategy=resume_with,
         partial_paths=paths,
     )
@@ -216,6 +252,7 @@ def test_parallel_kill_and_resume(tmp_path, strategy):
             SEEDS,
             device=CPU,
             dtype=torch.float32,
+            budget=BUDGET,
             strategy=strategy,
             workers=2,
             partial_paths=paths,
@@ -231,6 +268,7 @@ def test_parallel_kill_and_resume(tmp_path, strategy):
         SEEDS,
         device=CPU,
         dtype=torch.float32,
+        budget=BUDGET,
         strategy=strategy,
         workers=2,
         partial_paths=paths,
@@ -252,6 +290,7 @@ def test_nan_in_one_seed_is_reported_for_that_seed(strategy):
         SEEDS,
         device=CPU,
         dtype=torch.float32,
+        budget=BUDGET,
         strategy=strategy,
         members=["a", "b", "c"],
     )
@@ -264,18 +303,28 @@ def test_nan_in_one_seed_is_reported_for_that_seed(strategy):
 def test_choose_strategy_and_fusable():
     cnn, mlp = _models("cnn2d"), _models("mlp")
     assert fusable(cnn) and fusable(mlp) and not fusable([cnn[0], mlp[0]])
-    assert choose_strategy(cnn[:1], CPU) == "sequential"
-    assert choose_strategy(cnn, CPU, threads=2) == "threads"
-    assert choose_strategy(mlp, CPU, threads=2) == "fused-threads"
-    assert choose_strategy(cnn, CPU, threads=1) == "sequential"
-    assert choose_strategy(cnn, torch.device("cuda")) == "fused"  # decided without a GPU
+    two, one = ThreadBudget(2), ThreadBudget(1)
+    assert choose_strategy(cnn[:1], CPU, two) == "sequential"
+    assert choose_strategy(cnn, CPU, two) == "threads"
+    assert choose_strategy(mlp, CPU, two) == "fused-threads"
+    assert choose_strategy(cnn, CPU, one) == "sequential"
+    assert choose_strategy(cnn, torch.device("cuda"), one) == "fused"  # decided without a GPU
     fused = FusedClassifier(cnn)
     x = torch.rand(3, 5, 1, 12, 12)
     want = torch.stack([m(x[k]) for k, m in enumerate(cnn)])
     assert torch.allclose(fused(x), want, atol=1e-5)
     split = _data((1, 12, 12))
     with pytest.raises(ConfigError, match="strategy"):
-        train_group(cnn, split, _cfg(), SEEDS, device=CPU, dtype=torch.float32, strategy="warp")
+        train_group(
+            cnn,
+            split,
+            _cfg(),
+            SEEDS,
+            device=CPU,
+            dtype=torch.float32,
+            budget=BUDGET,
+            strategy="warp",
+        )
     with pytest.raises(ConfigError, match="fused"):
         train_group(
             [cnn[0], mlp[0]],
@@ -284,6 +333,7 @@ def test_choose_strategy_and_fusable():
             [0, 1],
             device=CPU,
             dtype=torch.float32,
+            budget=BUDGET,
             strategy="fused",
         )
 
@@ -305,11 +355,18 @@ def test_cnn_valid_padding_is_the_225k_network():
 def test_plan_units_is_fixed_by_count_strategy_and_budget():
     from richrep.training.plan import Unit, plan_units
 
-    assert plan_units(3, "sequential", 2) == [Unit((i,), False, 2) for i in range(3)]
-    assert plan_units(3, "fused", 2) == [Unit((0, 1, 2), True, 2)]
+    two = ThreadBudget(2)
+    assert plan_units(3, "sequential", two) == [Unit((i,), False, 2) for i in range(3)]
+    assert plan_units(3, "fused", two) == [Unit((0, 1, 2), True, 2)]
     # 5 seeds on 2 cores: two rounds of two one-thread workers, then the fifth on both cores
-    assert plan_units(5, "threads", 2) == [Unit((i,), False, 1) for i in range(4)] + [
+    assert plan_units(5, "threads", two) == [Unit((i,), False, 1) for i in range(4)] + [
         Unit((4,), False, 2)
     ]
-    assert plan_units(5, "fused-threads", 2) == [Unit((0, 1, 2), True, 1), Unit((3, 4), True, 1)]
-    assert plan_units(2, "threads", 4) == [Unit((0,), False, 2), Unit((1,), False, 2)]
+    assert plan_units(5, "fused-threads", two) == [
+        Unit((0, 1, 2), True, 1),
+        Unit((3, 4), True, 1),
+    ]
+    assert plan_units(2, "threads", ThreadBudget(4)) == [
+        Unit((0,), False, 2),
+        Unit((1,), False, 2),
+    ]

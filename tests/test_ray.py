@@ -15,6 +15,7 @@ from richrep.errors import ConfigError
 from richrep.members import plan_members
 from richrep.plugins import ENGINES
 from richrep.run import source_task
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore, load_tensors
 from richrep.store.ledger import Ledger, State
 from richrep.training.engines import train_local, work_units
@@ -68,7 +69,7 @@ def test_ray_runs_the_local_units_bit_for_bit_by_default(tiny, tmp_path, ray_ses
     exp = parse_experiment(tiny)
     task = source_task(exp)
     members = plan_members(exp, task.input_shape)
-    units = work_units(exp, task, members[:3], 2)
+    units = work_units(exp, task, members[:3], ThreadBudget(2))
     assert [(len(u.members), u.strategy, u.threads) for u in units] == [
         (2, "fused", 1),
         (1, "fused", 1),
@@ -137,7 +138,10 @@ def test_unknown_ray_option_fails_at_parse_time(tiny):
         _exp(tiny, ray={"cpu_per_task": 1})
 
 
-def test_task_bigger_than_any_node_is_a_clear_error(tiny, tmp_path, ray_session):
+def test_task_bigger_than_any_node_is_a_clear_error(tiny, tmp_path, ray_session, monkeypatch):
+    monkeypatch.setattr(
+        "richrep.runtime.threads.available_cores", lambda: 8
+    )  # a driver with more cores than Ray's
     tiny["runtime"] = {"engine": "ray", "threads": 8}  # 2 seeds: units of 4 threads
     exp = parse_experiment(tiny)
     task = source_task(exp)

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from richrep.config import Experiment, SuiteEntry, dump_experiment, stable_hash
-from richrep.config.entries import dump_extras, merge_extras, resolve_entries
+from richrep.config.entries import merge_extras, resolve_entries
 from richrep.errors import ConfigError, StoreError
 from richrep.run import Run
 from richrep.runtime.device import resolve_device
 from richrep.runtime.environment import describe
+from richrep.stages.budget import check_evaluation, check_run
 from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
+from richrep.stages.track import open_tracker, track
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
 
@@ -124,23 +126,32 @@ def run_experiment(
     log: Log = print,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    yes: bool = False,
 ) -> Run:
-    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused."""
+    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused.
+    With ``runtime.track``, the run is then logged to that tracker (once per state). Work
+    estimated above richrep's limits (:mod:`richrep.runtime.limits`) is refused unless ``yes``."""
     resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
     resolve_device(exp.runtime.evaluation_device)
+    tracker = open_tracker(exp.runtime.track)  # and so does a tracker's missing library
     run = Run.create(exp, Path(out))
     store = run.store
     checked = not store.exists()
+    stages = {"train": only in (None, "train"), "evaluate": only in (None, "evaluate"), "yes": yes}
     if checked:  # a new run: nothing is written under out until the experiment passes
         preflight(run)
+        check_run(run, **stages)
     with store.lock(wait=wait):
         store.refuse_links()
         store.sweep_temporaries()
         if only is None and is_complete(run, log):
             log(f"{store.root} is complete and up to date; nothing to do")
+            if tracker is not None:
+                track(run, tracker, log=log)
             return run
         if not checked:  # before config.yaml is replaced by this experiment's
             preflight(run)
+            check_run(run, **stages)
         write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
         run.mark_format()
         env = describe(run.device)
@@ -165,6 +176,8 @@ def run_experiment(
             from richrep.index import record as index_record
 
             index_record(store)
+            if tracker is not None:
+                track(run, tracker, log=log)
     return run
 
 
@@ -178,16 +191,20 @@ def evaluate_entries(
     log: Log = print,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    yes: bool = False,
 ) -> tuple[Run, list[str]]:
     """Evaluate ``entries`` on the run in folder ``path`` and keep them as its extra entries
     (``extra_entries.yaml``; ``drop`` removes some): they are evaluated, listed and reported
     with the experiment's own suite, and kept when the experiment runs again. Rebuilds
     ``results.jsonl``, the report and the index row; return the run and the new entries' names.
-    An entry equal to one of the run's reuses its rows; one that clashes is refused
-    (:func:`~richrep.config.entries.merge_extras`) before any work."""
+    An entry equal to one of the run's reuses its rows; one that clashes, or whose probe fits
+    pass richrep's limits (unless ``yes``), is refused before any work."""
     run = Run.open(path)
     resolve_device(run.exp.runtime.evaluation_device)
     new = resolve_entries(run.exp, entries, "entry")
+    if not yes:
+        alone = run.exp.evaluation.model_copy(update={"suite": new})
+        check_evaluation(run.exp.model_copy(update={"evaluation": alone}))
     store = run.store
     with store.lock(wait=wait):
         store.refuse_links()
@@ -204,7 +221,7 @@ def evaluate_entries(
         preflight(run, new)
         evaluate(run, log=log, progress=progress, allow_missing=allow_missing, extras=kept)
         if kept != run.extra_entries:
-            write_atomic(store.extra_entries, dump_extras(kept).encode())
+            run.extras.write(kept)
         report(run, log=log)
         if complete:  # still complete: done vouches for the new files
             mark_done(run)

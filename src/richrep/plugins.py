@@ -1,9 +1,9 @@
 """The registries of the later stages, and every registry in one map.
 
 The registries of the later stages (objectives, member kinds, probes, protocols, floors,
-engines) are created here, at the bottom of the package, so the experiment schema can be
-validated against them without importing the stages: plug-in modules import the registry
-they extend and register into it. Built-in plug-ins and third-party ones (the
+engines, trackers) are created here, at the bottom of the package, so the experiment schema
+can be validated against them without importing the stages: plug-in modules import the
+registry they extend and register into it. Built-in plug-ins and third-party ones (the
 ``richrep.plugins`` entry-point group) are imported by
 :func:`richrep.registry.load_plugins` before any registry is first read.
 
@@ -26,6 +26,7 @@ PROBES: Registry[Callable[..., Any]] = Registry("probe", filled=("random_state",
 PROTOCOLS: Registry[Callable[..., Any]] = Registry("protocol")
 FLOORS: Registry[Callable[..., Any]] = Registry("floor")
 ENGINES: Registry[Callable[..., Any]] = Registry("engine")
+TRACKERS: Registry[Callable[..., Any]] = Registry("tracker")
 
 LISTING_ORDER = (
     "datasets",
@@ -38,6 +39,7 @@ LISTING_ORDER = (
     "protocols",
     "floors",
     "engines",
+    "trackers",
     "measures",
 )
 

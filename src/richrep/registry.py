@@ -23,15 +23,17 @@ import importlib.util
 import inspect
 import pkgutil
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import pydantic
 
-from richrep.errors import ConfigError
+from richrep.errors import ConfigError, RegistryError
 
 F = TypeVar("F", bound=Callable[..., Any])
+BROKEN_PLUGINS: list[str] = []  # one line per plug-in that failed to load (load_plugins)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,11 @@ class Registry(Generic[F]):
         def deco(fn: F) -> F:
             key = name or fn.__name__
             if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
+                was = self._entries[key].fn
+                raise RegistryError(
+                    f"{self.kind} {key!r} is registered twice: {_where(fn)} registers the name "
+                    f"{_where(was)} already has"
+                )
             doc = inspect.getdoc(fn) or ""
             summary = doc.split("\n\n")[0].replace("\n", " ").replace("``", "")
             self._entries[key] = Entry(key, fn, summary, self.skip, dict(meta))
@@ -130,9 +136,10 @@ class Registry(Generic[F]):
     def entry(self, name: str, where: str = "") -> Entry[F]:
         if name not in self._loaded():
             at = f"{where}: " if where else ""
+            broken = "".join(f"; {b}" for b in BROKEN_PLUGINS)
             raise ConfigError(
                 f"{at}unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
-                f"choose one of: {', '.join(self.names())}"
+                f"choose one of: {', '.join(self.names())}{broken}"
             )
         return self._entries[name]
 
@@ -187,6 +194,10 @@ class Registry(Generic[F]):
         return self._entries[name].fn(*args, **self.validate(name, params, where))
 
 
+def _where(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)!s}"
+
+
 def _resolve(fn: Callable[..., Any], pname: str, ann: Any) -> Any:
     if isinstance(ann, str):  # postponed annotations
         hints = typing.get_type_hints(fn, include_extras=True)
@@ -206,13 +217,17 @@ PLUGIN_PACKAGES = (
     "richrep.training.engines",
     "richrep.analysis",
     "richrep.report.figures",
+    "richrep.stages.trackers",
 )
 _LOADED = [False]
 
 
 def load_plugins() -> None:
     """Import the built-in plug-in modules and those of installed packages (entry-point group
-    ``richrep.plugins``); each registers its entries on import. Idempotent."""
+    ``richrep.plugins``); each registers its entries on import. Idempotent. A plug-in that
+    fails to import, or registers a name richrep or an earlier plug-in has, is left out with
+    a warning naming it and its package (what it registered is removed): an experiment that
+    needs it fails where it names it."""
     if _LOADED[0]:
         return
     _LOADED[0] = True
@@ -221,7 +236,22 @@ def load_plugins() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="richrep.plugins"):
+        _load_plugin(ep)
+
+
+def _load_plugin(ep: Any) -> None:
+    before = {kind: set(r._entries) for kind, r in CATALOGUE.items()}
+    try:
         ep.load()
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party import is reported
+        for kind, r in CATALOGUE.items():
+            for name in set(r._entries) - before.get(kind, set()):
+                r.unregister(name)
+        dist = getattr(getattr(ep, "dist", None), "name", None) or "an unknown package"
+        why = f"{type(e).__name__}: {e}".splitlines()[0]
+        line = f"plug-in {ep.name!r} ({ep.value}, from {dist}) was not loaded: {why}"
+        BROKEN_PLUGINS.append(line)
+        warnings.warn(f"{line}; going on without it", RuntimeWarning, stacklevel=3)
 
 
 def builtin_modules() -> list[str]:

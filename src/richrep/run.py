@@ -22,15 +22,9 @@ import torch
 from torch import nn
 
 from richrep import __version__
-from richrep.config import Experiment, SuiteEntry, load_experiment
-from richrep.config.entries import (
-    dump_extras,
-    merge_extras,
-    merge_suite,
-    parse_entries,
-    read_extras,
-    resolve_entries,
-)
+from richrep.analysis.advise import Advice, MemberCost, advise
+from richrep.analysis.budget import parse_budget
+from richrep.config import Experiment, SuiteEntry, entries, load_experiment
 from richrep.data import Split, Task, apply_shifts, load_task
 from richrep.data.checks import ValueStats, value_stats
 from richrep.errors import ConfigError, DataError, StoreError
@@ -40,9 +34,9 @@ from richrep.plugins import FLOORS, PROTOCOLS
 from richrep.representations import Representation, Trained, plan_representations
 from richrep.representations.features import FeatureCache, Featurizer, Flatten
 from richrep.results import Row
-from richrep.results.frame import rows_frame
+from richrep.results.frame import results_frame
 from richrep.runtime.device import resolve_device, resolve_precision
-from richrep.store import RunStore, read_json, read_jsonl, write_atomic, write_json
+from richrep.store import RunStore, read_json, read_jsonl, write_json
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint
 
@@ -76,7 +70,7 @@ class Run:
         self.store = store
         self.ledger = Ledger(store)
         self._encoders: dict[str, nn.Module] = {}
-        self._extras: tuple[Any, list[SuiteEntry]] = (None, [])
+        self.extras = entries.ExtrasFile(store.extra_entries)
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -103,7 +97,13 @@ class Run:
     @staticmethod
     def _check(store: RunStore) -> None:
         marker = store.root / "richrep.json"
-        fmt = read_json(marker).get("format") if marker.exists() else 1
+        info = read_json(marker) if marker.exists() else {"format": 1}
+        if not isinstance(info, dict):
+            raise StoreError(
+                f"{marker} is not a run folder marker: it holds a JSON {type(info).__name__}, "
+                f'not an object like {{"format": {FORMAT}}}; was it edited by hand?'
+            )
+        fmt = info.get("format")
         if fmt != FORMAT:
             raise StoreError(
                 f"{store.root} was written by another version of richrep (run folder format "
@@ -122,17 +122,12 @@ class Run:
     def extra_entries(self) -> list[SuiteEntry]:
         """Suite entries added to the run after its experiment (``richrep evaluate RUN --entry``,
         ``evaluate(..., save=True)``), kept in the run folder's ``extra_entries.yaml``."""
-        path = self.store.extra_entries
-        st = path.stat() if path.exists() else None
-        key = st and (st.st_ino, st.st_mtime_ns, st.st_size)
-        if key != self._extras[0]:
-            self._extras = (key, read_extras(path, self.exp) if key else [])
-        return self._extras[1]
+        return self.extras.read(self.exp)
 
     @property
     def suite(self) -> list[SuiteEntry]:
         """The run's entries: the experiment's suite, then the extra entries it does not name."""
-        return merge_suite(self.exp.evaluation.suite, self.extra_entries)[0]
+        return entries.merge_suite(self.exp.evaluation.suite, self.extra_entries)[0]
 
     # -- data ---------------------------------------------------------------------------------
     @cached_property
@@ -152,14 +147,9 @@ class Run:
     def target(self, entry: SuiteEntry, base: Task | None = None) -> Task:
         """A suite entry's target: the run's dataset (or the entry's own ``dataset``) with the
         entry's shifts applied; its inputs must fit the encoders."""
-        where = f"evaluation.suite.{entry.name}"
-        if entry.name not in {e.name for e in self.exp.evaluation.suite}:
-            where = f"entry {entry.name}"
-            if any(e.name == entry.name for e in self.extra_entries):
-                where = (
-                    f"extra entry {entry.name} (kept in {self.store.extra_entries}; "
-                    f"`richrep evaluate {self.store.root} --drop {entry.name}` removes it)"
-                )
+        where = entries.entry_where(
+            entry, self.exp.evaluation.suite, self.extra_entries, self.store
+        )
         if entry.dataset is not None:
             try:
                 task = load_task(
@@ -177,7 +167,8 @@ class Run:
         if task.input_shape != self.source_task.input_shape:
             raise DataError(
                 f"{where}: the target's inputs have shape {task.input_shape} but the run's "
-                f"encoders take {self.source_task.input_shape}{_kind_hint(entry, self)}"
+                f"encoders take {self.source_task.input_shape}"
+                + entries.kind_hint(entry, self.source_task.input_shape)
             )
         return task
 
@@ -335,22 +326,21 @@ class Run:
     ) -> list[Row]:
         """Evaluate representations (default: all) on ``target`` — a Task, or a suite entry
         (as in the experiment file) — with ``protocol``; return the rows. Nothing is written
-        unless ``save``: then the entry becomes one of the run's extra entries (as with
-        ``richrep evaluate RUN --entry``), its rows kept in the run folder (``results/``,
-        ``results.jsonl``, ``results()``) and evaluated again only when the run changes; the
-        next ``richrep evaluate RUN`` or ``richrep run`` redraws the report. An extra entry of
-        the same name and other content is replaced only with ``replace``."""
+        unless ``save``: then the entry becomes one of the run's extra entries, its rows kept in
+        the run folder as ``richrep evaluate RUN --entry`` keeps them (the next ``richrep
+        evaluate RUN`` or ``richrep run`` redraws the report); ``replace`` replaces an extra
+        entry of the same name and other content."""
         from richrep.evaluation.protocols import Context, protocol_of
 
         if isinstance(target, dict):
-            (target,) = parse_entries(target, "Run.evaluate")
+            (target,) = entries.parse_entries(target, "Run.evaluate")
         if save:
             if not isinstance(target, SuiteEntry) or representations:
                 raise ConfigError(
                     "Run.evaluate(save=True) keeps a suite entry (a mapping as in the experiment "
                     "file, which the run can rebuild) evaluated on every representation"
                 )
-            (target,) = resolve_entries(self.exp, [target], "Run.evaluate")
+            (target,) = entries.resolve_entries(self.exp, [target], "Run.evaluate")
             self._keep(target, replace)  # refused before any work
         if isinstance(target, SuiteEntry):
             spec = target
@@ -381,15 +371,12 @@ class Run:
             if representations
             else ctx.representations
         )
+        evaluated = (row for rep in reps for row in proto.evaluate(ctx, rep, task, spec))
         if not save:
-            return [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
+            return list(evaluated)
         with self.store.lock():
             path = stored.entry_file(self.store.results_dir, self.exp, spec, reps, self.statuses())
-            try:
-                rows = [Row.from_dict(d) for d in read_jsonl(path)]
-            except (StoreError, FileNotFoundError):
-                rows = [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
-                stored.write_entry(path, spec, rows)
+            rows = stored.kept_rows(path, spec, lambda: [*evaluated])
             self._keep(spec, replace, write=True)
             stored.put_rows(self.store.results, spec.name, path, rows)
         return rows
@@ -398,29 +385,18 @@ class Run:
         """Add ``entry`` to the run's extra entries (refused if it clashes: see
         :func:`~richrep.config.entries.merge_extras`); ``write``: to ``extra_entries.yaml``."""
         suite, extras = self.exp.evaluation.suite, self.extra_entries
-        kept = merge_extras(suite, extras, [entry], replace=replace, where=str(self.store.root))
+        kept = entries.merge_extras(
+            suite, extras, [entry], replace=replace, where=str(self.store.root)
+        )
         if write and kept != extras:
-            write_atomic(self.store.extra_entries, dump_extras(kept).encode())
+            self.extras.write(kept)
 
     def results(self, entry: str | Sequence[str] | None = None) -> Any:
         """The run's result rows (``results.jsonl``, checked against its sha256) as a pandas
         DataFrame, one row per measurement: the :class:`~richrep.results.Row` fields, then the
         keys of ``extra``; ``entry``: only this entry (or these). Needs pandas
         (``pip install 'richrep[data]'``)."""
-        if not self.store.results.exists():
-            raise StoreError(
-                f"{self.store.root} has no results.jsonl yet; run `richrep run` (or "
-                "`richrep evaluate RUN`) first"
-            )
-        rows = [Row.from_dict(d) for d in read_jsonl(self.store.results)]
-        if entry is not None:
-            names = [entry] if isinstance(entry, str) else list(entry)
-            have = sorted({r.entry for r in rows})
-            unknown = sorted(set(names) - set(have))
-            if unknown:
-                raise ConfigError(f"no entry {unknown} in {self.store.root}; it has {have}")
-            rows = [r for r in rows if r.entry in names]
-        return rows_frame(rows)
+        return results_frame(self.store.results, entry)
 
     # -- record -------------------------------------------------------------------------------
     def members_info(self) -> list[dict[str, Any]]:
@@ -448,6 +424,21 @@ class Run:
             )
         return out
 
+    def advise(
+        self,
+        target: str | None = None,
+        budget: str | None = None,
+        max_k: int | None = None,
+        metric: str = "accuracy",
+    ) -> list[Advice]:
+        """What to use, per target, from this run's rows and ledger: what more seeds would buy
+        (fitted against K, with intervals) and the cheapest representation within noise of the
+        best (:mod:`richrep.analysis.advise`)."""
+        order = [e.name for e in self.suite]
+        return advise_store(
+            self.store, target=target, budget=budget, max_k=max_k, metric=metric, order=order
+        )
+
     def env(self) -> dict[str, Any]:
         path = self.store.root / "env.json"
         return read_json(path) if path.exists() else {}
@@ -456,20 +447,52 @@ class Run:
         return f"Run({str(self.store.root)!r})"
 
 
-def _kind_hint(entry: SuiteEntry, run: Run) -> str:
-    """How to make an entry's arrays fit, when its dataset has a ``kind`` (``npz``)."""
-    kind = entry.params.get("kind")
-    shape = f"(N, {', '.join(map(str, run.source_task.input_shape))})"
-    if kind is None:
-        return ""
-    if kind != "auto":
-        return (
-            f"; its params set kind: {kind} (leave `kind:` out to follow the run's inputs, "
-            f"or give x of shape {shape})"
+def member_costs(store: RunStore) -> list[MemberCost]:
+    """Each finished member's training time, parameters and feature size, as its ledger
+    record has them (no data is built)."""
+    num = lambda v, kind: kind(v) if isinstance(v, int | float) and v == v else None  # noqa: E731
+    out = []
+    for name, meta in Ledger(store).records().items():
+        m = meta.get("member") if isinstance(meta.get("member"), dict) else {}
+        k, seed = num(m.get("k"), int), num(m.get("seed"), int)
+        if k is None or seed is None:
+            continue  # not a member record richrep wrote
+        out.append(
+            MemberCost(
+                name,
+                str(m.get("kind", "")),
+                k,
+                seed,
+                num(meta.get("train_seconds"), float),
+                num(meta.get("encoder_params"), int),
+                num(meta.get("feature_dim"), int),
+                tuple(str(r) for r in m.get("requires") or () if isinstance(r, str)),
+                str(meta.get("device", "cpu")),
+            )
         )
-    return (
-        f"; `kind: auto` follows the run's inputs only when x holds {shape}, singleton axes aside"
-    )
+    return out
+
+
+def advise_store(store: RunStore | str | Path, **options: Any) -> list[Advice]:
+    """:meth:`Run.advise` on a run folder without loading its experiment (the entries in the
+    order of the results); ``options`` as :func:`richrep.analysis.advise.advise` takes them."""
+    if not isinstance(store, RunStore):
+        store = RunStore(Path(store))
+        if not store.exists():
+            raise StoreError(f"{store.root} is not a richrep run folder (no config.yaml)")
+        Run._check(store)
+    if not store.results.exists():
+        raise StoreError(
+            f"{store.root} has no results.jsonl yet; run `richrep run` (or --only evaluate) first"
+        )
+    if options.get("budget") is not None:
+        parse_budget(options["budget"])  # a malformed budget fails before the rows are read
+    metric = options.get("metric", "accuracy")
+    rows = [Row.from_dict(d) for d in read_jsonl(store.results) if d.get("metric") == metric]
+    if not rows:
+        have = sorted({str(d.get("metric")) for d in read_jsonl(store.results)})
+        raise ConfigError(f"no {metric!r} result rows in {store.root}; it has {have}")
+    return advise(rows, member_costs(store), **options)
 
 
 def open_run(path: str | Path) -> Run:

@@ -2,9 +2,10 @@
 ``runtime:`` section says how to run it.
 
 Every axis of variation is a registry entry written in one spec form, ``name`` or
-``{name: {param: value}}``, and validated against its registry (names, arguments, types), so
-a typo fails before any work starts with an error naming the field, the value and the
-choices. ``runtime`` (device, threads, engine, strategy) is not part of the run's identity:
+``{name: {param: value}}`` (:mod:`richrep.config.spec`), and validated against its registry
+(names, arguments, types), so a typo fails before any work starts with an error naming the
+field, the value and the choices. ``runtime`` (:mod:`richrep.config.runtime`: device,
+threads, engine, strategy, tracking) is not part of the run's identity:
 :meth:`Experiment.identity` is the one place that says what is.
 """
 
@@ -13,15 +14,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from richrep.config.legacy import runtime_from_older_files
+from richrep.config.runtime import RuntimeConfig, resolve_runtime
+from richrep.config.spec import Spec, Strict, _jsonable
 from richrep.errors import ConfigError
 from richrep.plugins import (
-    ENGINES,
     FLOORS,
     MEMBERS,
     OBJECTIVES,
@@ -29,63 +31,11 @@ from richrep.plugins import (
     PROTOCOLS,
     load_plugins,
 )
-from richrep.registry import Registry
+from richrep.runtime.limits import check_subsets
 from richrep.store.weightfiles import Checkpoints, Pretrained, identities, resolve_files
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Spec(Strict):
-    """A registry entry with arguments: written in YAML as ``name`` or ``{name: {arg: value}}``."""
-
-    name: str
-    params: dict[str, Any] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short_form(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return {"name": v}
-        if isinstance(v, dict) and len(v) == 1 and "name" not in v:
-            ((k, p),) = v.items()
-            if p is None:
-                p = {}
-            if not isinstance(p, dict):
-                raise ValueError(
-                    f"arguments of {k!r} must be a mapping like {{arg: value}}, got {p!r}"
-                )
-            return {"name": k, "params": p}
-        return v
-
-    def as_tuple(self) -> tuple[str, dict[str, Any]]:
-        return self.name, dict(self.params)
-
-    def label(self) -> str:
-        if not self.params:
-            return self.name
-        return self.name + "(" + ",".join(f"{k}={_short(v)}" for k, v in self.params.items()) + ")"
-
-    def resolved(self, registry: Registry[Any], where: str) -> Spec:
-        """This spec with its arguments checked against ``registry`` and defaults filled in (but
-        for those the run fills, ``registry.filled``: a probe's seed and device)."""
-        params = registry.validate(self.name, self.params, where=where)
-        return Spec(name=self.name, params=_jsonable(params))
-
-
-def _short(v: Any) -> str:
-    if (
-        isinstance(v, list)
-        and len(v) > 2
-        and all(isinstance(i, int) for i in v)
-        and v == list(range(v[0], v[-1] + 1))
-    ):
-        return f"{v[0]}-{v[-1]}"
-    return str(v).replace(" ", "")
 
 
 class DataConfig(Strict):
@@ -235,35 +185,6 @@ class EvaluationConfig(Strict):
         return v
 
 
-class RuntimeConfig(Strict):
-    """How to run: never part of a run's identity (the same models result on any of these)."""
-
-    device: str = "auto"
-    eval_device: str | None = None  # default: device
-    threads: Annotated[int, Field(ge=0)] = 0  # 0: all available cores
-    # suite entries evaluated at once, in threads sharing the feature cache, each with its own
-    # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
-    eval_workers: Annotated[int, Field(ge=0)] = 0
-    engine: Spec = Spec(name="local")
-    strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
-        "auto"
-    )
-
-    @field_validator("device", "eval_device")
-    @classmethod
-    def _device(cls, v: str | None) -> str | None:
-        if v is None or v == "auto":
-            return v
-        from richrep.runtime.device import check_device
-
-        check_device(v, available=False)  # availability is checked where it is used
-        return v
-
-    @property
-    def evaluation_device(self) -> str:
-        return self.eval_device or self.device
-
-
 class Experiment(Strict):
     name: Name
     seed: Seed = 0  # data splits and subset draws
@@ -334,26 +255,22 @@ def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
     return "\n".join([head, *dict.fromkeys(lines)])
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "": Experiment,
-    "data": DataConfig,
-    "model": ModelConfig,
-    "training": TrainingConfig,
-    "evaluation": EvaluationConfig,
-    "runtime": RuntimeConfig,
-}
-
-
 def _field_hint(err: pydantic.ValidationError, loc: tuple[Any, ...]) -> str:
+    """A "did you mean" among the fields of the model ``loc`` ends in (a suite entry…)."""
     from richrep.registry import did_you_mean
 
-    parent = str(loc[0]) if len(loc) > 1 else ""
-    model = _SECTIONS.get(parent)
-    if model is None and parent == "evaluation" and len(loc) > 3:
-        model = SuiteEntry
-    if model is None:
-        return ""
-    return did_you_mean(str(loc[-1]), list(model.model_fields))
+    model: Any = Experiment
+    for part in loc[:-1]:
+        if not isinstance(part, int):
+            field = getattr(model, "model_fields", {}).get(str(part))
+            model = _model_in(field.annotation) if field is not None else None
+    return did_you_mean(str(loc[-1]), list(getattr(model, "model_fields", {})))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _model_in(a))), None)
 
 
 def parse_experiment(raw: Any, source: str = "") -> Experiment:
@@ -376,6 +293,7 @@ def resolve(exp: Experiment) -> Experiment:
     is complete (all but those the run fills where a spec leaves them unset,
     :attr:`Registry.filled`: a probe's seed and device)."""
     load_plugins()
+    check_subsets(exp.evaluation.subsets, len(exp.training.seed_list))
     from richrep.data import DATASETS, SHIFTS
     from richrep.data.augment import AUGMENTATIONS
     from richrep.models import ENCODERS
@@ -457,9 +375,7 @@ def resolve(exp: Experiment) -> Experiment:
             ],
         }
     )
-    runtime = exp.runtime.model_copy(
-        update={"engine": exp.runtime.engine.resolved(ENGINES, "runtime.engine")}
-    )
+    runtime = resolve_runtime(exp.runtime)
     return exp.model_copy(
         update={
             "data": exp.data.model_copy(
@@ -473,10 +389,6 @@ def resolve(exp: Experiment) -> Experiment:
             "runtime": runtime,
         }
     )
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))
 
 
 def load_experiment(path: str | Path) -> Experiment:

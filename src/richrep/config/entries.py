@@ -28,6 +28,7 @@ from richrep.config import (
 from richrep.config.yamlio import load_yaml
 from richrep.errors import ConfigError
 from richrep.registry import did_you_mean
+from richrep.store import write_atomic
 
 NOISE = {"int", "str", "constrained-int", "function-after", "function-before"}  # pydantic's
 HEADER = (
@@ -203,14 +204,57 @@ def merge_suite(
     return [*suite, *(e for e in extras if e.name not in own)], shadowed
 
 
-def read_extras(path: Path, exp: Experiment) -> list[SuiteEntry]:
-    """The extra entries kept in ``path`` (none when it does not exist), resolved."""
-    if not path.exists():
-        return []
-    return resolve_entries(exp, load_entries(path, allow_empty=True), str(path))
+class ExtrasFile:
+    """A run's ``extra_entries.yaml``: read (resolved against the run's experiment) again only
+    when the file changed, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._read: tuple[Any, list[SuiteEntry]] = (None, [])
+
+    def read(self, exp: Experiment) -> list[SuiteEntry]:
+        """The extra entries (none when the file does not exist)."""
+        st = self.path.stat() if self.path.exists() else None
+        key = st and (st.st_ino, st.st_mtime_ns, st.st_size, exp.run_id())
+        if key != self._read[0]:
+            found = load_entries(self.path, allow_empty=True) if key else []
+            self._read = (key, resolve_entries(exp, found, str(self.path)))
+        return list(self._read[1])
+
+    def write(self, entries: Sequence[SuiteEntry]) -> None:
+        """Keep ``entries`` (a suite file, with a header saying what it is)."""
+        suite = [e.model_dump(mode="json") for e in entries]
+        text = HEADER + yaml.safe_dump({"suite": suite}, sort_keys=False)
+        write_atomic(self.path, text.encode())
 
 
-def dump_extras(entries: Sequence[SuiteEntry]) -> str:
-    """``extra_entries.yaml``'s text: a suite file."""
-    suite = [e.model_dump(mode="json") for e in entries]
-    return HEADER + yaml.safe_dump({"suite": suite}, sort_keys=False)
+def entry_where(
+    entry: SuiteEntry, suite: Sequence[SuiteEntry], extras: Sequence[SuiteEntry], store: Any
+) -> str:
+    """How errors name an entry: by its place in the experiment, or as an extra entry of the
+    run in ``store`` (with how to drop it)."""
+    if any(e.name == entry.name for e in suite):
+        return f"evaluation.suite.{entry.name}"
+    if any(e.name == entry.name for e in extras):
+        return (
+            f"extra entry {entry.name} (kept in {store.extra_entries}; "
+            f"`richrep evaluate {store.root} --drop {entry.name}` removes it)"
+        )
+    return f"entry {entry.name}"
+
+
+def kind_hint(entry: SuiteEntry, input_shape: Sequence[int]) -> str:
+    """How to make an entry's arrays fit inputs of ``input_shape``, when its dataset has a
+    ``kind`` (``npz``)."""
+    kind = entry.params.get("kind")
+    shape = f"(N, {', '.join(map(str, input_shape))})"
+    if kind is None:
+        return ""
+    if kind != "auto":
+        return (
+            f"; its params set kind: {kind} (leave `kind:` out to follow the run's inputs, "
+            f"or give x of shape {shape})"
+        )
+    return (
+        f"; `kind: auto` follows the run's inputs only when x holds {shape}, singleton axes aside"
+    )

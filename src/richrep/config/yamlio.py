@@ -5,11 +5,14 @@
   the result is validated or copied; recursive aliases are refused;
 * a key repeated in one mapping is an error naming the key and both lines (merge keys ``<<``
   may still be overridden);
+* an integer longer than Python converts (``sys.get_int_max_str_digits``) and a character YAML
+  does not allow (NUL, other control characters) are errors naming the line;
 * every parse error is a :class:`~richrep.errors.ConfigError` naming the source and line.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import yaml
@@ -66,6 +69,22 @@ class StrictLoader(yaml.SafeLoader):
         if isinstance(node, MappingNode):
             _check_duplicates(self, node)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than int() converts
+            limit = sys.get_int_max_str_digits()
+            raise ConstructorError(
+                None,
+                None,
+                f"an integer of {len(str(node.value))} characters is too long to read "
+                f"(at most {limit} digits)",
+                node.start_mark,
+            ) from None
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
 
 
 def _check_size(root: Node) -> None:
@@ -135,9 +154,12 @@ def _shown(node: Node, key: Any) -> Any:
 def load_yaml(text: str, source: str = "") -> Any:
     """Parse one YAML document safely (see the module docstring). Raises ConfigError naming
     ``source`` and the line on any YAML error, a duplicate key or a refused alias."""
-    loader = StrictLoader(text)
+    loader = None
     try:
+        loader = StrictLoader(text)  # the reader refuses NUL and other control characters here
         return loader.get_single_data()
+    except yaml.reader.ReaderError as e:
+        raise ConfigError(_reader_message(e, text, source)) from None
     except yaml.MarkedYAMLError as e:
         raise ConfigError(_message(e, source)) from None
     except yaml.YAMLError as e:
@@ -147,7 +169,19 @@ def load_yaml(text: str, source: str = "") -> Any:
             f"{source or 'text'} is not valid YAML: nested too deeply to read"
         ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _reader_message(e: yaml.reader.ReaderError, text: str, source: str) -> str:
+    if not isinstance(e.character, int):
+        return f"{source or 'text'} is not valid YAML: {e}"
+    before = text[: e.position]
+    line, column = before.count("\n") + 1, e.position - before.rfind("\n")
+    return (
+        f"{source or 'text'} is not valid YAML (line {line}, column {column}): the character "
+        f"U+{e.character:04X} (a control character) is not allowed in YAML; remove it"
+    )
 
 
 def _message(e: yaml.MarkedYAMLError, source: str) -> str:

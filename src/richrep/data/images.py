@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from richrep.errors import ConfigError, DataError
+from richrep.runtime.threads import ThreadBudget
 
 STATS_SAMPLE = 4096  # images read for the channel statistics and value checks
 Layer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (batch, positions) -> batch
@@ -121,21 +122,22 @@ def data_workers() -> int | None:
     return n
 
 
-def loader_workers(batches: int) -> int:
+def loader_workers(batches: int, threads: ThreadBudget | None = None) -> int:
     """Decoding worker processes: ``$RICHREP_DATA_WORKERS`` if set (:func:`data_workers`), else
-    half the torch thread budget (at least 1: one worker beside two training threads on 2
-    cores); none for a source of at most two batches, where starting a process costs more than
-    it saves."""
+    half the thread budget ``threads`` (default: the one the calling thread's edge applied; at
+    least 1: one worker beside two training threads on 2 cores; 1 outside any edge); none for a
+    source of at most two batches, where starting a process costs more than it saves."""
     n = data_workers()
     if n is not None:
         return n
     if batches <= 2:
         return 0
-    return max(1, min(8, torch.get_num_threads() // 2))
+    budget = threads or ThreadBudget.here()
+    return max(1, min(8, budget.threads // 2)) if budget else 1
 
 
 def _init_worker(_: int) -> None:
-    torch.set_num_threads(1)
+    ThreadBudget(1).apply()  # a decoding process's edge: one thread beside the training
 
 
 class _Batches(Dataset):
@@ -155,15 +157,18 @@ class _Batches(Dataset):
 
 
 def stream(
-    source: ImageSource, index: Sequence[torch.Tensor], pin_memory: bool = False
+    source: ImageSource,
+    index: Sequence[torch.Tensor],
+    pin_memory: bool = False,
+    threads: ThreadBudget | None = None,
 ) -> Iterator[torch.Tensor]:
     """Decoded batches ``source[index[i]]`` in order, decoded by :func:`loader_workers`
-    processes (one torch thread each, forked) ahead of their use; ``pin_memory`` (for a CUDA
+    processes for the budget ``threads`` (one torch thread each, forked) ahead of their use; ``pin_memory`` (for a CUDA
     device) puts them in page-locked memory, so their copy to the device can overlap compute.
     Decoding draws no random numbers, and the loader's own seed comes from a private generator,
     so streaming never moves torch's global RNG (a model built after it is initialized as
     without it)."""
-    workers = loader_workers(len(index))
+    workers = loader_workers(len(index), threads)
     loader = DataLoader(
         _Batches(source, index),
         batch_size=None,

@@ -7,13 +7,14 @@ without them says so."""
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from richrep.config import Experiment, SuiteEntry, stable_hash
 from richrep.data import Task
 from richrep.data.checks import ValueStats, value_range_warning
+from richrep.errors import StoreError
 from richrep.representations import Representation
 from richrep.results import ROW_VERSION, Row
 from richrep.store import read_json, read_jsonl, sidecar, verify, write_jsonl
@@ -52,6 +53,16 @@ def entry_file(
 def write_entry(path: Path, entry: SuiteEntry, rows: Sequence[Row]) -> None:
     """``entry``'s rows to ``path`` (atomically), the entry itself in its sidecar."""
     write_jsonl(path, [r.to_dict() for r in rows], {"entry": entry.model_dump(mode="json")})
+
+
+def kept_rows(path: Path, entry: SuiteEntry, compute: Callable[[], list[Row]]) -> list[Row]:
+    """The rows kept in ``path`` if it is intact, else ``compute()``'s, written there."""
+    try:
+        return [Row.from_dict(d) for d in read_jsonl(path)]
+    except (StoreError, FileNotFoundError):
+        rows = compute()
+        write_entry(path, entry, rows)
+        return rows
 
 
 def entry_of(path: Path) -> str:

@@ -4,7 +4,8 @@
 checkpoint (``model/encoder.*``, ``model/head.*``, ``optim/*``). Keys and shapes must fit the
 encoder exactly — a mismatch is a :class:`~richrep.errors.DataError` naming the file, the key
 and both shapes — except the input standardization, which keeps the task's statistics when
-the file has none."""
+the file has none. A file holding NaN or infinite values is refused, naming the file and the
+keys."""
 
 from __future__ import annotations
 
@@ -65,7 +66,22 @@ def read_weights(path: str | Path, expected_sha256: str = "") -> WeightFile:
     if rest and not any(k.startswith(("body.", "standardize.")) for k in rest):
         layout = "body"  # e.g. torchvision's resnet18().state_dict() without fc.*
         rest = {f"body.{k}": v for k, v in rest.items()}
+    check_finite(p, {**rest, **head})
     return WeightFile(p, digest, rest, head, layout)
+
+
+def check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a weight file with NaN or infinite values, naming it and the tensors."""
+    bad = sorted(
+        k
+        for k, t in tensors.items()
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())
+    )
+    if bad:
+        raise DataError(
+            f"weight file {path} holds non-finite values (NaN or inf) in {len(bad)} tensor(s), "
+            f"e.g. {bad[:4]}: its weights are broken; use another file"
+        )
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:

@@ -64,6 +64,7 @@ class ReportData:
     config_text: str = ""
     env: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    advice: list[dict[str, Any]] = field(default_factory=list)  # "What to use": verdict, lines
 
 
 def environment() -> Environment:

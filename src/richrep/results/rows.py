@@ -47,14 +47,8 @@ class Row:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Row:
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in d
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        )
+        names = _FIELDS
+        missing = sorted(n for n in _REQUIRED if n not in d)
         if missing:
             raise StoreError(
                 f"a result row lacks {missing}: it was written by an older richrep; "
@@ -80,3 +74,8 @@ class Row:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Row)}
+_REQUIRED = [
+    f.name
+    for f in dataclasses.fields(Row)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+]

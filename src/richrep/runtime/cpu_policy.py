@@ -5,8 +5,9 @@ decides. :func:`probe_compute_policy` is the configuration the linear probe's sp
 with (``benchmarks/probe.py``). For a CPU solve it changes, for the duration of the ``with``
 block:
 
-* **threads** -- ``torch.set_num_threads(1)`` when the problem is small (fewer than
-  :data:`SMALL_PROBLEM` feature values) and more than one thread is set. A small solve's matmuls
+* **threads** -- one thread when the problem is small (fewer than :data:`SMALL_PROBLEM`
+  feature values), else the caller's thread budget (:mod:`richrep.runtime.threads`: the
+  ``budget`` passed in, or the one the calling thread's edge applied). A small solve's matmuls
   gain nothing from threads, while idle OpenMP workers spinning between its many small
   operations made it up to 40x slower on a busy 2-core machine (6.5 s instead of 0.15 s for
   scikit-learn's digits).
@@ -22,10 +23,10 @@ On exit, normally or by an exception, each setting it changed is restored to the
 on entry. For another device (CUDA: TF32 is left as the user set it) or a float64 solve the
 matmul precision is untouched; for a GPU nothing changes at all.
 
-The settings are the process's, not the block's: ``torch.set_num_threads`` on the main thread
-also sets the default that threads started later begin with, and the oneDNN flag is global.
-Code running concurrently in other Python threads sees them, so apply the policy around a
-stage's work, not inside library code, and not while other threads depend on these settings.
+The thread setting is the calling thread's, and the default that threads started later begin
+with; the oneDNN flag is global. Code running concurrently in other Python threads sees the
+flag, so apply the policy around a stage's work, not inside library code, and not while other
+threads depend on these settings (:func:`threads_share_fast_matmul` sets it around them all).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from richrep.runtime.device import resolve_device
+from richrep.runtime.threads import ThreadBudget, current_threads
 
 SMALL_PROBLEM = 1 << 20  # feature values (n x d) below which a CPU probe solve runs on one thread
 
@@ -47,7 +49,7 @@ _FAST_MATMUL_OK: bool | None = None  # result of the one-off accuracy check, onc
 class ComputePolicy:
     """What :func:`probe_compute_policy` put in effect."""
 
-    threads: int  # torch.get_num_threads() inside the block
+    threads: int  # torch's thread count on the calling thread inside the block
     fast_matmul: bool  # float32 CPU matmuls run in oneDNN's bf16 fpmath mode
 
 
@@ -108,6 +110,7 @@ def probe_compute_policy(
     size: int,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
+    budget: ThreadBudget | None = None,
 ) -> Iterator[ComputePolicy]:
     """Apply the probe solver's CPU settings (module docstring) for the ``with`` block; restore
     them on exit, also on an exception.
@@ -115,25 +118,28 @@ def probe_compute_policy(
     ``size``: the feature values the solve works on, ``n x d`` of the training (plus validation)
     features. ``device``: where the probe solves (``"auto"``: CUDA when available, else CPU, as a
     probe does for a numpy input; for a tensor pass its ``.device``). ``dtype``: the probe's
-    solver precision. Yields the :class:`ComputePolicy` in effect."""
+    solver precision. ``budget``: the caller's threads (default: what the calling thread's edge
+    applied; outside any edge a large solve keeps the thread's setting). Yields the
+    :class:`ComputePolicy` in effect."""
     dev = _device(device)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    old_threads = torch.get_num_threads()
+    cpu = dev.type == "cpu"
+    budget = budget or ThreadBudget.here()
+    threads = ThreadBudget(1) if cpu and size <= SMALL_PROBLEM else budget if cpu else None
     mm = _mkldnn_matmul()
     old_precision = mm.fp32_precision if mm is not None else None
-    cpu = dev.type == "cpu"
-    try:
-        if cpu and size <= SMALL_PROBLEM and old_threads > 1:
-            torch.set_num_threads(1)
-        if cpu and dtype == torch.float32 and fast_matmul_ok():
-            mm.fp32_precision = "bf16"
-        yield ComputePolicy(torch.get_num_threads(), fast_matmul_active(dev, dtype))
-    finally:
-        if mm is not None and mm.fp32_precision != old_precision:
-            mm.fp32_precision = old_precision
-        if torch.get_num_threads() != old_threads:
-            torch.set_num_threads(old_threads)
+    with contextlib.ExitStack() as stack:
+        if threads is not None:
+            stack.enter_context(threads.applied())
+        try:
+            if cpu and dtype == torch.float32 and fast_matmul_ok():
+                mm.fp32_precision = "bf16"
+            n = threads.threads if threads is not None else current_threads()
+            yield ComputePolicy(n, fast_matmul_active(dev, dtype))
+        finally:
+            if mm is not None and mm.fp32_precision != old_precision:
+                mm.fp32_precision = old_precision
 
 
 @contextlib.contextmanager

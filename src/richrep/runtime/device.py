@@ -1,9 +1,8 @@
-"""Device, precision and thread choices, made once and recorded."""
+"""Device and precision choices, made once and recorded (threads: runtime/threads.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Literal
 
@@ -93,16 +92,3 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
-
-
-def set_threads(threads: int = 0) -> int:
-    """Give this process its own thread budget (0: all cores it may use). Two processes that each
-    take every core slow each other many times over, so workers must set this."""
-    if threads:
-        n = threads
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:
-        n = os.cpu_count() or 1
-    torch.set_num_threads(max(1, n))
-    return torch.get_num_threads()

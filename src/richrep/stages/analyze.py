@@ -12,6 +12,7 @@ from richrep.analysis import DEFAULT_MEASURES, compare_seeds
 from richrep.errors import ConfigError
 from richrep.plugins import all_registries
 from richrep.run import Run
+from richrep.stages.budget import check_permutations
 from richrep.store import write_json
 
 
@@ -24,12 +25,15 @@ def analyze(
     n_permutations: int = 200,
     n_clusters: int = 16,
     log: Callable[[str], None] = print,
+    yes: bool = False,
 ) -> dict:
-    """Compare the run's trained seeds; write and return the summary."""
+    """Compare the run's trained seeds; write and return the summary. More permutations than
+    :data:`~richrep.runtime.limits.MAX_PERMUTATIONS` are refused unless ``yes``."""
     if max_samples < 2:
         raise ConfigError(f"--max-samples must be at least 2, got {max_samples}")
     if n_permutations < 1:
         raise ConfigError(f"--permutations must be at least 1, got {n_permutations}")
+    check_permutations(n_permutations, yes)
     measures_reg = all_registries()["measures"]
     for m in measures:
         measures_reg.entry(m, where="--measure")

@@ -26,7 +26,7 @@ from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import Row
 from richrep.run import Run
 from richrep.runtime.cpu_policy import threads_share_fast_matmul
-from richrep.runtime.device import set_threads
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import quarantine, read_jsonl, write_jsonl
 from richrep.store.ledger import State, Status
 
@@ -85,7 +85,21 @@ def evaluate(
     robustness, continual) are evaluated several at a time in threads (``runtime.eval_workers``),
     each with its share of the thread budget, sharing one feature cache and one context: a
     probe solve's many small operations gain little from a second core, two solves side by side
-    gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread."""
+    gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
+    The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
+    budget = ThreadBudget.resolve(run.exp.runtime.threads)
+    with budget.applied():
+        return _evaluate(run, budget, log, progress, allow_missing, extras)
+
+
+def _evaluate(
+    run: Run,
+    budget: ThreadBudget,
+    log: Log,
+    progress: Progress | None,
+    allow_missing: bool,
+    extras: Sequence[SuiteEntry] | None,
+) -> list[Row]:
     exp, store = run.exp, run.store
     status = check_members(run, allow_missing)
     strays = run.ledger.strays(m.name for m in run.members)
@@ -132,15 +146,13 @@ def evaluate(
         def one(item: tuple[SuiteEntry, Path]) -> None:
             evaluate_entry(run, ctx, reps, *item, log=log, progress=progress)
 
-        threads = set_threads(exp.runtime.threads)
         together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
-        workers = eval_workers(exp.runtime.eval_workers, threads, len(together), run.device)
+        workers = eval_workers(exp.runtime.eval_workers, budget, len(together), run.device)
         if workers > 1:
-            log(
-                f"evaluating {len(together)} entries {workers} at a time, {threads // workers} thread(s) each"
-            )
+            share = budget.split(workers)[0].threads
+            log(f"evaluating {len(together)} entries {workers} at a time, {share} thread(s) each")
             with threads_share_fast_matmul(run.device):
-                in_threads(together, one, workers, threads)
+                in_threads(together, one, workers, budget)
             pending = [p for p in pending if p not in together]
         for item in pending:
             one(item)
@@ -190,29 +202,29 @@ def evaluate_entry(
     log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
 
 
-def eval_workers(asked: int, threads: int, entries: int, device: torch.device) -> int:
+def eval_workers(asked: int, budget: ThreadBudget, entries: int, device: torch.device) -> int:
     """How many suite entries to evaluate at once: ``asked``, or (0) one per thread of the
-    budget on a CPU and one on an accelerator; never more than there are entries."""
-    n = asked or (threads if device.type == "cpu" else 1)
+    ``budget`` on a CPU and one on an accelerator; never more than there are entries."""
+    n = asked or (budget.threads if device.type == "cpu" else 1)
     return max(1, min(n, entries))
 
 
-def in_threads(items: Sequence[Any], fn: Callable[[Any], None], workers: int, threads: int) -> None:
-    """``fn(item)`` for every item, ``workers`` at a time in threads of ``threads // workers``
-    torch threads each (``torch.set_num_threads`` is the calling thread's budget). The first
-    error stops the items not yet started and is raised once the running ones finish (their
-    results are written: no work is lost)."""
-    budget = max(1, threads // workers)
-    pool = ThreadPoolExecutor(
-        workers, "richrep-eval", initializer=torch.set_num_threads, initargs=(budget,)
-    )
+def in_threads(
+    items: Sequence[Any], fn: Callable[[Any], None], workers: int, budget: ThreadBudget
+) -> None:
+    """``fn(item)`` for every item, ``workers`` at a time in threads that each apply their
+    share of ``budget`` at their start (``torch.set_num_threads`` is the calling thread's
+    budget: :mod:`richrep.runtime.threads`). The first error stops the items not yet started
+    and is raised once the running ones finish (their results are written: no work is lost)."""
+    share = budget.split(workers)[0]
+    pool = ThreadPoolExecutor(workers, "richrep-eval", initializer=share.apply)
     try:
         futures = [pool.submit(fn, item) for item in items]
         for f in futures:
             f.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
+        budget.apply()  # the workers moved the default that threads started later begin with
 
 
 def target_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:

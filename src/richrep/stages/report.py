@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from richrep.errors import StoreError
+from richrep.analysis.advise import advise
+from richrep.analysis.advise_text import advice_lines, verdict
+from richrep.errors import RichrepError, StoreError
 from richrep.evaluation import stored
 from richrep.report.html import ReportData, write_report
-from richrep.run import Run
+from richrep.run import Run, member_costs
 from richrep.stages.evaluate import read_results
 from richrep.store import read_json
 
@@ -55,6 +57,13 @@ def report_data(run: Run) -> ReportData:
         "objective": t.objective.label(),
         "baselines": [f"{b.kind}{b.k}" for b in t.baselines],
     }
+    advice = []
+    try:
+        if any(r.metric == "accuracy" for r in rows):
+            for a in advise(rows, member_costs(run.store), order=[e.name for e in suite]):
+                advice.append({"verdict": verdict(a), "lines": advice_lines(a)[1:]})
+    except RichrepError as e:
+        warnings.append(f"no advice: {e}")
     config = run.store.root / "config.yaml"
     return ReportData(
         name=exp.name,
@@ -69,6 +78,7 @@ def report_data(run: Run) -> ReportData:
         config_text=config.read_text() if config.exists() else "",
         env=run.env(),
         warnings=warnings,
+        advice=advice,
     )
 
 

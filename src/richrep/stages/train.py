@@ -1,4 +1,6 @@
-"""The train stage: the engine ``runtime.engine`` names trains every unfinished member."""
+"""The train stage: the engine ``runtime.engine`` names trains every unfinished member, with
+the thread budget made here from ``runtime.threads`` (the engine applies it where its work
+runs: this process for the local engine, each task for Ray)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Callable
 
 from richrep.plugins import ENGINES
 from richrep.run import Run
+from richrep.runtime.threads import ThreadBudget
 from richrep.stages.imports import import_checkpoints
 from richrep.store.ledger import State, Status
 from richrep.store.weightfiles import Checkpoints
@@ -20,6 +23,7 @@ def train(
     """Train (or resume) the run's members; return each member's status. A member whose
     checkpoint no longer matches its sha256 (or lost its sidecar) is retrained, and the log
     says so."""
+    budget = ThreadBudget.resolve(run.exp.runtime.threads)
     spec = run.exp.runtime.engine
     engine = ENGINES.build(spec.name, where="runtime.engine", **spec.params)
     imported = isinstance(run.exp.training.seeds, Checkpoints)
@@ -30,7 +34,7 @@ def train(
             log(f"{m.name}: {s.error}; {again}")
     import_checkpoints(run, log)  # training.seeds: {from_checkpoints: [...]} (no training)
     t0 = time.perf_counter()
-    status = engine.train(run.exp, run.source_task, run.members, run.store, progress)
+    status = engine.train(run.exp, run.source_task, run.members, run.store, progress, budget=budget)
     failed = {n: s for n, s in status.items() if not s.ok}
     log(
         f"trained {len(status) - len(failed)}/{len(status)} members in "

@@ -379,6 +379,7 @@ class RunStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self.extra_entries = self.root / "extra_entries.yaml"  # entries richrep evaluate added
 
     def sweep_temporaries(self) -> list[Path]:
         """Remove richrep's temporary files left by killed writers (``.richrep-tmp-*.tmp``,
@@ -437,12 +438,12 @@ class RunStore:
         return self.root / "report.html"
 
     @property
-    def extra_entries(self) -> Path:
-        return self.root / "extra_entries.yaml"
-
-    @property
     def done(self) -> Path:
         return self.root / "done"
+
+    @property
+    def tracking(self) -> Path:  # what was logged to experiment trackers (runtime.track)
+        return self.root / "tracking.json"
 
     def exists(self) -> bool:
         return (self.root / "config.yaml").exists()

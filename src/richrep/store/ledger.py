@@ -143,3 +143,24 @@ class Ledger:
     def sidecars(self, members: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The finished sidecar of each finished member (the run's members table)."""
         return {m: s.meta for m, s in self.statuses(members).items() if s.ok}
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """The sidecar of every finished checkpoint in ``checkpoints/``, by member name (the
+        planned members or not), read without hashing the weights: only the file's size is
+        checked. What each member cost to train, without building the run's data."""
+        out: dict[str, dict[str, Any]] = {}
+        if not self.store.checkpoints.is_dir():
+            return out
+        for path in sorted(self.store.checkpoints.glob("*.safetensors")):
+            name = path.name.removesuffix(".safetensors")
+            if path != self.final(name) or name.endswith(".partial"):
+                continue
+            if not verify(path, deep=False):
+                continue
+            try:
+                meta = read_json(sidecar(path))
+            except (OSError, StoreError):
+                continue
+            if isinstance(meta, dict):
+                out[name] = meta
+        return out

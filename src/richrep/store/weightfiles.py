@@ -66,6 +66,11 @@ def file_sha256(path: str, recorded: str, where: str) -> tuple[str, str]:
     """The file's absolute path and sha256. A file that is gone keeps its recorded sha256 (an
     old run folder still opens; loading it fails then); one whose content changed is refused."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(
+            f"{where}: {path} is a directory; name one .safetensors file in it (only local "
+            f"files are read)"
+        )
     if not p.is_file():
         if recorded:
             return str(p), recorded

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from richrep.runtime.threads import ThreadBudget
 from richrep.training.fused import fusable
 
 STRATEGIES: tuple[str, ...] = ("sequential", "threads", "processes", "fused", "fused-threads")
@@ -19,14 +20,14 @@ STRATEGIES: tuple[str, ...] = ("sequential", "threads", "processes", "fused", "f
 def choose_strategy(
     models: Sequence[nn.Module],
     device: torch.device,
+    budget: ThreadBudget,
     *,
     folds: bool = True,
-    threads: int | None = None,
 ) -> str:
     """The strategy ``auto`` uses, by device and model family (no timed probe: on a shared
     machine a few seconds of probing measure the neighbours as much as the strategies).
 
-    CPU, two or more models and two or more intra-op threads: ``threads`` for convolutional
+    CPU, two or more models and a ``budget`` of two or more intra-op threads: ``threads`` for convolutional
     networks, ``fused-threads`` for the others (MLPs); else ``sequential``. Measured on 2 cores
     (AMD EPYC with AVX512-BF16, no AMX), bf16 autocast, 5 seeds, batch 256, Fashion-MNIST, on
     an idle machine; seconds for the same work, best of 2 interleaved rounds:
@@ -46,7 +47,7 @@ def choose_strategy(
     """
     foldable = folds and fusable(models)
     if device.type == "cpu":
-        if len(models) < 2 or (threads or torch.get_num_threads()) < 2:
+        if len(models) < 2 or budget.threads < 2:
             return "sequential"
         convolutional = any(isinstance(m, nn.modules.conv._ConvNd) for m in models[0].modules())
         return "fused-threads" if foldable and not convolutional else "threads"
@@ -63,23 +64,27 @@ class Unit:
     threads: int
 
 
-def plan_units(k: int, strategy: str, budget: int, workers: int | None = None) -> list[Unit]:
-    """The work units of ``k`` models under ``strategy`` with ``budget`` threads: ``sequential``
+def plan_units(
+    k: int, strategy: str, budget: ThreadBudget, workers: int | None = None
+) -> list[Unit]:
+    """The work units of ``k`` models under ``strategy`` with the thread ``budget`` (the value
+    handed down from ``runtime.threads``, never torch's current setting): ``sequential``
     one model at a time on all threads; ``fused`` all folded together; ``threads`` (and
     ``processes``) ``P = min(k, workers or budget)`` one-model workers on ``budget // P``
     threads, then the ``k mod P`` left over on ``budget // (k mod P)`` each; ``fused-threads``
     the models split into ``P`` folded groups of ``budget // P`` threads."""
     if strategy == "sequential":
-        return [Unit((i,), False, budget) for i in range(k)]
+        return [Unit((i,), False, budget.threads) for i in range(k)]
     if strategy == "fused":
-        return [Unit(tuple(range(k)), True, budget)]
-    n = max(1, min(k, workers or budget))
+        return [Unit(tuple(range(k)), True, budget.threads)]
+    n = max(1, min(k, workers or budget.threads))
+    share = budget.split(n)[0].threads
     if strategy == "fused-threads":
-        return [Unit(tuple(g), True, max(1, budget // n)) for g in _split(list(range(k)), n)]
+        return [Unit(tuple(g), True, share) for g in _split(list(range(k)), n)]
     full = k - k % n
     tail = k - full
-    return [Unit((i,), False, max(1, budget // n)) for i in range(full)] + [
-        Unit((i,), False, max(1, budget // tail)) for i in range(full, k)
+    return [Unit((i,), False, share) for i in range(full)] + [
+        Unit((i,), False, budget.split(tail)[0].threads) for i in range(full, k)
     ]
 
 

@@ -7,9 +7,9 @@ Strategies (``strategy=``):
 ``sequential``
     each model in turn, as a unit of one: the reference.
 ``threads``
-    (CPU) the models are handed out to ``P`` Python threads of this process, each with its own
-    OpenMP/MKL budget of ``threads // P`` cores (``torch.set_num_threads`` is per calling
-    thread); the GIL is released inside every kernel and the backward pass. Models left over
+    (CPU) the models are handed out to ``P`` Python threads of this process, each applying its
+    share of the budget (``threads // P`` cores) at its start (``torch.set_num_threads`` is
+    per calling thread: :mod:`richrep.runtime.threads`); the GIL is released inside every kernel and the backward pass. Models left over
     after the full rounds (K mod P) then share all cores. Nothing is copied or pickled.
 ``processes``
     (CPU) the same split over spawned worker processes, the training tensors handed over once
@@ -45,6 +45,7 @@ from richrep.data import Split
 from richrep.data.images import is_lazy
 from richrep.errors import ConfigError, TrainingError
 from richrep.objectives import CrossEntropy, Objective
+from richrep.runtime.threads import ThreadBudget
 from richrep.training.allocator import tune_cpu_allocator
 from richrep.training.fused import fusable
 from richrep.training.loop import UnitProgress, train_unit
@@ -100,6 +101,7 @@ def train_group(
     *,
     device: torch.device,
     dtype: torch.dtype,
+    budget: ThreadBudget,
     partial_paths: Sequence[Path | None] | None = None,
     on_step: UnitProgress | None = None,
     members: Sequence[str] | None = None,
@@ -115,7 +117,8 @@ def train_group(
     became non-finite (the others go on). ``partial_paths[k]`` is model ``k``'s epoch
     checkpoint, ``members[k]`` its name in messages, ``objectives[k]`` / ``targets[k]`` its
     loss and per-example targets, ``on_step(k, done, total)`` its progress (serialized by a
-    lock under ``threads``). ``workers`` sets the worker count of ``threads``/``processes``.
+    lock under ``threads``). ``budget``: the threads of this call, planned for and applied for
+    its duration (restored after). ``workers`` sets the worker count of ``threads``/``processes``.
     Other exceptions stop every worker and propagate; the epoch checkpoints written so far
     stay. ``tune_allocator`` applies :func:`tune_cpu_allocator` on a CPU (a process policy).
     ``units`` (indices into ``models``) replaces the plan of :func:`plan_units`: an engine that
@@ -152,7 +155,7 @@ def train_group(
         tune_cpu_allocator()
     folds = all(o.folds for o in group.objectives)
     if strategy == "auto":
-        strategy = choose_strategy(models, device, folds=folds)
+        strategy = choose_strategy(models, device, budget, folds=folds)
     if strategy.startswith("fused") and not (folds and fusable(models)):
         raise ConfigError(
             "train_group: the fused strategies need foldable models (mlp/cnn families) and "
@@ -160,19 +163,19 @@ def train_group(
         )
     if strategy in ("threads", "processes", "fused-threads") and device.type != "cpu":
         raise ConfigError(f"train_group: the {strategy} strategy is for CPUs")
-    budget = torch.get_num_threads()
     units = list(units) if units is not None else plan_units(k, strategy, budget, workers)
     if sorted(i for u in units for i in u.indices) != list(range(k)):
         raise ConfigError("train_group: the units must cover every model exactly once")
-    if strategy in ("sequential", "fused"):
-        out: dict[int, dict[str, Any]] = {}
-        for u in units:
-            out.update(zip(u.indices, group.run(u, on_step), strict=True))
-        results = [out[i] for i in range(k)]
-    elif strategy == "processes":
-        results = _train_processes(group, on_step, workers)
-    else:
-        results = _train_threads(group, units, budget, on_step)
+    with budget.applied():  # a no-op under train_local, whose edge applied the same budget
+        if strategy in ("sequential", "fused"):
+            out: dict[int, dict[str, Any]] = {}
+            for u in units:
+                out.update(zip(u.indices, group.run(u, on_step), strict=True))
+            results = [out[i] for i in range(k)]
+        elif strategy == "processes":
+            results = _train_processes(group, on_step, workers, budget)
+        else:
+            results = _train_threads(group, units, budget, on_step)
     for r in results:
         r["strategy"] = strategy
     return results
@@ -187,10 +190,12 @@ class _Stop(Exception):
 
 
 def _train_threads(
-    group: _Group, units: list[Unit], budget: int, on_step: UnitProgress | None
+    group: _Group, units: list[Unit], budget: ThreadBudget, on_step: UnitProgress | None
 ) -> list[dict[str, Any]]:
     """Run ``units`` in waves of equal thread counts, each wave on ``budget // threads``
-    Python threads that each keep their own OpenMP/MKL budget."""
+    Python threads that each apply their unit's budget at their start. The caller applies
+    ``budget`` again after (:meth:`ThreadBudget.applied`): the workers moved the default
+    that threads started later begin with."""
     lock = threading.Lock()
     out: dict[int, dict[str, Any]] = {}
     errors: list[BaseException] = []
@@ -203,8 +208,8 @@ def _train_threads(
             with lock:
                 on_step(i, done, total)
 
-    def work(todo: list[Unit], threads: int) -> None:
-        torch.set_num_threads(threads)  # this thread's OpenMP and MKL budget only
+    def work(todo: list[Unit], threads: ThreadBudget) -> None:
+        threads.apply()  # this thread's edge: its OpenMP and MKL budget
         while not stop.is_set():
             with lock:
                 if not todo:
@@ -230,11 +235,11 @@ def _train_threads(
     pool: list[threading.Thread] = []
     try:
         for wave in waves:
-            n = max(1, min(len(wave), budget // wave[0].threads))
+            n = max(1, min(len(wave), budget.threads // wave[0].threads))
             pool = [
                 threading.Thread(
                     target=work,
-                    args=(wave, wave[0].threads),
+                    args=(wave, ThreadBudget(wave[0].threads)),
                     name=f"richrep-seeds-{j}",
                     daemon=True,
                 )
@@ -250,7 +255,6 @@ def _train_threads(
         stop.set()
         for t in pool:  # on an interrupt: let the running workers stop at their next step
             t.join()
-        torch.set_num_threads(budget)  # the workers moved the default new threads start with
     if errors:
         raise errors[0]
     return [out[i] for i in range(len(group.models))]
@@ -266,13 +270,12 @@ def _worker(
     tasks: Any,
     results: Any,
     remaining: Any,
-    budget: int,
+    budget: ThreadBudget,
     nproc: int,
 ) -> None:
     tune_cpu_allocator()
     split = Split(x, y)
-    threads = max(1, budget // nproc)
-    torch.set_num_threads(threads)
+    threads = budget.split(nproc)[0].apply()  # this process's edge: its share
     while True:
         task = tasks.get()
         if task is None:
@@ -282,10 +285,9 @@ def _worker(
 
         def progress(_j: int, done: int, total: int, i: int = i, last: list[float] = last) -> None:
             nonlocal threads
-            want = max(1, budget // max(1, min(nproc, remaining.value)))
-            if want != threads:
-                threads = want
-                torch.set_num_threads(want)
+            want = budget.split(max(1, min(nproc, remaining.value)))[0]
+            if want != threads:  # fewer models left: this process takes their cores
+                threads = want.apply()
             now = time.perf_counter()
             if done in (0, total) or now - last[0] > 0.25:
                 last[0] = now
@@ -317,13 +319,12 @@ def _worker(
 
 
 def _train_processes(
-    group: _Group, on_step: UnitProgress | None, workers: int | None
+    group: _Group, on_step: UnitProgress | None, workers: int | None, budget: ThreadBudget
 ) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
-    budget = torch.get_num_threads()
     k = len(group.models)
-    nproc = max(1, min(k, workers or budget))
+    nproc = max(1, min(k, workers or budget.threads))
     ctx = mp.get_context("spawn")
     if is_lazy(group.train.x):
         raise ConfigError(

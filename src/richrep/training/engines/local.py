@@ -17,7 +17,8 @@ from richrep.data import Task
 from richrep.members import Member, MemberKind, kind_of, waves
 from richrep.models import Classifier, count_params
 from richrep.plugins import ENGINES
-from richrep.runtime.device import resolve_device, resolve_precision, set_threads
+from richrep.runtime.device import resolve_device, resolve_precision
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
@@ -61,7 +62,9 @@ class WorkUnit:
     threads: int
 
 
-def resolve_strategy(exp: Experiment, task: Task, group: Sequence[Member], budget: int) -> str:
+def resolve_strategy(
+    exp: Experiment, task: Task, group: Sequence[Member], budget: ThreadBudget
+) -> str:
     """The strategy of a group: ``runtime.strategy``, or for ``auto`` the one
     :func:`~richrep.training.plan.choose_strategy` picks for the whole group."""
     if exp.runtime.strategy != "auto":
@@ -69,14 +72,14 @@ def resolve_strategy(exp: Experiment, task: Task, group: Sequence[Member], budge
     kind = kind_of(group[0])
     models = [kind.build(m, exp, task) for m in group]
     folds = kind.objective(group[0], exp).folds
-    return choose_strategy(models, resolve_device(exp.runtime.device), folds=folds, threads=budget)
+    return choose_strategy(models, resolve_device(exp.runtime.device), budget, folds=folds)
 
 
 def work_units(
-    exp: Experiment, task: Task, members: Sequence[Member], budget: int
+    exp: Experiment, task: Task, members: Sequence[Member], budget: ThreadBudget
 ) -> list[WorkUnit]:
     """The units of work the local engine runs for ``members`` (one wave, finished members
-    included) with ``budget`` threads (:func:`~richrep.training.plan.plan_units`). Units are
+    included) with the thread ``budget`` (:func:`~richrep.training.plan.plan_units`). Units are
     planned from the experiment alone, so a member retrained later, alone, keeps its unit's
     arithmetic; each unit trained on its own with its strategy and thread count does the same
     arithmetic as inside the local engine, which is how the Ray engine gives bit-identical
@@ -163,23 +166,29 @@ def train_local(
     members: Sequence[Member],
     store: RunStore,
     progress: Progress | None = None,
+    *,
+    budget: ThreadBudget | None = None,
 ) -> dict[str, Status]:
     """Train every unfinished member of ``members`` in this process, wave by wave (teachers
-    before students); return each member's status."""
-    set_threads(exp.runtime.threads)
+    before students); return each member's status. ``budget`` (default ``runtime.threads``)
+    is planned for and applied here, this process's edge, for the call (restored after)."""
+    budget = budget or ThreadBudget.resolve(exp.runtime.threads)
     device = resolve_device(exp.runtime.device)
     dtype = resolve_precision(exp.training.precision, device)
     ledger = Ledger(store)
     status: dict[str, Status] = {}
-    for wave in waves(members):
-        done, todo = sort_wave(wave, ledger, status, progress)
-        status.update(done)
-        names = {m.name for m in todo}
-        for group in groups_of(wave):
-            if any(m.name in names for m in group):
-                status.update(
-                    train_members(exp, task, group, names, store, device, dtype, progress)
-                )
+    with budget.applied():
+        for wave in waves(members):
+            done, todo = sort_wave(wave, ledger, status, progress)
+            status.update(done)
+            names = {m.name for m in todo}
+            for group in groups_of(wave):
+                if any(m.name in names for m in group):
+                    status.update(
+                        train_members(
+                            exp, task, group, names, store, device, dtype, budget, progress
+                        )
+                    )
     return {m.name: status[m.name] for m in members}
 
 
@@ -191,12 +200,12 @@ def train_members(
     store: RunStore,
     device: torch.device,
     dtype: torch.dtype,
+    budget: ThreadBudget,
     progress: Progress | None = None,
 ) -> dict[str, Status]:
     """Train the members named in ``todo`` of one group (one kind and architecture), in the
-    units planned for the whole group."""
+    units planned for the whole group with ``budget``."""
     ledger = Ledger(store)
-    budget = torch.get_num_threads()
     strategy = resolve_strategy(exp, task, planned, budget)
     group = [m for m in planned if m.name in todo]
     index = {m.name: i for i, m in enumerate(group)}
@@ -232,6 +241,7 @@ def train_members(
         [m.seed for m in group],
         device=device,
         dtype=dtype,
+        budget=budget,
         partial_paths=[ledger.partial(m.name) for m in group],
         members=[m.name for m in group],
         strategy=strategy,
@@ -260,8 +270,8 @@ def _members(names: Sequence[str], exp: Experiment, task: Task) -> list[Member]:
 
 @ENGINES.register("local", description="train in this process (CPU threads or one GPU)")
 class LocalEngine:
-    """Train in this process: the seeds of one architecture together, on ``runtime.threads``
-    threads and ``runtime.device``."""
+    """Train in this process: the seeds of one architecture together, on the thread budget
+    (``runtime.threads``, handed down by the train stage) and ``runtime.device``."""
 
     def train(
         self,
@@ -270,5 +280,6 @@ class LocalEngine:
         members: Sequence[Member],
         store: RunStore,
         progress: Progress | None = None,
+        budget: ThreadBudget | None = None,
     ) -> dict[str, Status]:
-        return train_local(exp, task, members, store, progress)
+        return train_local(exp, task, members, store, progress, budget=budget)

@@ -2,8 +2,8 @@
 
 By default a task is one of the local engine's work units (:func:`work_units`: the same members
 folded together or not, on the same number of threads, planned from the experiment and the
-thread budget ``runtime.threads``), with as many CPUs as the unit has threads: the weights are
-bit-identical to the local engine's for the same file. Setting ``cpus_per_task`` (or
+thread budget ``runtime.threads``), with as many CPUs as the unit has threads, which the task
+applies at its start: the weights are bit-identical to the local engine's for the same file. Setting ``cpus_per_task`` (or
 ``gpus_per_task``) sizes tasks for a cluster instead: one member per task.
 
 Members run in waves, teachers before students. A task trains its members with the local
@@ -11,11 +11,16 @@ engine's code and writes their checkpoints into the store (shared filesystem) or
 for the driver to write (``shared_storage: false``; then a student's task also receives its
 teachers' checkpoints). Ray retries a task whose worker dies (``max_retries``); the retry
 resumes from each member's last epoch checkpoint.
+
+Before joining a cluster (``address``), the engine checks that a gRPC server (Ray's GCS, or
+its client server for ``ray://``) answers there within ``connect_timeout`` seconds: Ray itself
+would retry for minutes.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +32,8 @@ from richrep.config import Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError, TrainingError
 from richrep.members import Member, waves
-from richrep.plugins import ENGINES
-from richrep.runtime.device import set_threads
+from richrep.plugins import ENGINES, load_plugins
+from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore, load_tensors, save_tensors
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.engines.local import Progress, WorkUnit, sort_wave, work_units
@@ -45,6 +50,42 @@ def _import_ray() -> Any:
     return ray
 
 
+H2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HOW = (
+    "check runtime.engine.ray.address (--address), start the cluster (`ray start --head`) or "
+    "raise runtime.engine.ray.connect_timeout"
+)
+
+
+def check_address(address: str, timeout: float) -> None:
+    """Refuse ``address`` (``host:port``, ``ray://host:port``) when no gRPC server answers an
+    HTTP/2 greeting there within ``timeout`` seconds; ``auto`` and ``local`` are Ray's."""
+    if address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = rest, "10001" if client else "6379"  # Ray's default ports
+    host = host.strip("[]")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(
+            f"runtime.engine.ray.address: {address!r} is not host:port, ray://host:port or auto"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(H2_HELLO)
+            frame = s.recv(9)
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(
+            f"cannot reach a Ray cluster at {address} within {timeout:g} s ({why}); {HOW}"
+        ) from None
+    if len(frame) < 9 or frame[3] != 4:  # a server's first HTTP/2 frame is its SETTINGS
+        raise ConfigError(f"{address} answers, but not as a Ray cluster (no gRPC server); {HOW}")
+
+
 def _worker(
     exp_json: dict[str, Any],
     task: Task,
@@ -56,12 +97,14 @@ def _worker(
     teachers: dict[str, tuple[dict[str, Any], dict[str, Any]]],
 ) -> dict[str, dict[str, Any]]:
     """Runs inside a Ray worker: train one unit of members with the local engine's code, on
-    ``threads`` threads; return each member's sidecar (and tensors if storage is not shared)."""
+    ``threads`` threads (applied for the task: Ray reuses its worker processes); return each
+    member's sidecar (and tensors if storage is not shared)."""
     from safetensors.torch import load_file
 
     from richrep.config import Experiment
     from richrep.training.engines.local import train_local
 
+    load_plugins()  # a fresh worker process has imported none of the registries' entries
     exp = Experiment.model_validate(exp_json)
     runtime = exp.runtime.model_copy(
         update={"strategy": strategy, "threads": threads, "engine": {"name": "local"}}
@@ -77,7 +120,7 @@ def _worker(
     if shared:
         for m in unit:
             ledger.mark_worker(m.name)
-    status = train_local(exp, task, unit, store)
+    status = train_local(exp, task, unit, store, budget=ThreadBudget(threads))
     out: dict[str, dict[str, Any]] = {}
     for m in unit:
         s = status[m.name]
@@ -96,7 +139,8 @@ class RayEngine:
     weights), or one member per task with ``cpus_per_task`` / ``gpus_per_task`` CPUs/GPUs.
     ``address``: None starts a local Ray instance (with ``num_cpus``), ``auto`` or
     ``ray://host:port`` joins a cluster. ``max_retries``: retries of a task whose worker died.
-    ``shared_storage``: whether workers see the run folder (else checkpoints travel back)."""
+    ``shared_storage``: whether workers see the run folder (else checkpoints travel back).
+    ``connect_timeout``: seconds to wait for the cluster at ``address`` to answer."""
 
     def __init__(
         self,
@@ -106,6 +150,7 @@ class RayEngine:
         gpus_per_task: Annotated[float, Field(ge=0)] = 0,
         max_retries: Annotated[int, Field(ge=0)] = 2,
         shared_storage: bool = True,
+        connect_timeout: Annotated[float, Field(gt=0, le=3600)] = 10.0,
     ) -> None:
         self.address = address
         self.num_cpus = num_cpus
@@ -113,6 +158,7 @@ class RayEngine:
         self.gpus_per_task = gpus_per_task
         self.max_retries = max_retries
         self.shared_storage = shared_storage
+        self.connect_timeout = connect_timeout
 
     def train(
         self,
@@ -121,8 +167,14 @@ class RayEngine:
         members: Sequence[Member],
         store: RunStore,
         progress: Progress | None = None,
+        budget: ThreadBudget | None = None,
     ) -> dict[str, Status]:
-        """Train every unfinished member as a Ray task; return each member's status."""
+        """Train every unfinished member as a Ray task; return each member's status. The units
+        are planned for ``runtime.threads`` as set: the Ray nodes, not this machine, bound it
+        (a task larger than every node is refused); 0 takes ``budget`` (default: this
+        machine's cores)."""
+        if self.address:
+            check_address(self.address, self.connect_timeout)
         ray = _import_ray()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         started = False
@@ -132,15 +184,21 @@ class RayEngine:
                 "log_to_driver": False,
                 "configure_logging": False,
             }
-            if self.address:
-                ray.init(address=self.address, **kw)
-            else:
-                ray.init(num_cpus=self.num_cpus, **kw)
+            try:
+                if self.address:
+                    ray.init(address=self.address, **kw)
+                else:
+                    ray.init(num_cpus=self.num_cpus, **kw)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+                raise ConfigError(f"cannot start or join {where}: {e}; {HOW}") from None
             started = True
         try:
+            threads = exp.runtime.threads
+            plan = ThreadBudget(threads) if threads else budget or ThreadBudget.resolve(0)
             status: dict[str, Status] = {}
             for wave in waves(members):
-                status.update(self._wave(ray, exp, task, wave, store, status, progress))
+                status.update(self._wave(ray, exp, task, wave, store, status, plan, progress))
             return {m.name: status[m.name] for m in members}
         finally:
             if started:
@@ -154,6 +212,7 @@ class RayEngine:
         wave: Sequence[Member],
         store: RunStore,
         done: dict[str, Status],
+        budget: ThreadBudget,
         progress: Progress | None,
     ) -> dict[str, Status]:
         ledger = Ledger(store)
@@ -163,7 +222,7 @@ class RayEngine:
         if self.cpus_per_task is None and not self.gpus_per_task:
             names = {m.name for m in todo}
             units = []
-            for u in work_units(exp, task, wave, set_threads(exp.runtime.threads)):
+            for u in work_units(exp, task, wave, budget):
                 left = tuple(m for m in u.members if m.name in names)
                 if left:
                     units.append(WorkUnit(left, u.strategy, u.threads))

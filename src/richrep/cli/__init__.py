@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
-from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from richrep import __version__
+from richrep.cli.advise import advise, print_verdicts
+from richrep.cli.common import console, err, fail, guard, guarded, say
+from richrep.cli.data import data_app
+from richrep.cli.progress import progress_bar
 from richrep.errors import RichrepError
-from richrep.report.progress import Ticker, progress
 from richrep.report.text import show
 
 app = typer.Typer(
@@ -26,42 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Learn rich representations (catK: K seeds, concatenated) and test them under shift.",
 )
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-INTERRUPTED = "interrupted; run the same command again to resume"
-
-
-def say(message: object, style: str | None = None, to: Console | None = None) -> None:
-    """Print untrusted text: never parsed as markup, control characters stripped."""
-    (to or console).print(Text(show(message, keep="\n"), style=style or ""), soft_wrap=True)
-
-
-def _fail(e: BaseException, code: int = 2) -> None:
-    err.print(Text("error: ", style="bold red") + Text(show(e, keep="\n")), soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextlib.contextmanager
-def _guard() -> Iterator[None]:
-    """richrep's own errors as one clean line (exit 2); Ctrl-C or SIGTERM as one line saying
-    how to resume (exit 130)."""
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    except RichrepError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        err.print(Text(INTERRUPTED, style="yellow"))
-        raise typer.Exit(130) from None
-    finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
+YES = typer.Option("--yes", help="Run work estimated above richrep's limits anyway.")
 
 
 def _version(value: bool) -> None:
@@ -109,16 +73,17 @@ def run(
             "--allow-missing", help="Evaluate even if some members are missing or corrupt."
         ),
     ] = False,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any
     earlier work."""
     from richrep.config import load_experiment
     from richrep.pipeline import run_experiment
 
-    with _guard():
+    with guard():
         exp = _override(load_experiment(experiment), engine, address, device)
         say(f"{exp.name} → {out / exp.run_id()}", style="bold")
-        with _progress() as tick:
+        with progress_bar() as tick:
             result = run_experiment(
                 exp,
                 out,
@@ -127,6 +92,7 @@ def run(
                 log=tick.log,
                 progress=tick,
                 allow_missing=allow_missing,
+                yes=yes,
             )
         say(f"done: {result.store.root}", style="green")
         bin_ = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "richrep"
@@ -152,10 +118,6 @@ def _override(exp, engine, address, device):  # noqa: ANN001, ANN202
         rt["device"] = device
         rt["eval_device"] = None
     return parse_experiment(raw, "(with command-line overrides)")
-
-
-def _progress() -> contextlib.AbstractContextManager[Ticker]:
-    return progress(console)
 
 
 class Format(StrEnum):
@@ -190,6 +152,7 @@ def results(
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
     from richrep.evaluation.stored import left_out, left_out_message
+    from richrep.registry import did_you_mean
     from richrep.report.ood_tables import (
         MEANING,
         RULES,
@@ -203,7 +166,7 @@ def results(
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
-    with _guard():
+    with guard():
         r = Run.open(run_dir)
         rows = read_results(r)
         if entry:
@@ -212,6 +175,12 @@ def results(
             if unknown:
                 raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
             rows = [x for x in rows if x.entry in entry]
+        have = sorted({x.metric for x in rows})
+        if metric is not None and metric not in have:
+            raise RichrepError(
+                f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
+                f"they have {', '.join(have) or 'none'}"
+            )
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
             return
@@ -240,6 +209,12 @@ def results(
                 print()
             else:
                 console.print(render_table(comp, console.width, title=r.exp.name))
+        if metric in (None, "accuracy"):
+            print_verdicts(r, rows, order, markdown=fmt == Format.markdown)
+
+
+app.command("advise")(guarded(advise))
+app.add_typer(data_app, name="data")
 
 
 @app.command()
@@ -258,15 +233,16 @@ def evaluate(
     replace: Annotated[bool, typer.Option(help="Replace an extra entry of the same name.")] = False,
     drop: Annotated[list[str] | None, typer.Option(help="Remove this extra entry.")] = None,
     allow_missing: Annotated[bool, typer.Option(help="Evaluate without missing members.")] = False,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Evaluate a run on more targets: the entries become the run's own (extra_entries.yaml,
     kept when the experiment runs again), in results.jsonl, the report and `richrep results`."""
     from richrep.config.entries import gather_entries
     from richrep.pipeline import evaluate_entries
 
-    with _guard(), _progress() as tick:
+    with guard(), progress_bar() as tick:
         new = gather_entries(entry or [], [suite] if suite else [])
-        kw = {"replace": replace, "drop": drop, "allow_missing": allow_missing}
+        kw = {"replace": replace, "drop": drop, "allow_missing": allow_missing, "yes": yes}
         r, names = evaluate_entries(run_dir, new, log=tick.log, progress=tick, **kw)
     if names:
         results(run_dir, entry=names)
@@ -289,6 +265,7 @@ def analyze(
     permutations: Annotated[
         int, typer.Option("--permutations", help="Permutations of the CKA test.")
     ] = 200,
+    yes: Annotated[bool, YES] = False,
 ) -> None:
     """Are the seeds different? CKA/CCA matrices, unit matching, sparse prediction, clustering."""
     import numpy as np
@@ -298,7 +275,7 @@ def analyze(
     from richrep.stages.analyze import analyze as analyze_stage
     from richrep.stages.report import report
 
-    with _guard():
+    with guard():
         r = Run.open(run_dir)
         with r.store.lock(), console.status("analyzing seeds…"):
             s = analyze_stage(
@@ -308,6 +285,7 @@ def analyze(
                 max_samples=max_samples,
                 n_permutations=permutations,
                 log=say,
+                yes=yes,
             )
             if r.store.results.exists():
                 report(r, log=say)
@@ -340,7 +318,7 @@ def runs(
     """List the runs of a folder, with catK's gain over single and wide per target."""
     from richrep.index import list_runs
 
-    with _guard():
+    with guard():
         if not out.is_dir():
             raise RichrepError(f"{out} is not a folder of runs")
         listed = list_runs(out)
@@ -399,84 +377,33 @@ class Kind(StrEnum):
     protocols = "protocols"
     floors = "floors"
     engines = "engines"
+    trackers = "trackers"
     measures = "measures"
 
 
 @app.command("list")
 def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
     """Show a registry: datasets, shifts, augmentations, encoders, objectives, members, probes,
-    protocols, floors, engines or measures."""
+    protocols, floors, engines, trackers or measures."""
     from richrep.plugins import registry_of
 
-    with _guard():
+    with guard():
         reg = registry_of(kind.value)
     table = Table(title=kind.value, show_lines=False)
     table.add_column("name", style="bold")
     table.add_column("arguments")
     table.add_column("what it is")
-    for e in reg:
-        if e.name in reg.names(pattern):
-            table.add_row(
-                Text(e.name),
-                Text(e.signature()[len(e.name) :]),
-                Text(e.meta.get("description") or e.summary),
-            )
+    for e in (reg.entry(n) for n in reg.names(pattern)):
+        about = e.meta.get("description") or e.summary
+        table.add_row(Text(e.name), Text(e.signature()[len(e.name) :]), Text(about))
     console.print(table)
-
-
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: export them as image folders.")
-app.add_typer(data_app, name="data")
-
-
-@data_app.command("export")
-def data_export(
-    dataset: Annotated[str, typer.Argument(help="A registered image dataset (fashion_mnist).")],
-    directory: Annotated[Path, typer.Argument(help="The image folder to write.")],
-    size: Annotated[int | None, typer.Option(min=4, help="Resize to size × size.")] = None,
-    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = None,
-    limit_per_class: Annotated[
-        int | None, typer.Option(min=1, help="At most N images per class and split.")
-    ] = None,
-    force: Annotated[
-        bool, typer.Option(help="Replace DIRECTORY if it holds an earlier export of richrep's.")
-    ] = False,
-) -> None:
-    """Write DATASET as PNGs in DIRECTORY/train/<class>/ and DIRECTORY/test/<class>/ (read
-    back with the image_folder dataset); atomic: written beside, then renamed. DIRECTORY must
-    be new or empty, or (--force) an earlier export; richrep never replaces the current, home
-    or root folder, a file, a symbolic link or a folder of yours."""
-    from richrep.data.image_folder import export_image_folder
-    from richrep.errors import ConfigError
-
-    with _guard():
-        if channels not in (None, 1, 3):
-            raise ConfigError(f"--channels must be 1 or 3, got {channels}")
-        with _progress() as ticker:
-
-            def progress(done: int, total: int) -> None:
-                if ticker.bar is not None:  # a bar on a terminal; the summary line otherwise
-                    ticker(f"export {dataset}", done, total)
-
-            counts = export_image_folder(
-                dataset,
-                {},
-                directory,
-                size=size,
-                channels=channels,  # type: ignore[arg-type]
-                limit_per_class=limit_per_class,
-                force=force,
-                progress=progress,
-            )
-    say(
-        f"wrote {counts.get('train', 0)} train and {counts.get('test', 0)} test images to {directory}"
-    )
 
 
 def main() -> None:  # pragma: no cover
     try:
         app()
     except RichrepError as e:
-        _fail(e)
+        fail(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,5 @@
-"""Progress of a run on the terminal: a bar per member and per suite entry; on anything else
-(a pipe, a log file) one line per member or entry, in order."""
+"""Progress of long work on the command line: a bar per member and per suite entry on a
+terminal, one line per member or entry otherwise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,6 +17,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from richrep.cli.common import console, say
 from richrep.report.text import show
 
 
@@ -25,9 +25,8 @@ class Ticker:
     """Progress of the run: a bar per member and per suite entry on a terminal; otherwise one
     line per member or entry when it starts and when it ends, in order."""
 
-    def __init__(self, bar: Progress | None, console: Console) -> None:
+    def __init__(self, bar: Progress | None) -> None:
         self.bar = bar
-        self.console = console
         self.tasks: dict[str, Any] = {}
         self.state: dict[str, tuple[int, int]] = {}
 
@@ -42,19 +41,19 @@ class Ticker:
         before = self.state.get(name)
         self.state[name] = (done, total)
         if done >= total and (before is None or before[0] < total):
-            self.log(f"{name}: trained")
+            say(f"{name}: trained")
 
     def log(self, message: str) -> None:
-        """Untrusted text, never parsed as markup, control characters stripped."""
-        out = self.bar.console if self.bar is not None else self.console
-        out.print(Text(show(message, keep="\n")), soft_wrap=True)
+        if self.bar is not None:
+            self.bar.console.print(Text(show(message, keep="\n")), soft_wrap=True)
+        else:
+            say(message)
 
 
 @contextlib.contextmanager
-def progress(console: Console) -> Iterator[Ticker]:
-    """A :class:`Ticker` drawing on ``console`` (bars only on a terminal)."""
+def progress_bar() -> Iterator[Ticker]:
     if not console.is_terminal:
-        yield Ticker(None, console)
+        yield Ticker(None)
         return
     bar = Progress(
         TextColumn("{task.description:<22}"),
@@ -66,4 +65,4 @@ def progress(console: Console) -> Iterator[Ticker]:
         transient=False,
     )
     with bar:
-        yield Ticker(bar, console)
+        yield Ticker(bar)

@@ -1,0 +1,49 @@
+"""The ``runtime:`` section: how to run an experiment (device, threads, engine, strategy,
+experiment tracking), never part of its identity."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from richrep.config.spec import Spec, Strict
+from richrep.plugins import ENGINES, TRACKERS
+
+
+class RuntimeConfig(Strict):
+    """How to run: never part of a run's identity (the same models result on any of these)."""
+
+    device: str = "auto"
+    eval_device: str | None = None  # default: device
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: all cores; at most the cores (a warning)
+    # suite entries evaluated at once, in threads sharing the feature cache, each with its own
+    # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
+    eval_workers: Annotated[int, Field(ge=0)] = 0
+    engine: Spec = Spec(name="local")
+    track: Spec | None = None  # experiment tracking (TRACKERS): null, mlflow, {mlflow: {...}}
+    strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
+        "auto"
+    )
+
+    @field_validator("device", "eval_device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is None or v == "auto":
+            return v
+        from richrep.runtime.device import check_device
+
+        check_device(v, available=False)  # availability is checked where it is used
+        return v
+
+    @property
+    def evaluation_device(self) -> str:
+        return self.eval_device or self.device
+
+
+def resolve_runtime(rt: RuntimeConfig) -> RuntimeConfig:
+    """``rt`` with the engine's and the tracker's arguments checked and defaults filled in."""
+    track = rt.track.resolved(TRACKERS, "runtime.track") if rt.track is not None else None
+    return rt.model_copy(
+        update={"engine": rt.engine.resolved(ENGINES, "runtime.engine"), "track": track}
+    )
