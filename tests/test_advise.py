@@ -21,8 +21,8 @@ from richrep.cli import app
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError
 from richrep.results import Row
-from richrep.run import FORMAT, Run
-from richrep.store import RunStore, save_tensors, write_jsonl
+from richrep.run import Run
+from richrep.store import FORMAT, RunStore, save_tensors, write_jsonl
 from richrep.store.ledger import Ledger
 
 TRUE = (0.80, 0.30, 0.70)  # a, b, c

@@ -51,15 +51,7 @@ def run(tmp_path_factory) -> Run:
 
 
 def ctx_of(run: Run) -> Context:
-    return Context(
-        run.featurizer,
-        run.source_task,
-        run.exp.evaluation.probe,
-        run.exp.seed,
-        run=run.exp.run_id(),
-        device=str(run.device),
-        owner=run,
-    )
+    return run.context()
 
 
 def choices(rows: list[Row]) -> list[tuple[Any, ...]]:

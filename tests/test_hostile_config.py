@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from richrep import registry
+from richrep import __version__, registry
 from richrep.cli import app
 from richrep.config import dump_experiment, parse_experiment
 from richrep.errors import ConfigError
@@ -188,8 +188,8 @@ def _run_folder(tiny, tmp_path, marker=None):
     store = RunStore(tmp_path / exp.run_id())
     store.root.mkdir(parents=True)
     (store.root / "config.yaml").write_text(dump_experiment(exp))
-    run = Run(exp, store)
-    run.mark_format()
+    Run(exp, store)
+    store.mark_format(__version__)
     if marker is not None:
         (store.root / "richrep.json").write_text(json.dumps(marker))
     rows = [

@@ -347,7 +347,7 @@ def test_a_failed_preflight_leaves_an_existing_run_as_it_was(run_copy):
 @pytest.mark.parametrize("racy", [True, False], ids=["just-written", "remembered"])
 def test_verify_sees_a_flipped_byte_with_the_same_size_and_mtime(racy, tmp_path, monkeypatch):
     if not racy:
-        monkeypatch.setattr(store, "_RACY_NS", 0)  # remember every hash at once
+        monkeypatch.setattr(store.files, "_RACY_NS", 0)  # remember every hash at once
     p = tmp_path / "x.safetensors"
     store.save_tensors(p, {"w": torch.arange(1000.0)})
     assert store.verify(p) and store.verify(p)

@@ -16,6 +16,7 @@ from richrep.cli import app
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError, StoreError
 from richrep.pipeline import run_experiment
+from richrep.stages.report import members_info
 from richrep.stages.track import flatten, key
 from richrep.stages.trackers.mlflow_tracker import shown
 from richrep.store import read_jsonl
@@ -53,7 +54,7 @@ def test_mlflow_reads_back_the_run(tiny, tmp_path, monkeypatch):
     assert data.params["evaluation.suite.0.sizes"] == '[5, "all"]'
     assert data.params["runtime.threads"] == "1" and not any("track" in p for p in data.params)
     loss = client.get_metric_history(logged.info.run_id, "member/single-s0/loss")
-    history = run.members_info()[0]["history"]
+    history = members_info(run)[0]["history"]
     assert [(m.step, m.value) for m in loss] == [(h["epoch"], h["loss"]) for h in history]
     cells: dict[str, list[float]] = {}  # each table cell's rows, in the file's order
     for r in read_jsonl(run.store.results):

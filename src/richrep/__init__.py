@@ -33,6 +33,7 @@ _API = {
     "Run": "richrep.run",
     "open_run": "richrep.run",
     "run_experiment": "richrep.pipeline",
+    "sweep": "richrep.sweeps",
 }
 __all__ = sorted(_API)
 

@@ -74,7 +74,7 @@ def summarize_run(store: RunStore) -> dict[str, Any] | None:
 
     if not store.exists() or not store.results.exists():
         return None
-    exp = load_experiment(store.root / "config.yaml")  # a broken config fails before the rest
+    exp = load_experiment(store.config)  # a broken config fails before the rest
 
     from richrep.report.tables import build_comparison
     from richrep.run import Run
@@ -136,7 +136,7 @@ def run_folders(out: Path) -> list[Path]:
     found = []
     for d in entries:
         with contextlib.suppress(OSError):  # an unreadable entry is not a run we can list
-            if d.is_dir() and (d / "config.yaml").exists():
+            if d.is_dir() and RunStore(d).exists():
                 found.append(d)
     return found
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from richrep import __version__
 from richrep.config import Experiment, SuiteEntry, dump_experiment, stable_hash
 from richrep.config.entries import merge_extras, resolve_entries
 from richrep.errors import ConfigError, StoreError
@@ -29,6 +30,7 @@ from richrep.stages.report import report
 from richrep.stages.track import open_tracker, track
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
+from richrep.store.origin import Origin, write_origin
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
@@ -117,10 +119,29 @@ def mark_done(run: Run) -> None:
     write_atomic(run.store.done, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
+def with_overrides(
+    exp: Experiment | Path | str, overrides: Sequence[str], origin: Origin | None = None
+) -> tuple[Experiment, Origin]:
+    """``exp`` (an experiment or its file) with ``overrides`` applied, and what to record of
+    it: ``origin`` with these overrides added (and the file)."""
+    from richrep.config.overrides import experiment_with, load_with_overrides
+
+    origin = origin or Origin()
+    source = origin.experiment
+    if not isinstance(exp, Experiment):
+        source = source or str(Path(exp).absolute())
+        exp = load_with_overrides(exp, overrides)
+    elif overrides:
+        exp = experiment_with(exp.model_dump(mode="json"), overrides, repr(exp.name))
+    return exp, Origin([*origin.overrides, *overrides], origin.sweep, source)
+
+
 def run_experiment(
-    exp: Experiment,
+    exp: Experiment | Path | str,
     out: Path | str,
     *,
+    overrides: Sequence[str] = (),
+    origin: Origin | None = None,
     only: Stage | None = None,
     wait: bool = False,
     log: Log = print,
@@ -128,9 +149,13 @@ def run_experiment(
     allow_missing: bool = False,
     yes: bool = False,
 ) -> Run:
-    """Run (or resume) ``exp`` under ``out``; return its :class:`Run`. Finished work is reused.
+    """Run (or resume) ``exp`` (an experiment or its file) under ``out``; return its
+    :class:`Run`. Finished work is reused. ``overrides`` (``KEY=VALUE``, see
+    :mod:`richrep.config.overrides`) are applied first; they and ``origin`` (overrides a caller
+    applied itself, the sweep it runs in) are recorded in the folder's ``overrides.json``.
     With ``runtime.track``, the run is then logged to that tracker (once per state). Work
     estimated above richrep's limits (:mod:`richrep.runtime.limits`) is refused unless ``yes``."""
+    exp, origin = with_overrides(exp, overrides, origin)
     resolve_device(exp.runtime.device)  # an unavailable device fails before anything else
     resolve_device(exp.runtime.evaluation_device)
     tracker = open_tracker(exp.runtime.track)  # and so does a tracker's missing library
@@ -144,6 +169,7 @@ def run_experiment(
     with store.lock(wait=wait):
         store.refuse_links()
         store.sweep_temporaries()
+        write_origin(store.root, origin)
         if only is None and is_complete(run, log):
             log(f"{store.root} is complete and up to date; nothing to do")
             if tracker is not None:
@@ -152,8 +178,8 @@ def run_experiment(
         if not checked:  # before config.yaml is replaced by this experiment's
             preflight(run)
             check_run(run, **stages)
-        write_atomic(store.root / "config.yaml", dump_experiment(exp).encode())
-        run.mark_format()
+        write_atomic(store.config, dump_experiment(exp).encode())
+        store.mark_format(__version__)
         env = describe(run.device)
         task = run.source_task
         env["source_task"] = {
@@ -163,7 +189,7 @@ def run_experiment(
             "val": len(task.val),
             "test": len(task.test),
         }
-        write_json(store.root / "env.json", env)
+        write_json(store.env, env)
         if only in (None, "train"):
             train(run, log=log, progress=progress)
         if only in (None, "evaluate"):
@@ -201,6 +227,7 @@ def evaluate_entries(
     pass richrep's limits (unless ``yes``), is refused before any work."""
     run = Run.open(path)
     resolve_device(run.exp.runtime.evaluation_device)
+    tracker = open_tracker(run.exp.runtime.track)
     new = resolve_entries(run.exp, entries, "entry")
     if not yes:
         alone = run.exp.evaluation.model_copy(update={"suite": new})
@@ -228,4 +255,6 @@ def evaluate_entries(
         from richrep.index import record as index_record
 
         index_record(store)
+        if tracker is not None:
+            track(run, tracker, log=log)
     return run, [e.name for e in new]

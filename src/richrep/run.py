@@ -11,6 +11,7 @@ a run's encoders and features (``richrep.open_run``)::
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from functools import cached_property
@@ -21,7 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from richrep import __version__
 from richrep.analysis.advise import Advice, MemberCost, advise
 from richrep.analysis.budget import parse_budget
 from richrep.config import Experiment, SuiteEntry, entries, load_experiment
@@ -29,18 +29,22 @@ from richrep.data import Split, Task, apply_shifts, load_task
 from richrep.data.checks import ValueStats, value_stats
 from richrep.errors import ConfigError, DataError, StoreError
 from richrep.evaluation import stored
+from richrep.evaluation.protocols import Context, protocol_of
 from richrep.members import Member, kind_of, plan_members
-from richrep.plugins import FLOORS, PROTOCOLS
-from richrep.representations import Representation, Trained, plan_representations
+from richrep.plugins import PROTOCOLS
+from richrep.representations import (
+    Representation,
+    Trained,
+    build_floors,
+    plan_representations,
+)
 from richrep.representations.features import FeatureCache, Featurizer, Flatten
 from richrep.results import Row
 from richrep.results.frame import results_frame
 from richrep.runtime.device import resolve_device, resolve_precision
-from richrep.store import RunStore, read_json, read_jsonl, write_json
-from richrep.store.ledger import Ledger, State, Status
+from richrep.store import RunStore, read_jsonl
+from richrep.store.ledger import Ledger, Status
 from richrep.training.checkpoint import load_checkpoint
-
-FORMAT = 2  # the run folder's layout; folders of another format are refused, never mixed
 
 
 def base_task(exp: Experiment) -> Task:
@@ -80,10 +84,9 @@ class Run:
         store = RunStore(out / exp.run_id())
         if store.root.resolve().parent != out.resolve():
             raise StoreError(f"run name {exp.name!r} would leave the output directory {out}")
-        run = cls(exp, store)
         if store.exists():
-            run.check_format()
-        return run
+            store.check_format()
+        return cls(exp, store)
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
@@ -91,31 +94,8 @@ class Run:
         store = RunStore(Path(path))
         if not store.exists():
             raise StoreError(f"{path} is not a richrep run folder (no config.yaml)")
-        cls._check(store)
-        return cls(load_experiment(store.root / "config.yaml"), store)
-
-    @staticmethod
-    def _check(store: RunStore) -> None:
-        marker = store.root / "richrep.json"
-        info = read_json(marker) if marker.exists() else {"format": 1}
-        if not isinstance(info, dict):
-            raise StoreError(
-                f"{marker} is not a run folder marker: it holds a JSON {type(info).__name__}, "
-                f'not an object like {{"format": {FORMAT}}}; was it edited by hand?'
-            )
-        fmt = info.get("format")
-        if fmt != FORMAT:
-            raise StoreError(
-                f"{store.root} was written by another version of richrep (run folder format "
-                f"{fmt}; this richrep reads format {FORMAT}); rerun its experiment into a new "
-                f"folder (richrep run EXPERIMENT.yaml --out NEW_DIR) rather than mixing the two"
-            )
-
-    def check_format(self) -> None:
-        self._check(self.store)
-
-    def mark_format(self) -> None:
-        write_json(self.store.root / "richrep.json", {"format": FORMAT, "richrep": __version__})
+        store.check_format()
+        return cls(load_experiment(store.config), store)
 
     # -- entries ------------------------------------------------------------------------------
     @property
@@ -188,6 +168,10 @@ class Run:
     def statuses(self) -> dict[str, Status]:
         return self.ledger.statuses([m.name for m in self.members])
 
+    def checkpoint_sha(self, name: str) -> str:
+        """The sha256 of member ``name``'s checkpoint ("" when it has none)."""
+        return str(self.ledger.status(name).meta.get("sha256", ""))
+
     def trained(self) -> list[Trained]:
         """The finished members, as the representations see them."""
         out = []
@@ -206,14 +190,6 @@ class Run:
                     )
                 )
         return out
-
-    def problems(self) -> dict[str, Status]:
-        """Planned members that are neither finished nor failed (missing, partial, corrupt)."""
-        return {
-            n: s
-            for n, s in self.statuses().items()
-            if s.state not in (State.FINISHED, State.FAILED)
-        }
 
     # -- encoders and features ----------------------------------------------------------------
     @property
@@ -260,8 +236,7 @@ class Run:
         directory = self.store.features if self.exp.evaluation.cache_features else None
         fingerprints = {}
         for t in self.trained():
-            sha = self.ledger.status(t.name).meta.get("sha256", "")
-            fingerprints[t.name] = sha
+            fingerprints[t.name] = self.checkpoint_sha(t.name)
             fingerprints[f"random-{t.name}"] = "init" + self.exp.run_hash()
         return Featurizer(
             self.encoder,
@@ -272,7 +247,7 @@ class Run:
         )
 
     def representations(self) -> list[Representation]:
-        floors = [FLOORS.build(f.name, **f.params) for f in self.exp.evaluation.floors]
+        floors = build_floors(self.exp.evaluation.floors)
         input_dim = int(np.prod(self.source_task.input_shape))
         return plan_representations(
             self.trained(),
@@ -314,6 +289,22 @@ class Run:
             data = Split(x, torch.zeros(len(x), dtype=torch.long))
         return self.featurizer(rep, data)
 
+    def context(self, representations: Sequence[Representation] | None = None) -> Context:
+        """The context every protocol evaluates in: the run's featurizer, source task, default
+        probe, seed and ``representations`` (default: all of them), with this run behind it."""
+        return Context(
+            self.featurizer,
+            self.source_task,
+            self.exp.evaluation.probe,
+            self.exp.seed,
+            run=self.exp.run_id(),
+            device=str(self.device),
+            owner=self,
+            representations=list(
+                self.representations() if representations is None else representations
+            ),
+        )
+
     def evaluate(
         self,
         target: Task | SuiteEntry | dict[str, Any],
@@ -330,8 +321,6 @@ class Run:
         the run folder as ``richrep evaluate RUN --entry`` keeps them (the next ``richrep
         evaluate RUN`` or ``richrep run`` redraws the report); ``replace`` replaces an extra
         entry of the same name and other content."""
-        from richrep.evaluation.protocols import Context, protocol_of
-
         if isinstance(target, dict):
             (target,) = entries.parse_entries(target, "Run.evaluate")
         if save:
@@ -354,17 +343,7 @@ class Run:
         facts = stored.target_facts(self.source_stats, task, spec.name)
         if "warning" in facts:
             warnings.warn(facts["warning"], stacklevel=2)
-        ctx = Context(
-            self.featurizer,
-            self.source_task,
-            self.exp.evaluation.probe,
-            self.exp.seed,
-            run=self.exp.run_id(),
-            device=str(self.device),
-            owner=self,
-            representations=self.representations(),
-            info=facts,
-        )
+        ctx = dataclasses.replace(self.context(), info=facts)
         proto = protocol_of(spec)
         reps = (
             [self.representation(r) for r in representations]
@@ -398,32 +377,6 @@ class Run:
         (``pip install 'richrep[data]'``)."""
         return results_frame(self.store.results, entry)
 
-    # -- record -------------------------------------------------------------------------------
-    def members_info(self) -> list[dict[str, Any]]:
-        """Each planned member's state and training record (for the report)."""
-        out = []
-        for m in self.members:
-            s = self.ledger.status(m.name)
-            meta = s.meta
-            out.append(
-                {
-                    "name": m.name,
-                    "kind": m.kind,
-                    "k": m.k,
-                    "seed": m.seed,
-                    "status": s.state.value,
-                    "error": s.error,
-                    "encoder_params": meta.get("encoder_params"),
-                    "feature_dim": meta.get("feature_dim"),
-                    "val_acc": meta.get("val_acc"),
-                    "train_seconds": meta.get("train_seconds"),
-                    "precision": meta.get("precision"),
-                    "device": meta.get("device"),
-                    "history": meta.get("history", []),
-                }
-            )
-        return out
-
     def advise(
         self,
         target: str | None = None,
@@ -438,10 +391,6 @@ class Run:
         return advise_store(
             self.store, target=target, budget=budget, max_k=max_k, metric=metric, order=order
         )
-
-    def env(self) -> dict[str, Any]:
-        path = self.store.root / "env.json"
-        return read_json(path) if path.exists() else {}
 
     def __repr__(self) -> str:
         return f"Run({str(self.store.root)!r})"
@@ -480,7 +429,7 @@ def advise_store(store: RunStore | str | Path, **options: Any) -> list[Advice]:
         store = RunStore(Path(store))
         if not store.exists():
             raise StoreError(f"{store.root} is not a richrep run folder (no config.yaml)")
-        Run._check(store)
+        store.check_format()
     if not store.results.exists():
         raise StoreError(
             f"{store.root} has no results.jsonl yet; run `richrep run` (or --only evaluate) first"

@@ -16,6 +16,7 @@ from richrep.cli.advise import advise, print_verdicts
 from richrep.cli.common import console, err, fail, guard, guarded, say
 from richrep.cli.data import data_app
 from richrep.cli.progress import progress_bar
+from richrep.cli.sweeps import OVERRIDES_HELP, SWEEP_HELP, print_sweeps, run_sweep
 from richrep.errors import RichrepError
 from richrep.report.text import show
 
@@ -53,6 +54,9 @@ class Stage(StrEnum):
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder holding run folders.")] = Path("runs"),
     only: Annotated[Stage | None, typer.Option("--only", help="Rerun one stage.")] = None,
     engine: Annotated[
@@ -74,14 +78,21 @@ def run(
         ),
     ] = False,
     yes: Annotated[bool, YES] = False,
+    sweep: Annotated[list[str] | None, typer.Option("--sweep", help=SWEEP_HELP)] = None,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any
     earlier work."""
-    from richrep.config import load_experiment
+    from richrep.config.overrides import load_with_overrides
     from richrep.pipeline import run_experiment
+    from richrep.store.origin import Origin
 
     with guard():
-        exp = _override(load_experiment(experiment), engine, address, device)
+        if sweep:
+            stage = only.value if only else None
+            prepare = lambda e: _override(e, engine, address, device)  # noqa: E731
+            options = {"only": stage, "wait": wait, "allow_missing": allow_missing, "yes": yes}
+            return run_sweep(experiment, sweep, overrides or [], out, prepare, **options)
+        exp = _override(load_with_overrides(experiment, overrides or []), engine, address, device)
         say(f"{exp.name} → {out / exp.run_id()}", style="bold")
         with progress_bar() as tick:
             result = run_experiment(
@@ -93,6 +104,7 @@ def run(
                 progress=tick,
                 allow_missing=allow_missing,
                 yes=yes,
+                origin=Origin(overrides or [], experiment=str(experiment.absolute())),
             )
         say(f"done: {result.store.root}", style="green")
         bin_ = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "richrep"
@@ -314,14 +326,23 @@ def runs(
     target: Annotated[
         str | None, typer.Option("--target", help="Compare runs on targets containing this text.")
     ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep", help="Only this sweep's runs, side by side (swept keys as columns)."
+        ),
+    ] = None,
 ) -> None:
-    """List the runs of a folder, with catK's gain over single and wide per target."""
+    """List the runs of a folder, with catK's gain over single and wide per target; then each
+    sweep's runs side by side."""
     from richrep.index import list_runs
 
     with guard():
         if not out.is_dir():
             raise RichrepError(f"{out} is not a folder of runs")
         listed = list_runs(out)
+        if sweep is not None:
+            return print_sweeps(out, listed, sweep, target)
     table = Table(title=Text(f"runs in {show(out)}"))
     for c in (
         "run",
@@ -364,6 +385,8 @@ def runs(
             )
             first = False
     console.print(table)
+    with guard():
+        print_sweeps(out, listed, None, target)
 
 
 class Kind(StrEnum):

@@ -324,13 +324,14 @@ def resolve(exp: Experiment) -> Experiment:
             raise ConfigError(f"training.baselines.{i}.k: {msg}; lower k or raise training.seeds")
         baselines.append(Baseline(kind=b.kind, k=b.k, seeds=b.seeds, params=_jsonable(params)))
     objective = exp.training.objective.resolved(OBJECTIVES, "training.objective")
-    head = getattr(OBJECTIVES.entry(objective.name).fn, "head", "")
+    built = OBJECTIVES.build(objective.name, where="training.objective", **objective.params)
+    head = built.reads_head_of()
     if head:
         raise ConfigError(
             f"training.objective: {objective.name!r} reads the head of {head!r} members; "
             f"add a {{kind: {head}}} baseline instead of training every seed with it"
         )
-    needs = getattr(OBJECTIVES.entry(objective.name).fn, "needs", ())
+    needs = built.needs()
     if needs:
         raise ConfigError(
             f"training.objective: {objective.name!r} needs {list(needs)} besides the labels; "

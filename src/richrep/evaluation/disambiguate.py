@@ -88,7 +88,7 @@ class Disambiguate:
         if n_heads < 2:
             return []
         self.check(entry, ctx.source, target)
-        run = ctx.owner
+        run = ctx.run_of(entry, "disambiguate scores a member's own heads, so it")
         model = run.classifier(rep.parts[0])
         logits = predict(model, target.test.x, run.device, run.dtype)
         right = logits.view(len(logits), n_heads, -1).argmax(-1) == target.test.y[:, None]

@@ -75,6 +75,7 @@ from richrep.evaluation.finetune_train import (
     scores,
 )
 from richrep.evaluation.protocols import Context
+from richrep.evaluation.run_view import RunView
 from richrep.plugins import FLOORS, PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.features import extract
@@ -94,7 +95,7 @@ class Job:
     validation data; ``where`` (experiment seed, entry, size, draw) seeds the new heads and
     the data order (nothing of the test data does); ``weights`` is where kept weights go."""
 
-    run: Any
+    run: RunView
     rep: Representation
     target: Task
     train: Split
@@ -209,44 +210,45 @@ class FineTune:
         return rows
 
     # -- work files -------------------------------------------------------------------------
-    def work_dir(self, run: Any, ctx: Context, target: Task, entry: SuiteEntry) -> Path:
+    def work_dir(self, run: RunView, ctx: Context, target: Task, entry: SuiteEntry) -> Path:
         h = stable_hash(
             {
                 "settings": self.settings(),
                 "sizes": list(entry.sizes),
                 "draws": entry.draws,
                 "target": target.hash,
-                "run": run.exp.run_id(),
+                "run": ctx.run,
                 "seed": ctx.seed,
             }
         )
-        return Path(run.store.root) / "finetune_work" / f"{entry.name}-{h}"
+        return run.store.work(f"{entry.name}-{h}")
 
-    def item_key(self, run: Any, rep: Representation, size: Any, d: int) -> dict[str, Any]:
+    def item_key(
+        self, run: RunView, rep: Representation, size: int | str, d: int
+    ) -> dict[str, Any]:
         return {
             "representation": rep.id,
             "parts": list(rep.parts),
-            "checkpoints": [run.ledger.status(p).meta.get("sha256", "") for p in rep.parts],
+            "checkpoints": [run.checkpoint_sha(p) for p in rep.parts],
             "size": size,
             "draw": d,
         }
 
     def weights_path(
-        self, run: Any, entry: SuiteEntry, rep: Representation, size: Any, d: int
+        self, run: RunView, entry: SuiteEntry, rep: Representation, size: int | str, d: int
     ) -> Path:
-        name = f"{file_stem(rep.id)}-{size}-{d}.safetensors"
-        return Path(run.store.root) / "finetuned" / entry.name / name
+        return run.store.kept(entry.name) / f"{file_stem(rep.id)}-{size}-{d}.safetensors"
 
     # -- one (representation, size, draw) ---------------------------------------------------
     def item(
         self,
         ctx: Context,
-        run: Any,
+        run: RunView,
         rep: Representation,
         target: Task,
         entry: SuiteEntry,
         data: Split,
-        size: Any,
+        size: int | str,
         d: int,
         idx: torch.Tensor,
         weights: Path,
@@ -322,7 +324,7 @@ class FineTune:
         """One seed's network fine-tuned with (lr, wd) and its new head: cached for the entry,
         so every catK subset holding the seed reuses it (with its frozen features)."""
         run, train, val = job.run, job.train, job.val
-        sha = run.ledger.status(part).meta.get("sha256", "")
+        sha = run.checkpoint_sha(part)
         key = (job.target.hash, *job.where, part, sha, lr, wd)
         if key not in self._tuned:
             model = network(run, (part,), job.target.num_classes, *job.where, part)

@@ -2,20 +2,19 @@
 fine-tuning run with validation after every epoch, the head-only phase of [2ft], and the
 concatenated head that starts it (Zhang & Bottou, ICML 2023, § fine-tuning).
 
-The epoch loop of :mod:`richrep.training.loop` has no validation hook, so :func:`fit` is a small
-loop of its own built from the same pieces (``make_optimizer``, ``lr_at``, ``epoch_order``,
-``autocast``, channels_last for convolutions): SGD with momentum 0.9, the learning rate
-following a cosine from ``lr`` to 0 over ``epochs``, data order a function of the seed and
-epoch, and the model evaluated on the validation split after every epoch so the best epoch is
-chosen within one run (the weights of that epoch are kept).
+:func:`fit` runs on the training loop of :mod:`richrep.training.loop` with a validation hook
+(:class:`~richrep.training.hooks.BestEpoch`): SGD with momentum 0.9, the learning rate following
+a cosine from ``lr`` to 0 over ``epochs``, data order a function of the seed and epoch, and the
+model evaluated on the validation split after every epoch so the best epoch is chosen within
+one run (the weights of that epoch are kept).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,10 +23,15 @@ from torch import nn
 
 from richrep.config import TrainingConfig
 from richrep.data import Split
+from richrep.evaluation.run_view import RunView
 from richrep.models import Classifier, JointEncoder
+from richrep.objectives import CrossEntropy
 from richrep.runtime.device import autocast
 from richrep.runtime.seeding import seeded
-from richrep.training.loop import epoch_order, lr_at, make_optimizer, uses_channels_last
+from richrep.training.batches import EpochOrder
+from richrep.training.hooks import BestEpoch
+from richrep.training.loop import Loop
+from richrep.training.step import Step, lr_at, make_optimizer, uses_channels_last
 
 EVAL_BATCH = 512
 
@@ -61,7 +65,7 @@ class Tuned:
     encoder: dict[str, torch.Tensor] | None = None
 
 
-def network(run: Any, parts: Sequence[str], classes: int, *salt: Any) -> Classifier:
+def network(run: RunView, parts: Sequence[str], classes: int, *salt: object) -> Classifier:
     """Copies of the run's trained encoders of ``parts`` (side by side, one
     :class:`~richrep.models.JointEncoder`, when several) under a new linear head initialized
     from ``salt``: the networks are never trained in place."""
@@ -129,44 +133,25 @@ def fit(
         schedule="cosine",
     )
     model.to(device).train()
-    opt = make_optimizer(model, cfg)
-    x_all, y_all = train.x.to(device), train.y.to(device)
-    n, bs = len(train), batch_size
-    steps = max(math.ceil(n / bs), 1)
-    channels_last = uses_channels_last(model, x_all)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    out = Fitted(None)
-    for epoch in range(epochs):
-        order = epoch_order(seed, epoch, n).to(device)
-        loss_sum = 0.0
-        for s in range(steps):
-            idx = order[s * bs : (s + 1) * bs]
-            xb = x_all[idx]
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * steps + s, epochs * steps, cfg)
-            with autocast(device, dtype):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), y_all[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += float(loss.detach()) * len(idx)
-        if not math.isfinite(loss_sum):
-            out.failed = f"the training loss became {loss_sum} in epoch {epoch + 1} at lr {lr}"
-            break
-        val_acc, val_loss = scores(predict(model, val.x, device, dtype), val.y)
-        out.history.append(
-            {"epoch": epoch + 1, "loss": loss_sum / n, "val_acc": val_acc, "val_loss": val_loss}
-        )
-        better = (val_acc, -val_loss) > out.score() if select else True
-        if better or out.state is None:
-            out.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            out.epoch, out.val_acc, out.val_loss = epoch + 1, val_acc, val_loss
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
+    batches = EpochOrder(train, batch_size, device)
+    step = Step(
+        [model],
+        [make_optimizer(model, cfg)],
+        [CrossEntropy()],
+        device=device,
+        dtype=dtype,
+        channels_last=uses_channels_last(model, batches.x),
+    )
+    best = BestEpoch(lambda m: scores(predict(m, val.x, device, dtype), val.y), select)
+    y = train.y.to(device)
+    loop = Loop(
+        step, batches, y, [{}], [seed], epochs=epochs, lr=partial(lr_at, cfg=cfg), hooks=[best]
+    )
+    loop.run()
+    out = Fitted(best.state, best.epoch, best.acc, best.loss, best.history)
+    if loop.failed:
+        epoch, loss = loop.failed[0]
+        out.failed = f"the training loss became {loss} in epoch {epoch + 1} at lr {lr}"
     if out.state is not None:
         model.load_state_dict(out.state)
     model.eval()

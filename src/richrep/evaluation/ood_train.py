@@ -23,9 +23,13 @@ from torch import nn
 
 from richrep.data import Split
 from richrep.errors import TrainingError
-from richrep.objectives import Objective
+from richrep.objectives import Batch, Objective
 from richrep.runtime.device import autocast
 from richrep.runtime.seeding import generator
+from richrep.training.batches import Sampled
+from richrep.training.hooks import EveryNSteps, Hook
+from richrep.training.loop import Loop
+from richrep.training.step import Step
 
 
 @dataclass
@@ -181,6 +185,63 @@ def _logits(
     return torch.cat(out)
 
 
+class NetworkStep(Step):
+    """The step of a network trained with an OOD objective: the encoder's features go into
+    the batch (Fishr reads them), the objective and the L2 term (divided like the risk) are
+    computed in float32 outside autocast, as for the heads."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        *,
+        lr: float,
+        l2: float,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.l2 = l2
+        opt = torch.optim.Adam(self.params, lr=lr)
+        super().__init__([model], [opt], [objective], device=device, dtype=dtype)
+
+    def compute(self, xs: torch.Tensor, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        model, objective, batch = self.module, self.objectives[0], batches[0]
+        with autocast(self.device, self.dtype):
+            feats = model.encoder(xs[0])
+            logits = model.head(feats)
+        batch["features"] = feats.float()
+        loss = objective(logits.float(), batch)
+        norm = sum(p.pow(2).sum() for p in self.params)
+        loss = loss + self.l2 * norm / getattr(objective, "divisor", 1.0)
+        return loss[None], logits[None]
+
+
+class ResetAdam(Hook):
+    """A new Adam optimizer before step ``at`` (the penalty weight jumps, DomainBed)."""
+
+    def __init__(self, at: int | None, lr: float) -> None:
+        self.at, self.lr = at, lr
+
+    def before_step(self, loop: Any, at: int) -> None:
+        if at == self.at:
+            loop.step.set_optimizer(torch.optim.Adam(loop.step.params, lr=self.lr))
+
+
+class StopNonFinite(Hook):
+    """A :class:`TrainingError` naming the network and the step when the loss is
+    non-finite."""
+
+    def __init__(self, name: Any) -> None:
+        self.name = name
+
+    def after_step(self, loop: Any, at: int, losses: torch.Tensor) -> None:
+        if not torch.isfinite(losses).all():
+            raise TrainingError(
+                f"ood network {self.name}: the loss became non-finite at step {at + 1}"
+            )
+
+
 def train_network(
     model: nn.Module,
     train: Split,
@@ -200,42 +261,29 @@ def train_network(
 ) -> list[dict]:
     """Train ``model`` (a copy: encoder + head) end to end with ``objective`` (Adam, the same
     L2 and annealing as the heads; minibatches of ``batch_size`` drawn from ``seed``, or the
-    full batch); return its evaluation records every ``eval_every`` steps."""
+    full batch) on the training loop; return its evaluation records every ``eval_every``
+    steps."""
     model = copy.deepcopy(model).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    reset = getattr(objective, "reset_optimizer_at", None)
     objective.train()
-    n = len(train)
-    g = generator("ood-network-batches", *seed)
-    x_all, y_all, e_all = train.x.to(device), train.y.to(device), train.env.to(device)
-    gr_all = None if train.groups is None else train.groups.to(device)
-    records = []
-    for step in range(1, steps + 1):
-        if reset is not None and step - 1 == reset:
-            opt = torch.optim.Adam(params, lr=lr)
-        idx = (
-            torch.randint(0, n, (batch_size,), generator=g).to(device)
-            if batch_size and batch_size < n
-            else slice(None)
-        )
-        batch = {"y": y_all[idx], "env": e_all[idx]}
-        if gr_all is not None:
-            batch["groups"] = gr_all[idx]
-        with autocast(device, dtype):
-            feats = model.encoder(x_all[idx])
-            logits = model.head(feats)
-        batch["features"] = feats.float()
-        loss = objective(logits.float(), batch)
-        norm = sum(p.pow(2).sum() for p in params)
-        loss = loss + l2 * norm / getattr(objective, "divisor", 1.0)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"ood network {seed}: the loss became non-finite at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if step % eval_every == 0 or step == steps:
-            vl = _logits(model, val.x, device, dtype)
-            tl = _logits(model, test.x, device, dtype)
-            records.append({"step": step, **score(vl[None], tl[None])[0]})
-    return records
+    step = NetworkStep(model, objective, lr=lr, l2=l2, device=device, dtype=dtype)
+    batches = Sampled(train, batch_size, steps, generator("ood-network-batches", *seed), device)
+    targets = objective.prepare(train, {}, augmented=False)
+
+    def evaluate(m: nn.Module) -> dict:
+        vl, tl = _logits(m, val.x, device, dtype), _logits(m, test.x, device, dtype)
+        return score(vl[None], tl[None])[0]
+
+    records = EveryNSteps(eval_every, evaluate)
+    hooks = [ResetAdam(getattr(objective, "reset_optimizer_at", None), lr), StopNonFinite(seed)]
+    loop = Loop(
+        step,
+        batches,
+        train.y.to(device),
+        [{name: t.to(device) for name, t in targets.items()}],
+        [0],
+        epochs=1,
+        lr=lambda _at, _total: lr,
+        hooks=[*hooks, records],
+    )
+    loop.run()
+    return records.records

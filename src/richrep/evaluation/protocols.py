@@ -15,7 +15,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -27,6 +27,7 @@ from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
 from richrep.evaluation.inputs import resolve_device
 from richrep.evaluation.probe_entries import make_probe, probe_seed
+from richrep.evaluation.run_view import RunView
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.representations.features import Featurizer
@@ -44,7 +45,7 @@ class Context:
     seed: int
     run: str = ""
     device: str = "cpu"
-    owner: Any = None  # the Run being evaluated (protocols that need networks, not features)
+    owner: RunView | None = None  # the run evaluated (protocols that need its networks)
     info: dict[str, Any] = field(default_factory=dict)  # target facts every row records
     fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
     representations: list[Representation] = field(default_factory=list)  # all of the run's
@@ -68,10 +69,10 @@ class Context:
                 store[key] = make()
             return store[key]
 
-    def run_of(self, entry: SuiteEntry, what: str) -> Any:
-        """The Run being evaluated, for a protocol that trains or loads its networks (``what``
+    def run_of(self, entry: SuiteEntry, what: str) -> RunView:
+        """The run being evaluated, for a protocol that trains or loads its networks (``what``
         says which and why); a clear error when the protocol runs on features alone."""
-        if self.owner is None or not hasattr(self.owner, "encoder"):
+        if self.owner is None:
             raise ConfigError(
                 f"suite entry {entry.name!r}: {what} needs the run (Context.owner); evaluate "
                 f"through the run (Run.evaluate or the evaluate stage)"
@@ -290,16 +291,39 @@ class Robustness:
         ]
 
 
-def protocol_of(entry: SuiteEntry) -> Any:
+@runtime_checkable
+class EvaluationProtocol(Protocol):
+    """What a protocol (``PROTOCOLS``) is: ``evaluate`` returns the rows of one representation
+    on one target. Structural: a plug-in implements it without subclassing."""
+
+    def evaluate(
+        self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
+    ) -> list[Row]: ...
+
+
+@runtime_checkable
+class ChecksTarget(Protocol):
+    """A protocol that refuses a target it cannot evaluate, at pre-flight (before training):
+    robustness and disambiguate need the source's classes, finetune two examples per class."""
+
+    def check(self, entry: SuiteEntry, source: Task, target: Task) -> None: ...
+
+
+def protocol_of(entry: SuiteEntry) -> EvaluationProtocol:
     """The protocol object of a suite entry (its arguments validated)."""
-    return PROTOCOLS.build(
-        entry.protocol.name, where=f"suite entry {entry.name}", **entry.protocol.params
-    )
+    name = entry.protocol.name
+    proto = PROTOCOLS.build(name, where=f"suite entry {entry.name}", **entry.protocol.params)
+    if not isinstance(proto, EvaluationProtocol):
+        raise ConfigError(
+            f"suite entry {entry.name!r}: protocol {name!r} ({type(proto).__name__}) has no "
+            f"evaluate(ctx, representation, target, entry) method"
+        )
+    return proto
 
 
 def check_entries(entries: Sequence[SuiteEntry], source: Task, targets: Sequence[Task]) -> None:
     """Each protocol's own check of its target (e.g. robustness needs the source classes)."""
     for entry, target in zip(entries, targets, strict=True):
         proto = protocol_of(entry)
-        if hasattr(proto, "check"):
+        if isinstance(proto, ChecksTarget):
             proto.check(entry, source, target)

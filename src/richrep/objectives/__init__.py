@@ -2,8 +2,9 @@
 
 An objective maps one model's logits on a batch (and the batch: labels and any per-example
 targets such as a teacher's logits) to a scalar loss; ``predict`` turns logits into class
-predictions for the training and validation accuracy. ``folds = True`` says the loss of K
-models is the sum of their own losses, so the fused strategy may train them as one module.
+predictions for the training and validation accuracy. What the training loop asks of an
+objective are methods of :class:`Objective` (``folds``, ``prepare``, ``inputs``, ``score``):
+an objective with needs of its own (SimSiam's two views, k-NN validation) overrides them.
 """
 
 from richrep.objectives.base import Batch, Objective, build_objective

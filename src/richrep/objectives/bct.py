@@ -18,7 +18,8 @@ from richrep.plugins import OBJECTIVES
 class BackwardCompatible(Objective):
     """CE(new head) + ``weight`` · CE(old frozen classifier on the new features)."""
 
-    head = "bct"
+    def reads_head_of(self) -> str:
+        return "bct"
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

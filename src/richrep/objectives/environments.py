@@ -9,13 +9,16 @@ loop and the ``ood`` protocol supply from the data's ``Split.env``."""
 from __future__ import annotations
 
 import weakref
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
+
+if TYPE_CHECKING:
+    from richrep.data import Split
 
 
 class IdentityCache:
@@ -73,12 +76,24 @@ def env_risks(logits: torch.Tensor, y: torch.Tensor, env: torch.Tensor) -> torch
     return env_means(example_losses(logits, y), env)
 
 
+def with_environments(objective: Objective, data: Split, targets: Batch) -> Batch:
+    """``targets`` plus the data's environments (``env``) and groups, which ``objective``
+    reads; a :class:`ConfigError` when the data has none."""
+    if data.env is None:
+        raise ConfigError(
+            f"objective {type(objective).__name__} needs environments, and the training data "
+            "has none (use a dataset with environments, e.g. colored_*)"
+        )
+    out = {**targets, "env": data.env}
+    if data.groups is not None:
+        out["groups"] = data.groups
+    return out
+
+
 class EnvironmentObjective(Objective):
     """Base: ERM over the pooled batch plus ``weight(step) * penalty``; subclasses define
     :meth:`penalty`. The step counts forward passes in training mode. Logits may carry leading
     dimensions (several heads trained at once): the loss then has them too."""
-
-    uses_env: ClassVar[bool] = True
 
     def __init__(self, penalty_weight: float = 1.0, anneal_steps: int = 0) -> None:
         super().__init__()
@@ -90,6 +105,9 @@ class EnvironmentObjective(Objective):
         self.anneal_steps = int(anneal_steps)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)
         self.divisor = 1.0
+
+    def prepare(self, data: Split, targets: Batch, *, augmented: bool) -> Batch:
+        return with_environments(self, data, super().prepare(data, targets, augmented=augmented))
 
     def weight(self) -> float:
         return self.penalty_weight if int(self.step) >= self.anneal_steps else 1.0

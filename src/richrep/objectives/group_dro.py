@@ -5,14 +5,17 @@ weight moves to the worst group. Groups are the environments (DomainBed's choice
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
-from richrep.objectives.environments import env_index, env_risks
+from richrep.objectives.environments import env_index, env_risks, with_environments
 from richrep.plugins import OBJECTIVES
+
+if TYPE_CHECKING:
+    from richrep.data import Split
 
 
 def dro_update(q: torch.Tensor, risks: torch.Tensor, eta: float) -> torch.Tensor:
@@ -25,14 +28,15 @@ def dro_update(q: torch.Tensor, risks: torch.Tensor, eta: float) -> torch.Tensor
 class GroupDRO(Objective):
     """Σ_g q_g R_g with ``q_g ∝ q_g exp(eta R_g)`` updated at every training step."""
 
-    uses_env = True
-
     def __init__(self, eta: float = 0.01, by: Literal["env", "groups"] = "env") -> None:
         super().__init__()
         if eta <= 0:
             raise ConfigError(f"group_dro: eta must be positive, got {eta}")
         self.eta, self.by = float(eta), by
         self.q: dict[int, torch.Tensor] = {}  # group id -> weight (per head), groups seen so far
+
+    def prepare(self, data: Split, targets: Batch, *, augmented: bool) -> Batch:
+        return with_environments(self, data, super().prepare(data, targets, augmented=augmented))
 
     def forward(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         key = "env" if self.by == "env" else "groups"
@@ -58,7 +62,8 @@ class GroupDROSets(Objective):
     each earlier round got right and those it got wrong. A set absent from a batch keeps its
     weight and adds nothing."""
 
-    needs = ("group_masks",)
+    def needs(self) -> tuple[str, ...]:
+        return ("group_masks",)
 
     def __init__(self, eta: float = 0.01) -> None:
         super().__init__()

@@ -17,7 +17,8 @@ from richrep.plugins import OBJECTIVES
 class PseudoLabelHeads(Objective):
     """Σ_k weighted cross-entropy of head k against pseudo-label column k."""
 
-    needs = ("pseudo",)
+    def needs(self) -> tuple[str, ...]:
+        return ("pseudo",)
 
     def __init__(self, heads: int = 1) -> None:
         super().__init__()

@@ -6,23 +6,30 @@ other view's projection, the projection's gradient stopped:
     L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2,   D(p, z) = -cos(p, z),   z = g(f(x)), p = h(z).
 
 No labels, no negatives, no momentum encoder. The model's "logits" are ``[z, p]`` per example
-from :class:`SimSiamHead`, for the batch of both views (first view first); the epoch loop makes
-the views with ``training.augment`` (:attr:`Objective.views`). Without labels there is no
-training accuracy: a member trained so records the k-NN accuracy of its features on the
-validation split (:func:`knn_accuracy`, the monitor of Wu et al. 2018 that SimSiam reports).
+from :class:`SimSiamHead`, for the batch of both views (first view first), which
+:meth:`SimSiam.inputs` makes with ``training.augment``. Without labels there is no training
+accuracy: a member trained so is scored by the k-NN accuracy of its features on the validation
+split (:meth:`SimSiam.score`, :func:`knn_accuracy`, the monitor of Wu et al. 2018 that SimSiam
+reports).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from richrep.objectives.base import Batch, Objective
+from richrep.errors import ConfigError
+from richrep.objectives.base import Augment, Batch, Objective
 from richrep.plugins import OBJECTIVES
+from richrep.runtime.device import autocast
+from richrep.runtime.seeding import generator
+
+if TYPE_CHECKING:
+    from richrep.data import Split, Task
 
 Dim = Annotated[int, Field(ge=1, le=1 << 16)]
 
@@ -67,15 +74,36 @@ class SimSiam(Objective):
     ``dim``: projection width (the paper: 2048); ``pred_dim``: predictor bottleneck (512);
     ``layers``: projector depth (3 on ImageNet, 2 on CIFAR)."""
 
-    views = 2
-    labels = False
-    folds = False  # its head has batch norm: each model trains as its own module
+    views = 2  # augmented views of each example
 
     def __init__(
         self, dim: Dim = 2048, pred_dim: Dim = 512, layers: Annotated[int, Field(ge=1, le=4)] = 2
     ):
         super().__init__()
         self.dim, self.pred_dim, self.layers = int(dim), int(pred_dim), int(layers)
+
+    def folds(self) -> bool:
+        return False  # its head has batch norm: each model trains as its own module
+
+    def prepare(self, data: Split, targets: Batch, *, augmented: bool) -> Batch:
+        if not augmented:
+            raise ConfigError(
+                f"objective {type(self).__name__} compares {self.views} augmented views of each "
+                "image; set training.augment (e.g. [random_resized_crop, horizontal_flip])"
+            )
+        return super().prepare(data, targets, augmented=augmented)
+
+    def inputs(self, x: torch.Tensor, augment: Augment | None) -> torch.Tensor:
+        """The views of each example, one after the other along the batch."""
+        if augment is None:
+            raise ConfigError(f"objective {type(self).__name__} needs training.augment")
+        return torch.cat([augment(x, v) for v in range(self.views)], dim=1)
+
+    def score(
+        self, model: nn.Module, task: Task, device: torch.device, dtype: torch.dtype
+    ) -> tuple[float, str]:
+        """k-NN accuracy of the encoder's features on the validation split (no classifier)."""
+        return knn_validation(model, task, device, dtype), "knn"
 
     def make_head(self, feature_dim: int, classes: int) -> nn.Module:
         return SimSiamHead(feature_dim, self.dim, self.pred_dim, self.layers)
@@ -111,3 +139,33 @@ def knn_accuracy(
         votes = torch.zeros(len(q), classes).scatter_add_(1, bank_y[idx], (top / temperature).exp())
         correct += int((votes.argmax(1) == y).sum())
     return correct / max(len(query_y), 1)
+
+
+@torch.no_grad()
+def encode(
+    model: nn.Module, split: Split, device: torch.device, dtype: torch.dtype, batch: int = 1024
+) -> torch.Tensor:
+    """Features of ``model.encoder`` on ``split`` (eval mode, float32 on the CPU)."""
+    model.eval().to(device)
+    out = [torch.zeros(0, 0)]
+    for xb in split.x.split(batch):
+        with autocast(device, dtype):
+            out.append(model.encoder(xb.to(device)).float().cpu())
+    return torch.cat(out[1:]) if len(out) > 1 else out[0]
+
+
+def knn_validation(
+    model: nn.Module, task: Task, device: torch.device, dtype: torch.dtype, bank: int = 10_000
+) -> float:
+    """k-NN accuracy (k = 20, Wu et al. 2018) of the encoder's features on the validation split,
+    the bank a seeded sample of at most ``bank`` training examples: how a self-supervised
+    member is monitored (it has no classifier to score)."""
+    n = len(task.train)
+    idx = torch.randperm(n, generator=generator(0, "knn-bank"))[:bank].sort().values
+    train = task.train.subset(idx)
+    return knn_accuracy(
+        encode(model, train, device, dtype),
+        train.y,
+        encode(model, task.val, device, dtype),
+        task.val.y,
+    )

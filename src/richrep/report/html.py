@@ -43,7 +43,7 @@ from richrep.report.tables import (
     metrics,
 )
 from richrep.results import Row
-from richrep.store import write_atomic
+from richrep.store import RunStore, write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -192,7 +192,7 @@ def _figure(path: Path, caption_text: str) -> dict[str, str]:
 
 def render_html(data: ReportData, out_dir: Path) -> str:
     """Draw the plots under ``out_dir/plots`` and return the page."""
-    plots_dir = Path(out_dir) / "plots"
+    plots_dir = RunStore(Path(out_dir)).plots
     shown = table_rows(data.rows)  # an ood entry's accuracy: its worst environment
     comps = [build_comparison(shown, data.entries, m) for m in metrics(shown)]
     comps = [c for c in comps if c.rows]
@@ -283,7 +283,7 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
     """Write the plots under ``out_dir/plots/`` and ``out_dir/report.html`` (atomically)."""
     out_dir = Path(out_dir)
     page = render_html(data, out_dir)
-    path = out_dir / "report.html"
+    path = RunStore(out_dir).report
     write_atomic(path, page.encode("utf-8"))
     return path
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from richrep.data.splits import rng
-from richrep.plugins import MEMBERS, column_label, load_plugins
+from richrep.errors import ConfigError
+from richrep.plugins import FLOORS, MEMBERS, column_label, load_plugins
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,39 @@ def is_representation(kind: str) -> bool:
     return bool(MEMBERS.meta(kind, "representation", True))
 
 
+@runtime_checkable
+class Floor(Protocol):
+    """What a floor (``FLOORS``) is: it plans its representations from the run's trained seeds
+    (``ctx``: facts of the run, e.g. ``input_dim``) and names the encoders (parts) it introduces.
+    Structural: a plug-in implements it without subclassing."""
+
+    def representations(
+        self, singles: Sequence[Trained], ctx: Mapping[str, Any]
+    ) -> list[Representation]: ...
+
+
+def build_floors(specs: Sequence[Any]) -> list[Floor]:
+    """The floors of ``evaluation.floors`` (specs with ``name`` and ``params``) built; a clear
+    error naming the entry when a registered floor has no ``representations`` method."""
+    out = []
+    for i, spec in enumerate(specs):
+        where = f"evaluation.floors[{i}]"
+        floor = FLOORS.build(spec.name, where=where, **spec.params)
+        if not isinstance(floor, Floor):
+            raise ConfigError(
+                f"{where}: floor {spec.name!r} ({type(floor).__name__}) has no "
+                f"representations(singles, ctx) method"
+            )
+        out.append(floor)
+    return out
+
+
 def plan_representations(
     trained: Sequence[Trained],
     *,
     subsets: int,
     seed: int = 0,
-    floors: Sequence[Any] = (),
+    floors: Sequence[Floor] = (),
     floor_context: Mapping[str, Any] | None = None,
 ) -> list[Representation]:
     """Every representation of a run: floors, each single, catK subsets for K = 2..N, then one

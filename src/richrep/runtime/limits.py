@@ -3,9 +3,9 @@
 Two kinds:
 
 * **bounded by nature** -- ``runtime.threads`` above the cores this process may use is clamped
-  to them with a warning where threads are set (``training.device.set_threads``: both engines
-  plan their work units for the clamped number, so their weights stay the same; ``runtime`` is
-  not part of the run's identity); ``evaluation.subsets`` above the number of distinct seed
+  to them with a warning when the local engine or a stage resolves its budget
+  (``ThreadBudget.resolve``; the Ray engine plans for the count as set, since its nodes bound
+  it; ``runtime`` is not part of the run's identity); ``evaluation.subsets`` above the number of distinct seed
   subsets there are is refused when the experiment is validated.
 * **bounded by cost** -- estimated before the work starts (``richrep.stages.budget``) and
   refused above the sizes below unless the user says so (``--yes``, ``yes=True``).

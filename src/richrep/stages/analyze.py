@@ -53,7 +53,7 @@ def analyze(
     a = [feats.part(t.name, data) for t in trained]
     r = [feats.part(f"random-{t.name}", data) for t in trained]
     log(f"analysis on {len(data)} {split} examples of {task.name}, {len(trained)} seeds")
-    shas = {t.name: run.ledger.status(t.name).meta.get("sha256", "") for t in trained}
+    shas = {t.name: run.checkpoint_sha(t.name) for t in trained}
     summary = compare_seeds(
         a,
         r,
@@ -66,7 +66,7 @@ def analyze(
         split=split,
         seeds=[t.seed for t in trained],
     )
-    write_json(run.store.root / "analysis" / "summary.json", summary)
+    write_json(run.store.analysis, summary)
     for w in summary.get("warnings", []):
         log(f"WARNING: {w}")
     return summary

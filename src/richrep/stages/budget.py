@@ -71,9 +71,10 @@ def check_training(run: Run) -> None:
     the members not yet trained)."""
     exp = run.exp
     imported = isinstance(exp.training.seeds, Checkpoints)
-    status = run.statuses()
-    todo = [
-        m for m in run.members if not status[m.name].ok and not (imported and m.kind == "single")
+    todo = [  # read without verifying: the train stage verifies (and reports) each checkpoint
+        m
+        for m in run.members
+        if not run.ledger.looks_finished(m.name) and not (imported and m.kind == "single")
     ]
     if not todo:
         return

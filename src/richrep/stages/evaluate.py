@@ -21,7 +21,7 @@ from richrep.errors import StoreError
 from richrep.evaluation import stored
 from richrep.evaluation.protocols import Context, check_entries, protocol_of
 from richrep.plugins import PROTOCOLS
-from richrep.representations import Representation
+from richrep.representations import Representation, build_floors
 from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import Row
 from richrep.run import Run
@@ -37,14 +37,15 @@ Progress = Callable[[str, int, int], None]
 
 def preflight(run: Run, entries: Sequence[SuiteEntry] | None = None) -> None:
     """Build every target (default: of the run's entries) on a miniature of the data (and check
-    each protocol's needs), so a bad class list, a shift that does not fit, a dataset whose
-    inputs do not fit the encoders or a robustness target with other classes fails before any
-    training starts."""
+    each protocol's needs) and every floor, so a bad class list, a shift that does not fit, a
+    dataset whose inputs do not fit the encoders, a robustness target with other classes or a
+    protocol or floor plug-in without its method fails before any training starts."""
     entries = run.suite if entries is None else entries
     mini = run.base_task.miniature()
     source = apply_shifts(mini, [s.as_tuple() for s in run.exp.data.source], where="data.source")
     targets = [run.target(e, base=mini) for e in entries]
     check_entries(entries, source, targets)
+    build_floors(run.exp.evaluation.floors)
 
 
 def check_members(run: Run, allow_missing: bool = False) -> dict[str, Status]:
@@ -132,16 +133,7 @@ def _evaluate(
                 log(f"{entry.name}: {e}; moved to {quarantine(path, str(e))}, evaluating again")
         pending.append((entry, path))
     if pending:
-        ctx = Context(
-            run.featurizer,
-            run.source_task,
-            exp.evaluation.probe,
-            exp.seed,
-            run=exp.run_id(),
-            device=str(run.device),
-            owner=run,
-            representations=reps,
-        )
+        ctx = run.context(reps)
 
         def one(item: tuple[SuiteEntry, Path]) -> None:
             evaluate_entry(run, ctx, reps, *item, log=log, progress=progress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from richrep.analysis.advise import advise
 from richrep.analysis.advise_text import advice_lines, verdict
@@ -30,14 +31,13 @@ def report_data(run: Run) -> ReportData:
         warnings += sorted({str(r.extra["warning"]) for r in mine if r.extra.get("warning")})
     if left := stored.left_out(run.store.results_dir, {e.name for e in suite}):
         warnings.append(stored.left_out_message(left, run.store.root))
-    analysis_path = run.store.root / "analysis" / "summary.json"
     analysis = None
-    if analysis_path.exists():
+    if run.store.analysis.exists():
         try:
-            analysis = read_json(analysis_path)
+            analysis = read_json(run.store.analysis)
         except StoreError as e:
             warnings.append(f"the seed analysis could not be read: {e}")
-    members = run.members_info()
+    members = members_info(run)
     for m in members:
         if m["status"] not in ("finished", "failed"):
             warnings.append(
@@ -64,7 +64,7 @@ def report_data(run: Run) -> ReportData:
                 advice.append({"verdict": verdict(a), "lines": advice_lines(a)[1:]})
     except RichrepError as e:
         warnings.append(f"no advice: {e}")
-    config = run.store.root / "config.yaml"
+    config = run.store.config
     return ReportData(
         name=exp.name,
         run_id=run.store.root.name,
@@ -76,10 +76,36 @@ def report_data(run: Run) -> ReportData:
         members=members,
         analysis=analysis,
         config_text=config.read_text() if config.exists() else "",
-        env=run.env(),
+        env=run.store.read_env(),
         warnings=warnings,
         advice=advice,
     )
+
+
+def members_info(run: Run) -> list[dict[str, Any]]:
+    """Each planned member's state and training record."""
+    out = []
+    for m in run.members:
+        s = run.ledger.status(m.name)
+        meta = s.meta
+        out.append(
+            {
+                "name": m.name,
+                "kind": m.kind,
+                "k": m.k,
+                "seed": m.seed,
+                "status": s.state.value,
+                "error": s.error,
+                "encoder_params": meta.get("encoder_params"),
+                "feature_dim": meta.get("feature_dim"),
+                "val_acc": meta.get("val_acc"),
+                "train_seconds": meta.get("train_seconds"),
+                "precision": meta.get("precision"),
+                "device": meta.get("device"),
+                "history": meta.get("history", []),
+            }
+        )
+    return out
 
 
 def _chance(run: Run, entry) -> float:  # noqa: ANN001

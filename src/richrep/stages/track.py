@@ -41,6 +41,7 @@ from richrep.report.tables import CELL_KEYS
 from richrep.results.stats import aggregate
 from richrep.run import Run
 from richrep.stages.evaluate import read_results
+from richrep.stages.report import members_info
 from richrep.stages.trackers import Record, Tracker
 from richrep.store import read_json, write_json
 
@@ -85,7 +86,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 def curve_metrics(run: Run) -> list[tuple[str, float, int]]:
     """Each member's training history, one metric per recorded number, step = epoch."""
     out = []
-    for m in run.members_info():
+    for m in members_info(run):
         history = m.get("history") if isinstance(m.get("history"), list) else []
         for i, h in enumerate(history):
             if not isinstance(h, dict):
@@ -137,7 +138,7 @@ def _parents(name: str) -> list[str]:
 def gather(run: Run) -> Record:
     """What ``run`` logs to a tracker (see the module's docstring)."""
     root = run.store.root
-    env = run.env()
+    env = run.store.read_env()
     git = env.get("git") if isinstance(env.get("git"), dict) else {}
     rows = read_results(run)
     metrics = curve_metrics(run) + row_metrics(rows)
@@ -149,7 +150,8 @@ def gather(run: Run) -> Record:
                 f"{root}: metric {name!r} would sit under metric {parent!r}; "
                 f"rename the suite entry {name.split('/')[0]!r} to track this run"
             )
-    files = [root / "report.html", root / "config.yaml", root / "env.json", run.store.results]
+    store = run.store
+    files = [store.report, store.config, store.env, store.results]
     artifacts = [(p, "") for p in files if p.is_file()]
     if run.store.plots.is_dir():
         figures = sorted(p for p in run.store.plots.iterdir() if p.suffix in FIGURES)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from richrep.errors import ConfigError
 from richrep.plugins import ENGINES
 from richrep.run import Run
 from richrep.runtime.threads import ThreadBudget
 from richrep.stages.imports import import_checkpoints
 from richrep.store.ledger import State, Status
 from richrep.store.weightfiles import Checkpoints
+from richrep.training.engines import Engine
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
@@ -26,6 +28,11 @@ def train(
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
     spec = run.exp.runtime.engine
     engine = ENGINES.build(spec.name, where="runtime.engine", **spec.params)
+    if not isinstance(engine, Engine):
+        raise ConfigError(
+            f"runtime.engine: engine {spec.name!r} ({type(engine).__name__}) has no "
+            f"train(exp, task, members, store, progress) method"
+        )
     imported = isinstance(run.exp.training.seeds, Checkpoints)
     for m in run.members:  # a corrupt checkpoint goes to quarantine/ here
         s = run.ledger.status(m.name)

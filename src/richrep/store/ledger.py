@@ -72,6 +72,11 @@ class Ledger:
         return self.store.checkpoints / f"{member}.worker"
 
     # -- states ---------------------------------------------------------------------------
+    def looks_finished(self, member: str) -> bool:
+        """Whether ``member`` has a finished checkpoint and its sidecar, neither verified nor
+        moved (an estimate of the work left; :meth:`status` is the verdict)."""
+        return self.final(member).exists() and sidecar(self.final(member)).exists()
+
     def status(self, member: str) -> Status:
         """The member's state; a finished checkpoint is verified (sha256) on the way, and one
         that fails (or has no sidecar) is moved to quarantine/ and reported as corrupt."""

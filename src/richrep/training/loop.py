@@ -1,6 +1,10 @@
-"""The one epoch loop: every strategy trains its models through :func:`train_unit`.
+"""The one training loop: every strategy, fine-tuning and the ``ood`` protocol's networks
+train through :class:`Loop` — a batch source (:mod:`~richrep.training.batches`), a step
+(:mod:`~richrep.training.step`: forward, objectives, backward, optimizer at the scheduled
+learning rate) and hooks around steps and after each epoch (:mod:`~richrep.training.hooks`:
+progress, checkpoints, validation with the best epoch kept, evaluation every N steps).
 
-A unit is one model, or several of one architecture folded into a
+:func:`train_unit` trains a unit: one model, or several of one architecture folded into a
 :class:`~richrep.training.fused.FusedClassifier` (``fused=True``). For each model ``k``: epoch
 ``e`` visits the data in ``epoch_order(seeds[k], e, n)`` in batches of ``cfg.batch_size`` (last
 partial batch kept), the learning rate follows ``lr_at`` per step, its optimizer updates its
@@ -15,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +28,30 @@ import torch
 from torch import nn
 
 from richrep.config import TrainingConfig
-from richrep.data import Split, Task
+from richrep.data import Split
 from richrep.data.augment import build_augment
-from richrep.data.images import is_lazy, stream
 from richrep.errors import ConfigError, StoreError, TrainingError
-from richrep.objectives import CrossEntropy, Objective
-from richrep.objectives.simsiam import knn_accuracy
-from richrep.runtime.device import autocast
-from richrep.runtime.seeding import generator
+from richrep.objectives import Batch, CrossEntropy, Objective
+from richrep.objectives.base import Augment, accuracy
 from richrep.store import remove
-from richrep.training.checkpoint import load_checkpoint, save_checkpoint
-from richrep.training.fused import FusedClassifier, fuse_optimizer_state, unfuse_optimizer_state
+from richrep.training.batches import Batches, EpochOrder, Rows, augment_batches, epoch_order
+from richrep.training.checkpoint import load_checkpoint
+from richrep.training.hooks import Checkpoints, Hook, Progress, UnitProgress
+from richrep.training.step import Step, lr_at, make_optimizer, uses_channels_last
 
-UnitProgress = Callable[[int, int, int], None]  # (model index, steps done, steps total)
+__all__ = [
+    "Loop",
+    "UnitProgress",
+    "accuracy",
+    "epoch_order",
+    "lr_at",
+    "make_optimizer",
+    "train_member",
+    "train_unit",
+    "uses_channels_last",
+]
 
-
-def make_optimizer(
-    model: nn.Module | Iterable[nn.Parameter], cfg: TrainingConfig
-) -> torch.optim.Optimizer:
-    """The optimizer ``cfg`` asks for over a model's parameters (or an iterable of them)."""
-    params = model.parameters() if isinstance(model, nn.Module) else model
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def nonfinite_message(member: str, seed: int, loss: float, epoch: int) -> str:
@@ -55,20 +59,6 @@ def nonfinite_message(member: str, seed: int, loss: float, epoch: int) -> str:
         f"member {member or '?'} (seed {seed}): the training loss became {loss} in epoch "
         f"{epoch + 1}; lower training.lr or check the data"
     )
-
-
-def lr_at(step: int, total: int, cfg: TrainingConfig) -> float:
-    if cfg.schedule == "constant":
-        return cfg.lr
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * step / max(total, 1)))
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
-    return torch.randperm(n, generator=generator(seed, "order", epoch))
-
-
-def uses_channels_last(model: nn.Module, x: torch.Tensor) -> bool:
-    return x.ndim == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def resume(model: nn.Module, cfg: TrainingConfig, path: Path | None):  # noqa: ANN201
@@ -85,6 +75,151 @@ def resume(model: nn.Module, cfg: TrainingConfig, path: Path | None):  # noqa: A
         remove(path)  # richrep's own resume point, bad: drop it and restart
         model.load_state_dict(initial)
         return 0, [], make_optimizer(model, cfg)
+
+
+class Loop:
+    """Train ``step.models[k]`` from epoch ``starts[k]`` (default 0) to ``epochs`` on the
+    batches of ``batches`` (model ``k``'s drawn with ``seeds[k]``): each batch gathers the labels
+    ``y`` and model ``k``'s per-example ``targets[k]`` at its rows; ``lr(at, total)`` is the
+    learning rate of step ``at``; ``augment`` (if any) augments each model's examples with its
+    own generator per (seed, epoch, step, view), the objective choosing the views
+    (:meth:`~richrep.objectives.Objective.inputs`). After each epoch, a model with a finite
+    mean loss gets a history entry (``histories[k]``) and the hooks' ``end_epoch``; one with a
+    non-finite loss is recorded in ``failed[k] = (epoch, loss)`` and trains no further."""
+
+    def __init__(
+        self,
+        step: Step,
+        batches: Batches,
+        y: torch.Tensor,
+        targets: Sequence[Batch],
+        seeds: Sequence[int],
+        *,
+        epochs: int,
+        lr: Callable[[int, int], float],
+        hooks: Sequence[Hook] = (),
+        augment: Augmentation | None = None,
+        starts: Sequence[int] | None = None,
+        histories: Sequence[list[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.step, self.batches, self.y = step, batches, y
+        self.targets, self.seeds = list(targets), list(seeds)
+        self.epochs, self.lr, self.hooks, self.augment = epochs, lr, list(hooks), augment
+        k = len(self.seeds)
+        self.starts = list(starts) if starts is not None else [0] * k
+        self.histories = [list(h) for h in histories] if histories else [[] for _ in range(k)]
+        self.failed: dict[int, tuple[int, float]] = {}
+        self.steps: int = batches.steps
+        self.total = epochs * self.steps
+
+    def run(self) -> None:
+        for h in self.hooks:
+            h.begin(self)
+        for epoch in range(min(self.starts, default=self.epochs), self.epochs):
+            active = [
+                j
+                for j in range(len(self.seeds))
+                if self.starts[j] <= epoch and j not in self.failed
+            ]
+            if active:
+                self.epoch(epoch, active)
+        self.step.close()
+
+    def epoch(self, epoch: int, active: list[int]) -> None:
+        t0 = time.perf_counter()
+        self.step.begin(active)
+        seeds = [self.seeds[j] for j in active]
+        device = self.step.device
+        loss_sum = torch.zeros(len(active), device=device)
+        correct = torch.zeros(len(active), device=device, dtype=torch.long)
+        seen = 0
+        for s, (rows, xs) in enumerate(self.batches.epoch(seeds, epoch)):
+            size = xs.shape[1]
+            augment = None
+            if self.augment is not None:
+                augment = partial(_views, self.augment, seeds=seeds, epoch=epoch, step=s)
+            losses, right = self.train_step(epoch * self.steps + s, rows, xs, augment)
+            loss_sum += losses.float() * size
+            correct += right
+            seen += size
+        self.step.end()
+        seconds = time.perf_counter() - t0
+        mean_losses, accs = (loss_sum / seen).tolist(), (correct.double() / seen).tolist()
+        for a, j in enumerate(active):
+            if not math.isfinite(mean_losses[a]):
+                self.failed[j] = (epoch, mean_losses[a])
+                continue
+            record = {
+                "epoch": epoch + 1,
+                "loss": mean_losses[a],
+                "train_acc": accs[a],
+                "seconds": seconds,
+            }
+            self.histories[j].append(record)
+            for h in self.hooks:
+                h.end_epoch(self, j, record)
+
+    def train_step(
+        self, at: int, rows: Rows, xs: torch.Tensor, augment: Augment | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on the examples ``rows`` (per active model) with inputs ``xs``: (losses,
+        correct predictions) of the active models."""
+        for h in self.hooks:
+            h.before_step(self, at)
+        active = self.step.active
+        ys = [self.y[r] for r in rows]
+        batches = [
+            {"y": ys[a], **{name: t[rows[a]] for name, t in self.targets[j].items()}}
+            for a, j in enumerate(active)
+        ]
+        losses, logits = self.step(self.step.inputs(xs, augment), batches, self.lr(at, self.total))
+        with torch.no_grad():
+            right = torch.stack(
+                [
+                    (self.step.objectives[j].predict(logits[a]) == ys[a]).sum()
+                    for a, j in enumerate(active)
+                ]
+            )
+        for h in self.hooks:
+            h.after_step(self, at, losses)
+        return losses, right
+
+
+def _views(
+    augment: Augmentation, xs: torch.Tensor, view: int, *, seeds: list[int], epoch: int, step: int
+) -> torch.Tensor:
+    return augment_batches(augment, xs, seeds, epoch, step, view)
+
+
+def _per_model(
+    k: int,
+    seeds: Sequence[int],
+    objectives: Sequence[Objective] | None,
+    targets: Sequence[Batch] | None,
+    paths: Sequence[Path | None] | None,
+    names: Sequence[str] | None,
+) -> tuple[list[Objective], list[Batch], list[Path | None], list[str]]:
+    """Each model's objective (default cross-entropy), targets, checkpoint path and name."""
+    out = (
+        list(objectives) if objectives is not None else [CrossEntropy() for _ in range(k)],
+        list(targets) if targets is not None else [{} for _ in range(k)],
+        list(paths) if paths is not None else [None] * k,
+        list(names) if names is not None else [""] * k,
+    )
+    if not all(len(x) == k for x in (seeds, *out)):
+        raise ConfigError(
+            "train_unit: seeds, objectives, targets, paths and names need one per model"
+        )
+    return out
+
+
+def _prepared(
+    objective: Objective, train: Split, targets: Batch, augmented: bool, name: str
+) -> Batch:
+    try:
+        return objective.prepare(train, targets, augmented=augmented)
+    except ConfigError as e:
+        raise ConfigError(f"{name or 'model'}: {e}") from None
 
 
 def train_unit(
@@ -113,185 +248,51 @@ def train_unit(
     k = len(models)
     if not fused and k != 1:
         raise ConfigError(f"train_unit: {k} models need fused=True")
-    objs = list(objectives) if objectives is not None else [CrossEntropy() for _ in models]
-    tgts = list(targets) if targets is not None else [{} for _ in models]
-    paths = list(partial_paths) if partial_paths is not None else [None] * k
-    labels = list(names) if names is not None else [""] * k
-    if not (len(seeds) == len(objs) == len(tgts) == len(paths) == len(labels) == k):
-        raise ConfigError(
-            "train_unit: seeds, objectives, targets, paths and names need one per model"
-        )
-    if fused and not all(o.folds for o in objs):
+    objs, tgts, paths, labels = _per_model(k, seeds, objectives, targets, partial_paths, names)
+    if fused and not all(o.folds() for o in objs):
         raise ConfigError("train_unit: these objectives cannot train fused models")
-    for j, o in enumerate(objs):
-        missing = [t for t in o.needs if t not in tgts[j]]
-        if missing:
-            raise ConfigError(f"train_unit: {labels[j] or 'model'} needs targets {missing}")
+    augment = build_augment(cfg.augment) if cfg.augment else None
     tgts = [
-        data_targets(o, train, tg, labels[j])
+        _prepared(o, train, tg, augment is not None, labels[j])
         for j, (o, tg) in enumerate(zip(objs, tgts, strict=True))
     ]
     models = [m.to(device) for m in models]
-    starts, histories, opts = [0] * k, [[] for _ in range(k)], []
-    for j, m in enumerate(models):
-        starts[j], histories[j], opt_j = resume(m, cfg, paths[j])
-        opts.append(opt_j)
-    failed: dict[int, str] = {}
-    lazy = is_lazy(train.x)  # streamed images: decoded by worker processes, batch by batch
-    x_all, y_all = train.x if lazy else train.x.to(device), train.y.to(device)
-    tgts = [{name: t.to(device) for name, t in tg.items()} for tg in tgts]
-    n, bs = len(train), cfg.batch_size
-    steps = math.ceil(n / bs)
-    total = cfg.epochs * steps
-    if on_step:
-        for j in range(k):
-            on_step(j, starts[j] * steps, total)
-    channels_last = uses_channels_last(models[0], x_all)
-    augment = build_augment(cfg.augment) if cfg.augment else None
-    views = max(o.views for o in objs)
-    if views > 1 and augment is None:
-        raise ConfigError(
-            f"{labels[0] or 'model'}: objective {type(objs[0]).__name__} compares {views} "
-            "augmented views of each image; set training.augment (e.g. "
-            "[random_resized_crop, horizontal_flip])"
-        )
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last and not fused:
-        models[0].to(memory_format=torch.channels_last)
-    # fp16 autocast (GPUs without bf16) needs loss scaling; bf16 and fp32 do not (a no-op)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    for epoch in range(min(starts), cfg.epochs):
-        active = [j for j in range(k) if starts[j] <= epoch and j not in failed]
-        if not active:
-            continue
-        t0 = time.perf_counter()
-        if fused:
-            module: nn.Module = FusedClassifier([models[j] for j in active]).to(device)
-            if channels_last:
-                module.to(memory_format=torch.channels_last)
-            opt = make_optimizer(module.parameters(), cfg)
-            fuse_optimizer_state(module, opt, [opts[j] for j in active])
-        else:
-            module, opt = models[0], opts[0]
-        module.train()
-        orders = torch.stack([epoch_order(seeds[j], epoch, n) for j in active]).to(device)
-        seeds_active = [seeds[j] for j in active]
-        if lazy:
-            xs_stream = stream(
-                x_all, list(orders.cpu().split(bs, dim=1)), pin_memory=device.type == "cuda"
-            )
-        loss_sum = torch.zeros(len(active), device=device)
-        correct = torch.zeros(len(active), device=device, dtype=torch.long)
-        for s in range(steps):
-            batch = orders[:, s * bs : (s + 1) * bs]
-            yb = y_all[batch]
-            xs = next(xs_stream).to(device, non_blocking=True) if lazy else x_all[batch]
-            if views > 1:  # e.g. SimSiam: the views of one example, one after the other
-                xs = torch.cat(
-                    [augment_batches(augment, xs, seeds_active, epoch, s, v) for v in range(views)],
-                    dim=1,
-                )
-            elif augment is not None:
-                xs = augment_batches(augment, xs, seeds_active, epoch, s)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * steps + s, total, cfg)
-            with autocast(device, dtype):
-                if fused:
-                    logits = module.body(module.fold(module.standardize(xs), fmt))
-                else:
-                    xb = xs[0]
-                    if channels_last:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    logits = module(xb).unsqueeze(0)
-                losses = torch.stack(
-                    [
-                        objs[j](logits[a], _batch(yb[a], tgts[j], batch[a]))
-                        for a, j in enumerate(active)
-                    ]
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(losses.sum()).backward()  # fp16: scaled against underflow
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += losses.detach().float() * batch.shape[1]
-            with torch.no_grad():
-                correct += torch.stack(
-                    [
-                        (objs[j].predict(logits[a].detach()) == yb[a]).sum()
-                        for a, j in enumerate(active)
-                    ]
-                )
-            if on_step:
-                for j in active:
-                    on_step(j, epoch * steps + s + 1, total)
-        if fused:
-            module.unfuse([models[j] for j in active])
-            unfuse_optimizer_state(module, opt, [opts[j] for j in active])
-        seconds = time.perf_counter() - t0
-        mean_losses, accs = (loss_sum / n).tolist(), (correct.double() / n).tolist()
-        for a, j in enumerate(active):
-            if not math.isfinite(mean_losses[a]):
-                failed[j] = nonfinite_message(labels[j], seeds[j], mean_losses[a], epoch)
-                continue
-            histories[j].append(
-                {
-                    "epoch": epoch + 1,
-                    "loss": mean_losses[a],
-                    "train_acc": accs[a],
-                    "seconds": seconds,
-                }
-            )
-            if paths[j] is not None:
-                save_checkpoint(paths[j], models[j], opts[j], epoch=epoch + 1, history=histories[j])
-    if channels_last and not fused:
-        models[0].to(memory_format=torch.contiguous_format)
+    resumed = [resume(m, cfg, p) for m, p in zip(models, paths, strict=True)]
+    starts, histories, opts = ([r[i] for r in resumed] for i in range(3))
+    batches = EpochOrder(train, cfg.batch_size, device)
+    step = Step(
+        models,
+        opts,
+        objs,
+        device=device,
+        dtype=dtype,
+        fused=fused,
+        channels_last=uses_channels_last(models[0], batches.x),
+        cfg=cfg,
+    )
+    loop = Loop(
+        step,
+        batches,
+        train.y.to(device),
+        [{name: t.to(device) for name, t in tg.items()} for tg in tgts],
+        seeds,
+        epochs=cfg.epochs,
+        lr=partial(lr_at, cfg=cfg),
+        hooks=[Checkpoints(paths), *([Progress(on_step)] if on_step else [])],
+        augment=augment,
+        starts=starts,
+        histories=histories,
+    )
+    loop.run()
     out = []
     for j in range(k):
-        r: dict[str, Any] = {"history": histories[j]}
-        if j in failed:
-            r["failed"] = failed[j]
+        r: dict[str, Any] = {"history": loop.histories[j]}
+        if j in loop.failed:
+            r["failed"] = nonfinite_message(
+                labels[j], seeds[j], loop.failed[j][1], loop.failed[j][0]
+            )
         out.append(r)
     return out
-
-
-def augment_batches(
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
-    xs: torch.Tensor,
-    seeds: Sequence[int],
-    epoch: int,
-    step: int,
-    view: int = 0,
-) -> torch.Tensor:
-    """Each model's batch ``xs[a]`` augmented with its own generator, seeded from (its seed,
-    epoch, step, and the view after the first): the same augmentation whether the model trains
-    alone or fused."""
-    salt = (epoch, step) if view == 0 else (epoch, step, "view", view)
-    return torch.stack(
-        [augment(xs[a], generator(seed, "augment", *salt)) for a, seed in enumerate(seeds)]
-    )
-
-
-def data_targets(
-    objective: Objective, train: Split, targets: dict[str, torch.Tensor], name: str
-) -> dict[str, torch.Tensor]:
-    """``targets`` plus the data's environments and groups for an objective that reads them."""
-    if not objective.uses_env:
-        return targets
-    if train.env is None:
-        raise ConfigError(
-            f"{name or 'model'}: objective {type(objective).__name__} needs environments, and "
-            f"the training data has none (use a dataset with environments, e.g. colored_*)"
-        )
-    out = {**targets, "env": train.env}
-    if train.groups is not None:
-        out["groups"] = train.groups
-    return out
-
-
-def _batch(
-    y: torch.Tensor, targets: dict[str, torch.Tensor], idx: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    return {"y": y, **{name: t[idx] for name, t in targets.items()}}
 
 
 def train_member(
@@ -326,52 +327,3 @@ def train_member(
     if "failed" in out:
         raise TrainingError(out["failed"])
     return out
-
-
-@torch.no_grad()
-def accuracy(
-    model: nn.Module,
-    split: Split,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch: int = 2048,
-    objective: Objective | None = None,
-) -> float:
-    """Accuracy of ``model`` on ``split`` (predictions through ``objective.predict``)."""
-    objective = objective or CrossEntropy()
-    model.eval().to(device)
-    correct = 0
-    for xb, yb in zip(split.x.split(batch), split.y.split(batch), strict=True):
-        with autocast(device, dtype):
-            correct += int((objective.predict(model(xb.to(device))).cpu() == yb).sum())
-    return correct / max(len(split), 1)
-
-
-@torch.no_grad()
-def encode(
-    model: nn.Module, split: Split, device: torch.device, dtype: torch.dtype, batch: int = 1024
-) -> torch.Tensor:
-    """Features of ``model.encoder`` on ``split`` (eval mode, float32 on the CPU)."""
-    model.eval().to(device)
-    out = [torch.zeros(0, 0)]
-    for xb in split.x.split(batch):
-        with autocast(device, dtype):
-            out.append(model.encoder(xb.to(device)).float().cpu())
-    return torch.cat(out[1:]) if len(out) > 1 else out[0]
-
-
-def knn_validation(
-    model: nn.Module, task: Task, device: torch.device, dtype: torch.dtype, bank: int = 10_000
-) -> float:
-    """k-NN accuracy (k = 20, Wu et al. 2018) of the encoder's features on the validation split,
-    the bank a seeded sample of at most ``bank`` training examples: how a self-supervised
-    member is monitored (it has no classifier to score)."""
-    n = len(task.train)
-    idx = torch.randperm(n, generator=generator(0, "knn-bank"))[:bank].sort().values
-    train = task.train.subset(idx)
-    return knn_accuracy(
-        encode(model, train, device, dtype),
-        train.y,
-        encode(model, task.val, device, dtype),
-        task.val.y,
-    )

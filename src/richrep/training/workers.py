@@ -125,8 +125,6 @@ def train_group(
     retrains some members of a group passes the units planned for the whole group, so each
     member keeps the arithmetic it was first trained with."""
     k = len(models)
-    if len(seeds) != k:
-        raise ConfigError(f"train_group: {k} models but {len(seeds)} seeds")
     group = _Group(
         train,
         cfg,
@@ -139,21 +137,12 @@ def train_group(
         list(partial_paths) if partial_paths is not None else [None] * k,
         list(members) if members is not None else [""] * k,
     )
-    if not (
-        len(group.objectives) == len(group.targets) == len(group.paths) == len(group.names) == k
-    ):
-        raise ConfigError(
-            "train_group: objectives, targets, partial_paths and members need one per model"
-        )
-    if strategy != "auto" and strategy not in STRATEGIES:
-        raise ConfigError(
-            f"train_group: unknown strategy {strategy!r} (one of auto, {', '.join(STRATEGIES)})"
-        )
+    _check(group, strategy)
     if k == 0:
         return []
     if device.type == "cpu" and tune_allocator:
         tune_cpu_allocator()
-    folds = all(o.folds for o in group.objectives)
+    folds = all(o.folds() for o in group.objectives)
     if strategy == "auto":
         strategy = choose_strategy(models, device, budget, folds=folds)
     if strategy.startswith("fused") and not (folds and fusable(models)):
@@ -179,6 +168,23 @@ def train_group(
     for r in results:
         r["strategy"] = strategy
     return results
+
+
+def _check(group: _Group, strategy: str) -> None:
+    """One seed, objective, targets, path and name per model; a known strategy."""
+    k = len(group.models)
+    if len(group.seeds) != k:
+        raise ConfigError(f"train_group: {k} models but {len(group.seeds)} seeds")
+    if not (
+        len(group.objectives) == len(group.targets) == len(group.paths) == len(group.names) == k
+    ):
+        raise ConfigError(
+            "train_group: objectives, targets, partial_paths and members need one per model"
+        )
+    if strategy != "auto" and strategy not in STRATEGIES:
+        raise ConfigError(
+            f"train_group: unknown strategy {strategy!r} (one of auto, {', '.join(STRATEGIES)})"
+        )
 
 
 # --------------------------------------------------------------------------------------------

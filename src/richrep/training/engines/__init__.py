@@ -5,6 +5,7 @@ unfinished one into the run folder; :func:`train` dispatches to the one ``runtim
 names.
 """
 
-from richrep.training.engines.local import LocalEngine, Progress, train_local, work_units
+from richrep.training.engines.base import Engine, Progress
+from richrep.training.engines.local import LocalEngine, train_local, work_units
 
-__all__ = ["LocalEngine", "Progress", "train_local", "work_units"]
+__all__ = ["Engine", "LocalEngine", "Progress", "train_local", "work_units"]

@@ -22,11 +22,9 @@ from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore
 from richrep.store.ledger import Ledger, State, Status
 from richrep.training.checkpoint import load_checkpoint, save_checkpoint
-from richrep.training.loop import accuracy, knn_validation
+from richrep.training.engines.base import Progress
 from richrep.training.plan import Unit, choose_strategy, plan_units
 from richrep.training.workers import train_group
-
-Progress = Callable[[str, int, int], None]  # (member, done, total)
 
 
 def load_member(exp: Experiment, task: Task, member: Member, store: RunStore) -> Classifier:
@@ -71,7 +69,7 @@ def resolve_strategy(
         return exp.runtime.strategy
     kind = kind_of(group[0])
     models = [kind.build(m, exp, task) for m in group]
-    folds = kind.objective(group[0], exp).folds
+    folds = kind.objective(group[0], exp).folds()
     return choose_strategy(models, resolve_device(exp.runtime.device), budget, folds=folds)
 
 
@@ -110,16 +108,13 @@ def finalize(
     strategy: str,
 ) -> dict[str, Any]:
     """Save a trained member's final checkpoint with its metrics; drop its epoch checkpoint."""
-    objective = kind_of(member).objective(member, exp)
+    val, metric = kind_of(member).objective(member, exp).score(model, task, device, dtype)
     meta = {
         "member": member.to_dict(),
         "encoder_params": count_params(model.encoder),
         "feature_dim": model.encoder.feature_dim,
-        # a self-supervised member (no classifier) is scored by k-NN on its features
-        "val_acc": accuracy(model, task.val, device, dtype, objective=objective)
-        if objective.labels
-        else knn_validation(model, task, device, dtype),
-        "val_metric": "accuracy" if objective.labels else "knn",
+        "val_acc": val,  # the objective's score (a self-supervised one: k-NN on features)
+        "val_metric": metric,
         "history": history,
         "train_seconds": sum(h["seconds"] for h in history),
         "device": str(device),

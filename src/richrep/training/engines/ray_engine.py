@@ -219,25 +219,7 @@ class RayEngine:
         status, todo = sort_wave(wave, ledger, done, progress)
         if not todo:
             return status
-        if self.cpus_per_task is None and not self.gpus_per_task:
-            names = {m.name for m in todo}
-            units = []
-            for u in work_units(exp, task, wave, budget):
-                left = tuple(m for m in u.members if m.name in names)
-                if left:
-                    units.append(WorkUnit(left, u.strategy, u.threads))
-        else:  # tasks sized for a cluster: one member each
-            n = max(1, int(self.cpus_per_task or 1))
-            units = [WorkUnit((m,), "sequential", n) for m in todo]
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        biggest = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
-        need = max(u.threads for u in units)
-        if nodes and need > biggest:  # such a task would wait forever for a node
-            raise ConfigError(
-                f"runtime: a Ray task needs {need} CPUs but the largest Ray node has {biggest:g}; "
-                f"set runtime.threads (the thread budget the work units are planned for) or "
-                f"runtime.engine.ray.cpus_per_task to at most {biggest:g}"
-            )
+        units = self._units(ray, exp, task, wave, todo, budget)
         remote = ray.remote(_worker)
         task_ref = ray.put(task)
         exp_json = exp.model_dump(mode="json")
@@ -265,6 +247,58 @@ class RayEngine:
                 teachers,
             )
             pending[ref] = u
+        lost = self._collect(ray, pending, ledger, status, progress)
+        if lost:
+            listing = "; ".join(f"{k} ({v})" for k, v in lost.items())
+            raise TrainingError(
+                f"Ray lost {len(lost)} member(s) after {self.max_retries} retries: {listing}. "
+                f"Finished members are kept; rerun to resume the others."
+            )
+        return status
+
+    def _units(
+        self,
+        ray: Any,
+        exp: Experiment,
+        task: Task,
+        wave: Sequence[Member],
+        todo: list[Member],
+        budget: ThreadBudget,
+    ) -> list[WorkUnit]:
+        """The work units of the members ``todo`` of ``wave``: those the local engine plans
+        (bit-identical weights), or one member each for tasks sized for a cluster; a unit
+        needing more CPUs than any node has is a :class:`ConfigError`."""
+        if self.cpus_per_task is None and not self.gpus_per_task:
+            names = {m.name for m in todo}
+            units = []
+            for u in work_units(exp, task, wave, budget):
+                left = tuple(m for m in u.members if m.name in names)
+                if left:
+                    units.append(WorkUnit(left, u.strategy, u.threads))
+        else:  # tasks sized for a cluster: one member each
+            n = max(1, int(self.cpus_per_task or 1))
+            units = [WorkUnit((m,), "sequential", n) for m in todo]
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        biggest = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
+        need = max(u.threads for u in units)
+        if nodes and need > biggest:  # such a task would wait forever for a node
+            raise ConfigError(
+                f"runtime: a Ray task needs {need} CPUs but the largest Ray node has {biggest:g}; "
+                f"set runtime.threads (the thread budget the work units are planned for) or "
+                f"runtime.engine.ray.cpus_per_task to at most {biggest:g}"
+            )
+        return units
+
+    def _collect(
+        self,
+        ray: Any,
+        pending: dict[Any, WorkUnit],
+        ledger: Ledger,
+        status: dict[str, Status],
+        progress: Progress | None,
+    ) -> dict[str, str]:
+        """Record each unit's members as its task returns (into ``status``); return the members
+        lost with a task that died after all retries, with why."""
         lost: dict[str, str] = {}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -291,10 +325,4 @@ class RayEngine:
                     status[m.name] = ledger.status(m.name)
                 if progress:
                     progress(m.name, 1, 1)
-        if lost:
-            listing = "; ".join(f"{k} ({v})" for k, v in lost.items())
-            raise TrainingError(
-                f"Ray lost {len(lost)} member(s) after {self.max_retries} retries: {listing}. "
-                f"Finished members are kept; rerun to resume the others."
-            )
-        return status
+        return lost
