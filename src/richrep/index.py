@@ -80,8 +80,9 @@ def summarize_run(store: RunStore) -> dict[str, Any] | None:
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
-    rows = read_results(Run.open(store.root))
-    comp = build_comparison(rows, [e.name for e in exp.evaluation.suite])
+    run = Run.open(store.root)
+    rows = read_results(run)
+    comp = build_comparison(rows, [e.name for e in run.suite])
     headline = {}
     for label, h in comp.headline().items():
         gains = {k: v for k, v in h.items() if k.startswith("gain_")}

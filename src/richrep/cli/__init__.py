@@ -163,6 +163,7 @@ def results(
     Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
+    from richrep.evaluation.stored import left_out, left_out_message
     from richrep.registry import did_you_mean
     from richrep.report.ood_tables import (
         MEANING,
@@ -198,6 +199,8 @@ def results(
         note = derived_note(rows)
         if note:
             say(note, style="yellow", to=err)
+        if left := left_out(r.store.results_dir, {e.name for e in r.suite}):
+            say(left_out_message(left, r.store.root), style="yellow", to=err)
         if ood:
             names = ood_entries(rows)
             if not names:
@@ -209,7 +212,7 @@ def results(
                     print(ood_markdown(comp, rule))
                     print(f"\n_{MEANING}_\n")
             return
-        order = [e.name for e in r.exp.evaluation.suite]
+        order = [e.name for e in r.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
         for m in [metric] if metric else metrics(rows):
             comp = build_comparison(rows, order, metric=m)
@@ -224,6 +227,39 @@ def results(
 
 app.command("advise")(guarded(advise))
 app.add_typer(data_app, name="data")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
+    entry: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A suite entry in YAML or JSON (repeatable): '{name: mine, dataset: "
+            "npz, params: {path: mine.npz}, sizes: [10, all]}'."
+        ),
+    ] = None,
+    suite: Annotated[
+        Path | None, typer.Option(help="A file of entries: a list, or suite: [...]")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an extra entry of the same name.")] = False,
+    drop: Annotated[list[str] | None, typer.Option(help="Remove this extra entry.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Evaluate without missing members.")] = False,
+    yes: Annotated[bool, YES] = False,
+) -> None:
+    """Evaluate a run on more targets: the entries become the run's own (extra_entries.yaml,
+    kept when the experiment runs again), in results.jsonl, the report and `richrep results`."""
+    from richrep.config.entries import gather_entries
+    from richrep.pipeline import evaluate_entries
+
+    with guard(), progress_bar() as tick:
+        new = gather_entries(entry or [], [suite] if suite else [])
+        kw = {"replace": replace, "drop": drop, "allow_missing": allow_missing, "yes": yes}
+        r, names = evaluate_entries(run_dir, new, log=tick.log, progress=tick, **kw)
+    if names:
+        results(run_dir, entry=names)
+    else:
+        say(f"extra entries of {run_dir}: {', '.join(e.name for e in r.extra_entries) or 'none'}")
 
 
 @app.command()

@@ -14,15 +14,16 @@ from typing import Any
 
 import torch
 
-from richrep.config import Experiment, SuiteEntry, stable_hash
+from richrep.config import SuiteEntry
+from richrep.config.entries import merge_suite
 from richrep.data import Task, apply_shifts
-from richrep.data.checks import value_range_warning
 from richrep.errors import StoreError
+from richrep.evaluation import stored
 from richrep.evaluation.protocols import Context, check_entries, protocol_of
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation, build_floors
 from richrep.representations.floor_check import check_seeds, warn_below_floor
-from richrep.results import ROW_VERSION, Row
+from richrep.results import Row
 from richrep.run import Run
 from richrep.runtime.cpu_policy import threads_share_fast_matmul
 from richrep.runtime.threads import ThreadBudget
@@ -34,34 +35,17 @@ EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (representati
 Progress = Callable[[str, int, int], None]
 
 
-def preflight(run: Run) -> None:
-    """Build every target on a miniature of the data (and check each protocol's needs) and
-    every floor, so a bad class list, a shift that does not fit, a dataset whose inputs do not
-    fit the encoders, a robustness target with other classes or a protocol or floor plug-in
-    without its method fails before any training starts."""
+def preflight(run: Run, entries: Sequence[SuiteEntry] | None = None) -> None:
+    """Build every target (default: of the run's entries) on a miniature of the data (and check
+    each protocol's needs) and every floor, so a bad class list, a shift that does not fit, a
+    dataset whose inputs do not fit the encoders, a robustness target with other classes or a
+    protocol or floor plug-in without its method fails before any training starts."""
+    entries = run.suite if entries is None else entries
     mini = run.base_task.miniature()
     source = apply_shifts(mini, [s.as_tuple() for s in run.exp.data.source], where="data.source")
-    targets = [run.target(e, base=mini) for e in run.exp.evaluation.suite]
-    check_entries(run.exp.evaluation.suite, source, targets)
+    targets = [run.target(e, base=mini) for e in entries]
+    check_entries(entries, source, targets)
     build_floors(run.exp.evaluation.floors)
-
-
-def entry_hash(
-    exp: Experiment, entry: SuiteEntry, reps: Sequence[Representation], status: dict[str, Status]
-) -> str:
-    return stable_hash(
-        {
-            "entry": entry.model_dump(mode="json"),
-            "probe": exp.evaluation.probe.model_dump(mode="json"),
-            "reps": [r.id for r in reps],
-            "checkpoints": {
-                k: v.meta.get("sha256") if v.ok else v.state.value
-                for k, v in sorted(status.items())
-            },
-            "run": exp.run_id(),
-            "rows": ROW_VERSION,
-        }
-    )
 
 
 def check_members(run: Run, allow_missing: bool = False) -> dict[str, Status]:
@@ -93,8 +77,10 @@ def evaluate(
     log: Log = print,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    extras: Sequence[SuiteEntry] | None = None,
 ) -> list[Row]:
-    """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``.
+    """Evaluate every entry of the run (the experiment's suite, then its extra entries, or
+    ``extras`` in their place) not yet evaluated; gather all rows into ``results.jsonl``.
 
     Entries whose protocol works on features alone (registry meta ``parallel``: transfer,
     robustness, continual) are evaluated several at a time in threads (``runtime.eval_workers``),
@@ -104,11 +90,16 @@ def evaluate(
     The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
     with budget.applied():
-        return _evaluate(run, budget, log, progress, allow_missing)
+        return _evaluate(run, budget, log, progress, allow_missing, extras)
 
 
 def _evaluate(
-    run: Run, budget: ThreadBudget, log: Log, progress: Progress | None, allow_missing: bool
+    run: Run,
+    budget: ThreadBudget,
+    log: Log,
+    progress: Progress | None,
+    allow_missing: bool,
+    extras: Sequence[SuiteEntry] | None,
 ) -> list[Row]:
     exp, store = run.exp, run.store
     status = check_members(run, allow_missing)
@@ -120,9 +111,18 @@ def _evaluate(
         )
     reps = run.representations()
     cache = run.featurizer.cache
+    entries, shadowed = merge_suite(
+        exp.evaluation.suite, run.extra_entries if extras is None else extras
+    )
+    for e in shadowed:
+        log(
+            f"NOTE: the experiment's suite entry {e.name} differs from the run's extra entry of "
+            f"that name ({store.extra_entries}): the experiment's counts, the extra's rows are "
+            f"left out (add it again under another name: richrep evaluate {store.root} --entry …)"
+        )
     files, pending = [], []
-    for entry in exp.evaluation.suite:
-        path = store.results_dir / f"{entry.name}-{entry_hash(exp, entry, reps, status)}.jsonl"
+    for entry in entries:
+        path = stored.entry_file(store.results_dir, exp, entry, reps, status)
         files.append(path)
         if path.exists():
             try:
@@ -151,6 +151,9 @@ def _evaluate(
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
     sources = {"sources": [f.name for f in files]}  # what a finished run's done vouches for
     write_jsonl(store.results, [r.to_dict() for r in all_rows], sources)
+    left = stored.left_out(store.results_dir, {e.name for e in entries})
+    if left:
+        log(f"NOTE: {stored.left_out_message(left, store.root)}")
     if any(f.name == "random" for f in exp.evaluation.floors):  # each seed vs untrained
         singles = [t for t in run.trained() if t.kind == "single"]
         checks = check_seeds(run.featurizer, singles, run.source_task.train, exp.seed)
@@ -187,7 +190,7 @@ def evaluate_entry(
         rows += protocol.evaluate(replace(ctx, info=info), rep, target, entry)
         if progress:
             progress(task, i + 1, len(reps))
-    write_jsonl(path, [r.to_dict() for r in rows])
+    stored.write_entry(path, entry, rows)
     log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
 
 
@@ -219,15 +222,9 @@ def in_threads(
 def target_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
     """What every row of a target records about it (how its test split was made), and a
     warning when its inputs' range differs grossly from the source's."""
-    facts: dict[str, Any] = {}
-    info = target.recipe.get("info") or {}
-    for key in ("test_split", "scaled"):
-        if key in info:
-            facts[key] = info[key]
-    warn = value_range_warning(run.source_stats, target.test.x, name)
-    if warn:
-        log(f"WARNING: {warn}")
-        facts["warning"] = warn
+    facts = stored.target_facts(run.source_stats, target, name)
+    if "warning" in facts:
+        log(f"WARNING: {facts['warning']}")
     return facts
 
 
