@@ -233,12 +233,31 @@ def results(
             "worst_env_accuracy).",
         ),
     ] = False,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--columns",
+            help="Columns to show, comma-separated, as the table names them (a gain typed as "
+            "cat5-single); all, or default: single, catK and its baselines, the floors and "
+            "catK's gains.",
+        ),
+    ] = None,
+    transpose: Annotated[
+        bool | None,
+        typer.Option(
+            "--transpose/--no-transpose",
+            help="Rows = columns, or rows = targets; default: the layout of fewest lines that "
+            "fits the terminal.",
+        ),
+    ] = None,
 ) -> None:
-    """Print the comparison table: targets × representations, catK's gains.
+    """Print the comparison table: targets × representations, catK's gains, one line per
+    target, fitted to the terminal's width.
 
     Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
+    from richrep.report.columns import chosen, resolve
     from richrep.report.ood_tables import (
         MEANING,
         RULES,
@@ -248,11 +267,12 @@ def results(
         table_rows,
     )
     from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
-    from richrep.report.terminal import render_table
+    from richrep.report.terminal import HINT, render_table
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
     with _guard():
+        _layout_options(fmt, ood, columns, transpose)
         r = Run.open(run_dir)
         rows = read_results(r)
         if entry:
@@ -280,13 +300,38 @@ def results(
             return
         order = [e.name for e in r.exp.evaluation.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
-        for m in [metric] if metric else metrics(rows):
-            comp = build_comparison(rows, order, metric=m)
+        names_of = [metric] if metric else metrics(rows)
+        comps = [build_comparison(rows, order, metric=m) for m in names_of]
+        names = resolve(comps, columns) if columns else None
+        out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
+        for i, comp in enumerate(comps):
             if fmt == Format.markdown:
-                print(to_markdown(comp))
+                print(to_markdown(comp, columns=None if names is None else chosen(comp, names)))
                 print()
             else:
-                console.print(render_table(comp, console.width, title=r.exp.name))
+                last = i == len(comps) - 1
+                table = render_table(
+                    comp,
+                    out.width,
+                    title=r.exp.name,
+                    columns=names,
+                    transpose=transpose,
+                    hint=HINT if last else None,
+                )
+                out.print(table)
+
+
+def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None) -> None:
+    """--columns and --transpose shape the table (--columns the markdown too): refused where
+    they would be ignored."""
+    if columns and (fmt == Format.csv or ood):
+        raise RichrepError(
+            "--columns applies to the table and markdown formats, not to csv or --ood"
+        )
+    if transpose is not None and (fmt != Format.table or ood):
+        raise RichrepError(
+            "--transpose applies to the table format only (not markdown, csv or --ood)"
+        )
 
 
 @app.command()
