@@ -26,6 +26,7 @@ from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
+from richrep.store.progress import recording
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
@@ -122,7 +123,7 @@ def run_experiment(
     checked = not store.exists()
     if checked:  # a new run: nothing is written under out until the experiment passes
         preflight(run)
-    with store.lock(wait=wait):
+    with store.lock(wait=wait), recording(store):  # a failure is recorded for `richrep runs`
         store.refuse_links()
         store.sweep_temporaries()
         if only is None and is_complete(run, log):
