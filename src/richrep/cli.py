@@ -267,7 +267,7 @@ def results(
         table_rows,
     )
     from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
-    from richrep.report.terminal import HINT, render_table
+    from richrep.report.terminal import render_tables
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
@@ -300,38 +300,25 @@ def results(
             return
         order = [e.name for e in r.exp.evaluation.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
-        names_of = [metric] if metric else metrics(rows)
-        comps = [build_comparison(rows, order, metric=m) for m in names_of]
+        wanted = [metric] if metric else metrics(rows)
+        comps = [build_comparison(rows, order, metric=m) for m in wanted]
         names = resolve(comps, columns) if columns else None
-        out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
-        for i, comp in enumerate(comps):
-            if fmt == Format.markdown:
+        if fmt == Format.markdown:
+            for comp in comps:
                 print(to_markdown(comp, columns=None if names is None else chosen(comp, names)))
                 print()
-            else:
-                last = i == len(comps) - 1
-                table = render_table(
-                    comp,
-                    out.width,
-                    title=r.exp.name,
-                    columns=names,
-                    transpose=transpose,
-                    hint=HINT if last else None,
-                )
-                out.print(table)
+            return
+        out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
+        out.print(render_tables(comps, out.width, r.exp.name, columns=names, transpose=transpose))
 
 
 def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None) -> None:
     """--columns and --transpose shape the table (--columns the markdown too): refused where
     they would be ignored."""
     if columns and (fmt == Format.csv or ood):
-        raise RichrepError(
-            "--columns applies to the table and markdown formats, not to csv or --ood"
-        )
+        raise RichrepError("--columns applies to the table and markdown formats (not csv, --ood)")
     if transpose is not None and (fmt != Format.table or ood):
-        raise RichrepError(
-            "--transpose applies to the table format only (not markdown, csv or --ood)"
-        )
+        raise RichrepError("--transpose applies to the table format (not markdown, csv, --ood)")
 
 
 @app.command()
@@ -397,55 +384,16 @@ def runs(
         str | None, typer.Option("--target", help="Compare runs on targets containing this text.")
     ] = None,
 ) -> None:
-    """List the runs of a folder, with catK's gain over single and wide per target."""
+    """List the runs of a folder: each run's full name, its state (complete, running, failed,
+    stopped, with the stage reached or why it failed), and catK's gains per target."""
     from richrep.index import list_runs
+    from richrep.report.runs_view import render_runs
 
     with _guard():
         if not out.is_dir():
             raise RichrepError(f"{out} is not a folder of runs")
         listed = list_runs(out)
-    table = Table(title=Text(f"runs in {show(out)}"))
-    for c in (
-        "run",
-        "finished",
-        "data / encoder",
-        "seeds",
-        "epochs",
-        "target",
-        "catK",
-        "−single",
-        "−wide",
-    ):
-        table.add_column(c)
-    fmt = lambda v: "" if v is None else f"{v:+.3f}"  # noqa: E731
-    for r in listed:
-        if r.get("error"):
-            table.add_row(
-                Text(show(r.get("run_id", "?"))),
-                "",
-                "",
-                "",
-                "",
-                Text(show(f"broken: {r['error']}"), style="red"),
-            )
-            continue
-        first = True
-        for label, h in (r.get("headline") or {}).items():
-            if target and target not in label:
-                continue
-            table.add_row(
-                Text(show(r["run_id"])) if first else "",
-                Text(show(r.get("finished") or "")) if first else "",
-                Text(show(f"{r['dataset']} / {r['encoder']}")) if first else "",
-                str(r["seeds"]) if first else "",
-                str(r["epochs"]) if first else "",
-                Text(show(label)),
-                "" if h.get("cat") is None else f"{h['cat']:.3f}",
-                fmt(h.get("gain_single")),
-                fmt(h.get("gain_wide")),
-            )
-            first = False
-    console.print(table)
+    Console(highlight=False).print(render_runs(listed, f"runs in {out}", target))
 
 
 class Kind(StrEnum):

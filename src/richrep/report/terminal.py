@@ -39,12 +39,11 @@ class Grid:
     header: bool = True
 
     def widths(self) -> list[int]:
-        """Each column's width: its widest cell or the longest word of its head."""
+        """Each column's width: its widest cell, or what its head takes on two lines."""
         out = []
         for j, h in enumerate(self.heads):
             texts = [r[j][0] for r in self.cells] + [f[1][j][0] for f in self.foot]
-            words = [cell_len(w) for w in h.split()] or [0]
-            out.append(max([*words, *(cell_len(t) for t in texts)]))
+            out.append(max([_two_lines(h), *(cell_len(t) for t in texts)]))
         return out
 
     def label_width(self, width: int) -> int:
@@ -62,6 +61,17 @@ class Grid:
             [(h, [c[j] for j in js]) for h, c in self.foot],
             header=self.header,
         )
+
+
+def _two_lines(head: str) -> int:
+    """The width that holds ``head`` on two lines at most, split between words."""
+    words = head.split()
+    if len(words) < 2:
+        return cell_len(head)
+    return min(
+        max(cell_len(" ".join(words[:i])), cell_len(" ".join(words[i:])))
+        for i in range(1, len(words))
+    )
 
 
 def render_table(
@@ -96,6 +106,27 @@ def render_table(
         parts.append(Text(hidden, style="dim"))
     if hint:
         parts.append(Text(clean(hint), style="dim italic"))
+    return Group(*parts)
+
+
+def render_tables(
+    comps: Sequence[Comparison],
+    width: int,
+    title: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    transpose: bool | None = None,
+) -> Group:
+    """One :func:`render_table` per comparison (one per metric), a blank line between, the
+    hint on other forms once at the end."""
+    parts: list = []
+    for i, comp in enumerate(comps):
+        last = i == len(comps) - 1
+        hint = HINT if last else None
+        parts.append(
+            render_table(comp, width, title=title, hint=hint, columns=columns, transpose=transpose)
+        )
+        parts += [] if last else [Text("")]
     return Group(*parts)
 
 
