@@ -282,6 +282,7 @@ def test_runs_show_full_names_and_the_state_of_unfinished_runs(tiny, tmp_path):
     failed = _folder(out, "broken-1", tiny)
     Ledger(failed).record_failure("single-s1", "loss is nan at epoch 2")
     running = _folder(out, "busy-1", tiny)
+    (_folder(out, "bad-1", tiny).root / "config.yaml").write_text("name: [unclosed\n")
     with running.lock():
         r = CliRunner().invoke(app, ["runs", str(out)], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
@@ -290,6 +291,7 @@ def test_runs_show_full_names_and_the_state_of_unfinished_runs(tiny, tmp_path):
     assert "stopped in training, 1 member trained (the same command resumes it)" in r.output
     assert "failed before training: member single-s1: loss is nan at epoch 2" in r.output
     assert "running (pid " in r.output
+    assert "broken: " in r.output and "notvalidYAML" in "".join(r.output.split())
     r = CliRunner().invoke(app, ["runs", str(out)], env={"COLUMNS": "40"})
     assert long in "".join(r.output.split())  # folded, never cut
     assert "…" not in r.output

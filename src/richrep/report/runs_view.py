@@ -40,15 +40,13 @@ def render_runs(rows: Sequence[Mapping[str, Any]], title: str, target: str | Non
 def _state(r: Mapping[str, Any]) -> Text:
     """``complete 2024-01-02T03:04:05 · mnist1d / mlp · 5 seeds · 30 epochs``, ``failed in
     training, 2 members trained: why · …``, or why the run cannot be read."""
+    if r.get("error"):
+        return Text(clean(f"broken: {r['error']}"), style="red")
     state = str(r.get("state") or "unknown")
     out = Text(clean(state), style=STYLE.get(state, ""))
     detail = r.get("detail") or (r.get("finished") if state == "complete" else "")
     if detail:
         out.append(clean(f" {detail}"))
-    if r.get("error"):
-        out.append(" · ")
-        out.append(clean(f"broken: {r['error']}"), style="red")
-        return out
     settings = [f"{r.get('dataset')} / {r.get('encoder')}"]
     settings += [f"{r.get('seeds')} seeds", f"{r.get('epochs')} epochs"]
     out.append(clean(" · " + " · ".join(settings)), style="dim")
