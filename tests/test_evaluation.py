@@ -157,7 +157,9 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     assert len(rows) == 10 * 3 + 10 * 1
     comp = build_comparison([Row.from_dict(r) for r in rows], ["new", "noise"])
     assert comp.columns == ["input", "random3", "single", "cat2", "cat3", "wide3", "joint3"]
-    assert comp.k == 3 and [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3"]
+    headline = ["cat3 − single", "cat3 − wide3"]
+    assert comp.k == 3 and [g.name for g in comp.headline_gains] == headline
+    assert [g.name for g in comp.gain_columns] == ["cat2 − single", *headline]
     label, cells = comp.rows[0].label, comp.rows[0].cells
     assert (
         label.startswith("new · transfer · 5/class") and cells["single"].n == 6

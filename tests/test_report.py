@@ -129,8 +129,9 @@ def test_cells_carry_n_and_interval():
 def test_gains_compare_the_same_k():
     comp = build_comparison(suite())
     assert comp.k == 5
-    names = [g.name for g in comp.gain_columns]
+    names = [g.name for g in comp.headline_gains]
     assert names == ["cat5 − single", "cat5 − wide5", "cat5 − distill5"]
+    assert [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3", *names]
     g = comp.rows[0].gains["cat5 − wide5"]
     cells = comp.rows[0].cells
     assert g.diff == pytest.approx(cells["cat5"].mean - cells["wide5"].mean)
@@ -139,7 +140,9 @@ def test_gains_compare_the_same_k():
     rows = [r for r in suite() if r.column != "wide5"]
     comp = build_comparison(rows)
     assert comp.k == 3
-    assert [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3"]
+    assert [g.name for g in comp.headline_gains] == ["cat3 − single", "cat3 − wide3"]
+    names = ["cat3 − single", "cat3 − wide3", "cat5 − single", "cat5 − distill5"]
+    assert [g.name for g in comp.gain_columns] == names
 
 
 def test_gain_significant_only_when_its_interval_excludes_zero():
@@ -209,15 +212,15 @@ def test_summary_sentences_state_gains_with_intervals():
 def test_terminal_table_fits_and_shows_every_mean(width):
     comp = build_comparison(suite(draws=3), ["new_classes", "in_dist"])
     console = Console(width=width, record=True, color_system=None)
-    console.print(render_table(comp, width, title="demo"))
+    console.print(render_table(comp, width, title="demo", columns=["all"]))
     out = console.export_text()
     assert "…" not in out
     assert all(len(line) <= width for line in out.splitlines())
-    for r in comp.rows:
+    for r in comp.rows:  # in percent, gains in points
         for cell in r.cells.values():
-            assert cell.mean_text() in out
+            assert f"{100 * cell.mean:.1f}" in out
         for g in r.gains.values():
-            assert f"{g.diff:+.3f}" in out
+            assert f"{100 * g.diff:+.1f}" in out
     assert "--format markdown" in out
 
 
@@ -225,12 +228,12 @@ def test_terminal_very_narrow_and_untrusted_text():
     rows = suite(draws=2, entries=("[bold red]x[/] \x1b[31mevil\x1b[0m\x07",))
     comp = build_comparison(rows)
     console = Console(width=40, record=True, color_system=None)
-    console.print(render_table(comp, 40, title="[blink]t"))
+    console.print(render_table(comp, 40, title="[blink]t", columns=["all"], transpose=False))
     out = console.export_text()
     assert "[bold red]x[/]" in out  # shown literally, never parsed as markup
     assert "\x1b" not in out and "\x07" not in out
     for cell in comp.rows[0].cells.values():
-        assert cell.mean_text() in out
+        assert f"{100 * cell.mean:.1f}" in out
 
 
 # ------------------------------------------------------------------------------ HTML report

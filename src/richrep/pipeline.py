@@ -31,6 +31,7 @@ from richrep.stages.track import open_tracker, track
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
 from richrep.store.origin import Origin, write_origin
+from richrep.store.progress import recording
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
@@ -166,7 +167,7 @@ def run_experiment(
     if checked:  # a new run: nothing is written under out until the experiment passes
         preflight(run)
         check_run(run, **stages)
-    with store.lock(wait=wait):
+    with store.lock(wait=wait), recording(store):  # a failure is recorded for `richrep runs`
         store.refuse_links()
         store.sweep_temporaries()
         write_origin(store.root, origin)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -157,14 +158,33 @@ def results(
             "worst_env_accuracy).",
         ),
     ] = False,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--columns",
+            help="Columns to show, comma-separated, as the table names them (a gain typed as "
+            "cat5-single); all, or default: single, catK and its baselines, the floors and "
+            "catK's gains.",
+        ),
+    ] = None,
+    transpose: Annotated[
+        bool | None,
+        typer.Option(
+            "--transpose/--no-transpose",
+            help="Rows = columns, or rows = targets; default: the layout of fewest lines that "
+            "fits the terminal.",
+        ),
+    ] = None,
 ) -> None:
-    """Print the comparison table: targets × representations, catK's gains.
+    """Print the comparison table: targets × representations, catK's gains, one line per
+    target, fitted to the terminal's width.
 
     Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
     from richrep.evaluation.stored import left_out, left_out_message
     from richrep.registry import did_you_mean
+    from richrep.report.columns import chosen, resolve
     from richrep.report.ood_tables import (
         MEANING,
         RULES,
@@ -174,11 +194,12 @@ def results(
         table_rows,
     )
     from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
-    from richrep.report.terminal import render_table
+    from richrep.report.terminal import render_tables
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
     with guard():
+        _layout_options(fmt, ood, columns, transpose)
         r = Run.open(run_dir)
         rows = read_results(r)
         if entry:
@@ -214,15 +235,29 @@ def results(
             return
         order = [e.name for e in r.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
-        for m in [metric] if metric else metrics(rows):
-            comp = build_comparison(rows, order, metric=m)
-            if fmt == Format.markdown:
-                print(to_markdown(comp))
+        wanted = [metric] if metric else metrics(rows)
+        comps = [build_comparison(rows, order, metric=m) for m in wanted]
+        names = resolve(comps, columns) if columns else None
+        if fmt == Format.markdown:
+            for comp in comps:
+                print(to_markdown(comp, columns=None if names is None else chosen(comp, names)))
                 print()
-            else:
-                console.print(render_table(comp, console.width, title=r.exp.name))
+        else:
+            out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
+            out.print(
+                render_tables(comps, out.width, r.exp.name, columns=names, transpose=transpose)
+            )
         if metric in (None, "accuracy"):
             print_verdicts(r, rows, order, markdown=fmt == Format.markdown)
+
+
+def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None) -> None:
+    """--columns and --transpose shape the table (--columns the markdown too): refused where
+    they would be ignored."""
+    if columns and (fmt == Format.csv or ood):
+        raise RichrepError("--columns applies to the table and markdown formats (not csv, --ood)")
+    if transpose is not None and (fmt != Format.table or ood):
+        raise RichrepError("--transpose applies to the table format (not markdown, csv, --ood)")
 
 
 app.command("advise")(guarded(advise))
@@ -333,9 +368,10 @@ def runs(
         ),
     ] = None,
 ) -> None:
-    """List the runs of a folder, with catK's gain over single and wide per target; then each
-    sweep's runs side by side."""
+    """List the runs of a folder: each run's full name, its state (complete, running, failed,
+    stopped, with the stage reached or why it failed), and catK's gains per target; then each sweep's runs side by side."""
     from richrep.index import list_runs
+    from richrep.report.runs_view import render_runs
 
     with guard():
         if not out.is_dir():
@@ -343,48 +379,7 @@ def runs(
         listed = list_runs(out)
         if sweep is not None:
             return print_sweeps(out, listed, sweep, target)
-    table = Table(title=Text(f"runs in {show(out)}"))
-    for c in (
-        "run",
-        "finished",
-        "data / encoder",
-        "seeds",
-        "epochs",
-        "target",
-        "catK",
-        "−single",
-        "−wide",
-    ):
-        table.add_column(c)
-    fmt = lambda v: "" if v is None else f"{v:+.3f}"  # noqa: E731
-    for r in listed:
-        if r.get("error"):
-            table.add_row(
-                Text(show(r.get("run_id", "?"))),
-                "",
-                "",
-                "",
-                "",
-                Text(show(f"broken: {r['error']}"), style="red"),
-            )
-            continue
-        first = True
-        for label, h in (r.get("headline") or {}).items():
-            if target and target not in label:
-                continue
-            table.add_row(
-                Text(show(r["run_id"])) if first else "",
-                Text(show(r.get("finished") or "")) if first else "",
-                Text(show(f"{r['dataset']} / {r['encoder']}")) if first else "",
-                str(r["seeds"]) if first else "",
-                str(r["epochs"]) if first else "",
-                Text(show(label)),
-                "" if h.get("cat") is None else f"{h['cat']:.3f}",
-                fmt(h.get("gain_single")),
-                fmt(h.get("gain_wide")),
-            )
-            first = False
-    console.print(table)
+    Console(highlight=False).print(render_runs(listed, f"runs in {out}", target))
     with guard():
         print_sweeps(out, listed, None, target)
 
