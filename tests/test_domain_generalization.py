@@ -323,3 +323,19 @@ def test_bad_protocol_arguments_are_config_errors(params, match):
     cfg["evaluation"]["suite"] = [entry(**params)]
     with pytest.raises(ConfigError, match=match):
         protocol_of(parse_experiment(cfg).evaluation.suite[0])
+
+
+# -- the report ----------------------------------------------------------------------------
+def test_the_domainbed_table_has_a_row_per_method_and_a_column_per_domain(rows, tmp_path):
+    from richrep.report.figures.domain_generalization import dg_table, domainbed_table, markdown
+
+    columns, body = dg_table(rows, "dg", "train-domain")
+    assert columns == ["0°", "30°", "60°", "average"]
+    labels = [lab for lab, _ in body]
+    assert labels[:2] == ["finetune", "ensemble2"] and "cat2-2ft" in labels and len(labels) == 8
+    finetune = dict(body)["finetune"]
+    assert all(c is not None and c["n"] == 2 for c in finetune)  # two restarts per domain
+    assert dict(body)["ensemble2"][0]["n"] == 1
+    text = markdown(rows, "dg")
+    assert "oracle selection" in text and "| finetune |" in text
+    assert domainbed_table(rows, "dg", tmp_path / "t.png").stat().st_size > 0
