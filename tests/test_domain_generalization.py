@@ -339,3 +339,53 @@ def test_the_domainbed_table_has_a_row_per_method_and_a_column_per_domain(rows, 
     text = markdown(rows, "dg")
     assert "oracle selection" in text and "| finetune |" in text
     assert domainbed_table(rows, "dg", tmp_path / "t.png").stat().st_size > 0
+
+
+# -- domain folders ------------------------------------------------------------------------
+def domain_tree(root, domains=("art", "photo", "sketch"), classes=("dog", "cat"), n=10):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for dom in domains:
+        for c, name in enumerate(classes):
+            d = root / dom / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                a = g.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+                a[..., c] = 255
+                Image.fromarray(a).save(d / f"{i}.png")
+    return root
+
+
+def test_domain_folders_make_one_environment_per_domain(tmp_path):
+    root = domain_tree(tmp_path / "pacs")
+    task = load_task("image_domains", {"path": str(root), "size": 8})
+    names = [e["name"] for e in task.recipe["info"]["environments"]]
+    assert names == ["art", "photo", "sketch"] and task.class_names == ("cat", "dog")
+    for d in range(3):  # 20 per domain: 4 test, 16 pool of which 4 (2 per class) held out
+        assert int((task.test.env == d).sum()) == 4
+        assert int((task.val.env == d).sum()) == 4 and int((task.train.env == d).sum()) == 12
+    src = task.train.x  # each streamed image's file sits in its domain's folder
+    files = [src.files[int(p)] for p in src.pos[:, 0]]
+    assert [names[int(e)] for e in task.train.env] == [f.split("/")[0] for f in files]
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (None, None),
+        (lambda r: (r / "t").mkdir(), "holds no domain folders"),
+    ],
+)
+def test_bad_domain_folders_are_refused(tmp_path, make, match):
+    if match is None:  # a domain missing a class folder
+        domain_tree(tmp_path / "t2", domains=("art", "photo"))
+        import shutil
+
+        shutil.rmtree(tmp_path / "t2" / "photo" / "cat")
+        root, match = tmp_path / "t2", "every domain needs the same classes"
+    else:
+        make(tmp_path)
+        root = tmp_path / "t"
+    with pytest.raises(DataError, match=match):
+        load_task("image_domains", {"path": str(root), "size": 8})
