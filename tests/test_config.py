@@ -49,7 +49,7 @@ def test_examples_parse(path, tmp_path, monkeypatch):
         (
             {"data": {"dataset": "mnist"}},
             r"data\.dataset.*unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); choose one of: "
-            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, image_folder, mnist1d, npz",
+            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, image_domains, image_folder, mnist1d, npz, rotated_domains",
         ),
         (
             {"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}},
@@ -93,7 +93,7 @@ def test_examples_parse(path, tmp_path, monkeypatch):
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
             r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; "
-            r"choose one of: compatibility, continual, disambiguate, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
+            r"choose one of: compatibility, continual, disambiguate, domain_generalization, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
     ],
