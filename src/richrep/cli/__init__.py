@@ -16,12 +16,14 @@ from richrep import __version__
 from richrep.cli.advise import advise, print_verdicts
 from richrep.cli.common import console, err, fail, guard, guarded, say
 from richrep.cli.data import data_app
+from richrep.cli.helptext import HelpGroup
 from richrep.cli.progress import progress_bar
 from richrep.cli.sweeps import OVERRIDES_HELP, SWEEP_HELP, print_sweeps, run_sweep
 from richrep.errors import RichrepError
 from richrep.report.text import show
 
 app = typer.Typer(
+    cls=HelpGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -56,9 +58,12 @@ class Stage(StrEnum):
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     overrides: Annotated[
-        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+        list[str] | None,
+        typer.Argument(help=OVERRIDES_HELP, show_default=False, metavar="KEY=VALUE"),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder holding run folders.")] = Path("runs"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder holding run folders.", metavar="DIR")
+    ] = Path("runs"),
     only: Annotated[Stage | None, typer.Option("--only", help="Rerun one stage.")] = None,
     engine: Annotated[
         str | None, typer.Option("--engine", help="local or ray (overrides runtime.engine).")
@@ -79,7 +84,9 @@ def run(
         ),
     ] = False,
     yes: Annotated[bool, YES] = False,
-    sweep: Annotated[list[str] | None, typer.Option("--sweep", help=SWEEP_HELP)] = None,
+    sweep: Annotated[
+        list[str] | None, typer.Option("--sweep", help=SWEEP_HELP, metavar="KEY=V1,V2")
+    ] = None,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any
     earlier work."""
@@ -146,9 +153,12 @@ def results(
         Format, typer.Option("--format", help="table, markdown or csv (the tidy rows).")
     ] = Format.table,
     entry: Annotated[
-        list[str] | None, typer.Option("--entry", help="Only these suite entries.")
+        list[str] | None,
+        typer.Option("--entry", help="Only this suite entry (repeatable).", metavar="NAME"),
     ] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="Only this metric.")] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="Only this metric.", metavar="NAME")
+    ] = None,
     ood: Annotated[
         bool,
         typer.Option(
@@ -307,10 +317,13 @@ def analyze(
         list[str] | None, typer.Option("--measure", help="Measures (repeatable); default: all.")
     ] = None,
     max_samples: Annotated[
-        int, typer.Option("--max-samples", help="Subsample the split to this many examples.")
+        int,
+        typer.Option(
+            "--max-samples", help="Subsample the split to this many examples.", metavar="N"
+        ),
     ] = 5000,
     permutations: Annotated[
-        int, typer.Option("--permutations", help="Permutations of the CKA test.")
+        int, typer.Option("--permutations", help="Permutations of the CKA test.", metavar="N")
     ] = 200,
     yes: Annotated[bool, YES] = False,
 ) -> None:
@@ -357,7 +370,9 @@ def analyze(
 
 @app.command()
 def runs(
-    out: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
+    out: Annotated[Path, typer.Argument(help="Folder holding run folders.", metavar="DIR")] = Path(
+        "runs"
+    ),
     target: Annotated[
         str | None, typer.Option("--target", help="Compare runs on targets containing this text.")
     ] = None,
@@ -400,7 +415,12 @@ class Kind(StrEnum):
 
 
 @app.command("list")
-def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
+def list_(
+    kind: Annotated[Kind, typer.Argument(help="What to list.")],
+    pattern: Annotated[
+        str, typer.Option("--pattern", help="Only the names this glob matches.", metavar="GLOB")
+    ] = "*",
+) -> None:
     """Show a registry: datasets, shifts, augmentations, encoders, objectives, members, probes,
     protocols, floors, engines, trackers or measures."""
     from richrep.plugins import registry_of

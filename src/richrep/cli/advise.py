@@ -31,7 +31,8 @@ def advise(
         typer.Option("--budget", help="Training budget: 8members, 600s / 600cpu-s, 0.5gpu-h."),
     ] = None,
     max_k: Annotated[
-        int | None, typer.Option("--max-k", help="Use only the seed subsets of K ≤ this.")
+        int | None,
+        typer.Option("--max-k", help="Use only the seed subsets of K ≤ this.", metavar="K"),
     ] = None,
     metric: Annotated[str, typer.Option("--metric", help="The metric to advise on.")] = "accuracy",
 ) -> None:
