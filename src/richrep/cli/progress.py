@@ -108,8 +108,10 @@ class Board:
         self.start = clock()
         self.tasks: dict[str, Task] = {}
         self.past: list[Task] = []  # earlier tasks of the same name (the runs of a sweep)
+        self.planned = False  # a stage said what it will do: an overall estimate is shown
 
     def plan(self, name: str, total: int, unit: str) -> Task:
+        self.planned = True
         t = self.tasks.get(name)
         if t is None or t.ended is not None:
             t = self._new(name, total, unit)
@@ -252,7 +254,7 @@ class Ticker:
         if t.name not in self.ids:
             if not t.ran and t.began is not None:
                 return  # finished before this command (a reused member): no bar
-            if self.top is None:
+            if self.top is None and self.board.planned:
                 self.top = bar.add_task("overall", total=None, count="", eta="?")
             self.ids[t.name] = bar.add_task(
                 show(t.name + t.detail()), total=t.total, start=False, count=t.count(), eta=""
@@ -263,7 +265,7 @@ class Ticker:
             bar.start_task(tid)
         bar.update(tid, completed=t.done, total=t.total, count=t.count())
         now = self.board.clock()
-        if now - self.refreshed >= 0.5 or t.ended is not None:
+        if self.top is not None and (now - self.refreshed >= 0.5 or t.ended is not None):
             self.refreshed = now
             eta, partial = self.board.eta()
             elapsed = now - self.board.start
@@ -289,7 +291,7 @@ class Ticker:
             eta = clock_time((t.total - t.done) * p[0] / p[1]) if p else "?"
             pct = 100 * t.done / max(t.total, 1)
             self.write(f"{t.name}: {t.count()} ({pct:.0f} %){t.detail()}, ETA {eta}")
-        if self.throttle.due("overall"):
+        if self.board.planned and self.throttle.due("overall"):
             self.write(f"overall ({self.board.stages()}): {self.board.overall()}")
 
 
