@@ -72,6 +72,13 @@ def test_a_member_starts_and_ends_with_one_line_and_a_reused_one_with_none():
     assert lines == ["single-s1: started (4 steps)", "single-s1: done (4 steps in 4.0 s)"]
 
 
+def test_a_planned_member_an_engine_only_reports_done_counts_its_planned_steps():
+    board = Board(Clock())
+    board.plan("single-s0", 18, "steps")
+    t = board.update("single-s0", 1, 1)  # the Ray engine reports a member when it returns
+    assert (t.done, t.total) == (18, 18) and t.pace(0.0) is None
+
+
 def test_the_overall_estimate_uses_each_task_pace_and_says_when_some_is_unknown():
     clock = Clock()
     board = Board(clock)

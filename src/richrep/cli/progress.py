@@ -73,6 +73,7 @@ class Task:
     began: float | None = None  # when it last reported ``base``: its work starts there
     ended: float | None = None
     ran: bool = False  # seen with work left (a reused member never is)
+    planned: int | None = None  # the total a stage planned
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -115,7 +116,7 @@ class Board:
         t = self.tasks.get(name)
         if t is None or t.ended is not None:
             t = self._new(name, total, unit)
-        t.total, t.unit = total, unit
+        t.total, t.planned, t.unit = total, total, unit
         return t
 
     def update(self, name: str, done: int, total: int) -> Task:
@@ -123,6 +124,8 @@ class Board:
         t = self.tasks.get(name)
         if t is None or (t.ended is not None and done < t.done):
             t = self._new(name, total, t.unit if t else "")
+        if done >= total and t.began is None and t.planned is not None:
+            done = total = t.planned  # an engine that only says "done" (Ray): the plan's units
         if t.began is None or done < t.done or done == t.done == t.base:
             t.base, t.began = done, now  # its work (re)starts here
         t.done, t.total = done, total
