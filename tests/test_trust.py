@@ -86,7 +86,7 @@ def test_corrupt_checkpoint_is_quarantined_reported_and_retrained(run_copy):
     assert moved.read_bytes() == bytes(raw)  # the user's file is kept, not deleted
     r = _invoke("run", cfg, "--out", out)
     assert r.exit_code == 0, r.output
-    assert "nothing to do" not in r.output and "trained 2/2" in r.output
+    assert "nothing to do" not in r.output and "trained 1, reused 1 members" in r.output
     assert ck.read_bytes() == original  # retrained bit for bit
     assert (run / "results.jsonl").read_bytes() == rows
 

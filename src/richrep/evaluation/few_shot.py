@@ -80,6 +80,11 @@ class FewShot:
         self.shots = list(dict.fromkeys(shots))
         self.classifier, self.C = classifier, C
 
+    unit = "episodes"
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        return len(self.shots) * self.episodes
+
     def check(self, entry: SuiteEntry, source: Task, target: Task) -> None:
         """Enough classes, and (on real data, not the preflight miniature) enough test examples
         of every class for ``max(shots) + queries``."""
@@ -140,6 +145,7 @@ class FewShot:
                 else:
                     pred, conv = linear_predict(feats, support, query, self.C)
             acc = (pred == query_labels(support, query)).double().mean(1).cpu()
+            ctx.advance(self.episodes)
             common = {"size": shots, "draw": 0, "train_n": self.ways * shots}
             for i, a in enumerate(acc.tolist()):
                 ex = extra if conv is None else {**extra, "converged": bool(conv[i])}

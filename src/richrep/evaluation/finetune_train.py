@@ -12,7 +12,7 @@ one run (the weights of that epoch are kept).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -29,7 +29,7 @@ from richrep.objectives import CrossEntropy
 from richrep.runtime.device import autocast
 from richrep.runtime.seeding import seeded
 from richrep.training.batches import EpochOrder
-from richrep.training.hooks import BestEpoch
+from richrep.training.hooks import BestEpoch, EachStep, Hook
 from richrep.training.loop import Loop
 from richrep.training.step import Step, lr_at, make_optimizer, uses_channels_last
 
@@ -117,12 +117,14 @@ def fit(
     device: torch.device,
     dtype: torch.dtype,
     select: bool = True,
+    on_step: Callable[[], None] | None = None,
 ) -> Fitted:
     """Train every parameter of ``model`` in place on ``train`` (cross-entropy, SGD momentum
     0.9, cosine schedule over ``epochs``) and evaluate it on ``val`` after each epoch. With
     ``select`` the weights of the best epoch (validation accuracy, ties to the lower
     validation loss, then the earlier epoch) are loaded back and returned; without, those of
-    the last epoch. A non-finite loss stops the run: epochs finished before it still count."""
+    the last epoch. A non-finite loss stops the run: epochs finished before it still count.
+    ``on_step()`` after each step."""
     cfg = TrainingConfig(
         lr=lr,
         weight_decay=weight_decay,
@@ -144,8 +146,9 @@ def fit(
     )
     best = BestEpoch(lambda m: scores(predict(m, val.x, device, dtype), val.y), select)
     y = train.y.to(device)
+    hooks: list[Hook] = [best, *([EachStep(on_step)] if on_step is not None else [])]
     loop = Loop(
-        step, batches, y, [{}], [seed], epochs=epochs, lr=partial(lr_at, cfg=cfg), hooks=[best]
+        step, batches, y, [{}], [seed], epochs=epochs, lr=partial(lr_at, cfg=cfg), hooks=hooks
     )
     loop.run()
     out = Fitted(best.state, best.epoch, best.acc, best.loss, best.history)

@@ -73,13 +73,21 @@ class Truncation:
     ) -> None:
         self.dims, self.blocks, self.probe, self.nearest = dims, blocks, probe, nearest
 
+    unit = "prefixes"
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        return len(self.prefixes(rep))
+
+    def prefixes(self, rep: Representation) -> list[int]:
+        return prefixes(rep.dim, rep.k if rep.kind == "cat" else 1, self.dims, self.blocks)
+
     def evaluate(
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
     ) -> list[Row]:
         train = ctx.pool(target)
         feats, test = ctx.featurizer(rep, train), ctx.featurizer(rep, target.test)
         rows = []
-        for m in prefixes(rep.dim, rep.k if rep.kind == "cat" else 1, self.dims, self.blocks):
+        for m in self.prefixes(rep):
             common = {"size": "all", "draw": 0, "train_n": len(train), "variant": f"first {m} dims"}
             if self.probe:
                 p = fit(ctx.make_probe(entry), feats[:, :m], train.y)
@@ -93,4 +101,5 @@ class Truncation:
                         entry, rep, "nn_accuracy", acc, len(test), **common, extra={"prefix": m}
                     )
                 )
+            ctx.advance(1)
         return rows

@@ -5,6 +5,7 @@ file is moved to quarantine and recomputed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,20 +20,21 @@ from richrep.config.entries import merge_suite
 from richrep.data import Task, apply_shifts
 from richrep.errors import StoreError
 from richrep.evaluation import stored
-from richrep.evaluation.protocols import Context, check_entries, protocol_of
+from richrep.evaluation.protocols import Context, EstimatesWork, check_entries, protocol_of
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation, build_floors
 from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import Row
 from richrep.run import Run
 from richrep.runtime.cpu_policy import threads_share_fast_matmul
+from richrep.runtime.progress import Progress, plan
 from richrep.runtime.threads import ThreadBudget
 from richrep.store import quarantine, read_jsonl, write_jsonl
 from richrep.store.ledger import State, Status
 
 Log = Callable[[str], None]
-EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (representations done / total)
-Progress = Callable[[str, int, int], None]
+EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (its work done / total)
+Work = tuple[list[int], str]  # an entry's units of work per representation, and the unit
 
 
 def preflight(run: Run, entries: Sequence[SuiteEntry] | None = None) -> None:
@@ -134,9 +136,13 @@ def _evaluate(
         pending.append((entry, path))
     if pending:
         ctx = run.context(reps)
+        work = {e.name: entry_work(run, ctx, reps, e) for e, _ in pending}
+        for e, _ in pending:  # the whole stage's work, known before it starts
+            plan(progress, f"{EVAL_PREFIX}{e.name}", sum(work[e.name][0]), work[e.name][1])
 
         def one(item: tuple[SuiteEntry, Path]) -> None:
-            evaluate_entry(run, ctx, reps, *item, log=log, progress=progress)
+            w = work[item[0].name]
+            evaluate_entry(run, ctx, reps, *item, log=log, progress=progress, work=w)
 
         together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
         workers = eval_workers(exp.runtime.eval_workers, budget, len(together), run.device)
@@ -158,7 +164,7 @@ def _evaluate(
         singles = [t for t in run.trained() if t.kind == "single"]
         checks = check_seeds(run.featurizer, singles, run.source_task.train, exp.seed)
         sources = {t.name: status[t.name].meta.get("imported_from") for t in singles}
-        warn_below_floor(checks, log, sources)
+        warn_below_floor(checks, sources)
     log(
         f"features: extracted {cache.misses}, read {cache.disk_hits} from the run folder's cache"
         if exp.evaluation.cache_features
@@ -176,22 +182,74 @@ def evaluate_entry(
     *,
     log: Log = print,
     progress: Progress | None = None,
+    work: Work | None = None,
 ) -> None:
-    """One suite entry's rows on every representation, written to ``path`` (atomically)."""
+    """One suite entry's rows on every representation, written to ``path`` (atomically).
+    ``progress`` counts the protocol's units of work (``work``: per representation, and the
+    unit; default :func:`entry_work`)."""
     t0 = time.perf_counter()
     target = run.target(entry)
     info = target_facts(run, target, log, entry.name)
     protocol = protocol_of(entry)
+    weights, _ = work or entry_work(run, ctx, reps, entry, protocol, target)
     rows: list[Row] = []
-    task = f"{EVAL_PREFIX}{entry.name}"
-    if progress:
-        progress(task, 0, len(reps))
-    for i, rep in enumerate(reps):
-        rows += protocol.evaluate(replace(ctx, info=info), rep, target, entry)
-        if progress:
-            progress(task, i + 1, len(reps))
+    counter = Counter(progress, f"{EVAL_PREFIX}{entry.name}", sum(weights))
+    for rep, units in zip(reps, weights, strict=True):
+        counter.expect(units)
+        rows += protocol.evaluate(replace(ctx, info=info, advance=counter), rep, target, entry)
+        counter.settle()
     stored.write_entry(path, entry, rows)
     log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
+
+
+def entry_work(
+    run: Run,
+    ctx: Context,
+    reps: Sequence[Representation],
+    entry: SuiteEntry,
+    protocol: Any = None,
+    target: Task | None = None,
+) -> Work:
+    """The units of work of ``entry`` on each representation and their name: the protocol's
+    own estimate (:class:`~richrep.evaluation.protocols.EstimatesWork`: probe fits,
+    episodes, steps), or one per representation."""
+    protocol = protocol or protocol_of(entry)
+    if not isinstance(protocol, EstimatesWork):
+        return [1] * len(reps), "representations"
+    target = target or run.target(entry)
+    return [max(0, int(protocol.work(ctx, r, target, entry))) for r in reps], protocol.unit
+
+
+class Counter:
+    """An entry's progress in units of work: the protocol advances it as it works
+    (``Context.advance``); each representation's units are capped at its estimate and made
+    up after it, so the count never passes the total, whatever a protocol reports."""
+
+    def __init__(self, progress: Progress | None, task: str, total: int) -> None:
+        self.progress, self.task, self.total = progress, task, total
+        self.done = self.cap = 0
+        self.lock = threading.Lock()
+        self.report()
+
+    def report(self) -> None:
+        if self.progress:
+            self.progress(self.task, self.done, self.total)
+
+    def expect(self, units: int) -> None:
+        self.cap = self.done + units
+
+    def __call__(self, n: int = 1) -> None:
+        with self.lock:
+            done = min(self.done + n, self.cap)
+            if done == self.done:
+                return
+            self.done = done
+        self.report()
+
+    def settle(self) -> None:
+        if self.done != self.cap:
+            self.done = self.cap
+            self.report()
 
 
 def eval_workers(asked: int, budget: ThreadBudget, entries: int, device: torch.device) -> int:
