@@ -393,7 +393,7 @@ def test_report_renders_with_and_without_analysis(tmp_path):
     assert "Are the seeds different?" not in plain
     assert "run <code>richrep analyze RUN</code>" in plain  # says what would add the section
     assert "cat5 − wide5" in plain and "beats single by" in plain
-    assert "boom" in plain and "(n=" in plain
+    assert "boom" in plain and "n=15 · [" in plain  # n and the interval under the mean
     assert 'class="pos"' in plain  # a significant gain is coloured
     full = write_report(_data(rows, members, _analysis(names)), tmp_path / "b").read_text()
     _check_tags(full)

@@ -24,34 +24,34 @@ def unit_of(metric: str) -> tuple[float, int, str]:
 
 
 def cell_view(x: Cell, scale: float, d: int, cls: str = "") -> dict[str, str]:
-    """A cell: ``80.1 ± 1.2 (n=15)``, its interval on a second line, the rest in the title."""
-    sub = x.n_text()
-    if x.ci95 is not None and x.clipped and x.bounds:
-        sub = f"clipped to [{scale * x.bounds[0]:g}, {scale * x.bounds[1]:g}]"
-    elif x.ci95 is not None:
-        sub = f"[{scale * x.low:.{d}f}, {scale * x.high:.{d}f}]"
+    """A cell: ``80.1 ± 1.2``, then ``n=15 · [78.9, 81.3]`` (or why there is no interval)
+    below it, the std in the title."""
+    n = x.n_text()
     ci = x.ci_text()
     if x.ci95 is not None:
         ci = f"95% CI [{scale * x.low:.{d}f}, {scale * x.high:.{d}f}]"
+        n += f" · [{scale * x.low:.{d}f}, {scale * x.high:.{d}f}]"
         if x.clipped and x.bounds:
-            ci += f", clipped to [{scale * x.bounds[0]:g}, {scale * x.bounds[1]:g}]"
+            clip = f"clipped to [{scale * x.bounds[0]:g}, {scale * x.bounds[1]:g}]"
+            ci, n = f"{ci}, {clip}", f"{x.n_text()} · {clip}"
     title = (
         f"mean {scale * x.mean:.{d + 1}f}, std {scale * x.std:.{d + 1}f}, "
         f"n={x.n} {UNIT.get(x.unit, x.unit)}; {ci}"
     )
     if cls == "tie":
         title += "; within noise of the highest mean"
-    text = f"{scale * x.mean:.{d}f}{x.pm_text(d, scale)} ({x.n_text()})"
-    return {"text": text, "sub": sub if x.ci95 is not None else "", "title": title, "cls": cls}
+    text = f"{scale * x.mean:.{d}f}{x.pm_text(d, scale)}"
+    return {"text": text, "sub": n, "title": title, "cls": cls}
 
 
 def gain_view(g: Gain | None, scale: float, d: int) -> dict[str, str]:
-    """A gain: ``+3.2 ± 1.1``, its interval below, coloured only when it excludes 0."""
+    """A gain: ``+3.2 ± 1.1``, its interval (or "no interval") below, coloured only when it
+    excludes 0."""
     if g is None:
         return dict(EMPTY)
     cls = ("pos" if g.diff > 0 else "neg") if g.significant else "ns"
     if g.ci95 is None:
-        return {"text": f"{scale * g.diff:+.{d}f} (no interval)", "sub": "", "cls": cls,
+        return {"text": f"{scale * g.diff:+.{d}f}", "sub": "no interval", "cls": cls,
                 "title": g.ci_text()}  # fmt: skip
     how = f"paired over {g.n} {g.paired_over}" if g.method == "paired" else "Welch, unpaired"
     lo, hi = scale * g.low, scale * g.high  # type: ignore[operator]
@@ -112,14 +112,9 @@ def headline_view(
                 cells.append(dict(EMPTY))
                 continue
             v = cell_view(x, scale, d, "best" if col in best else "")
-            v["text"] = f"{scale * x.mean:.{d}f}{x.pm_text(d, scale)}"
             v["sub"] = col if what == "best cat" else ""
             cells.append(v)
-        for g in comp.gain_columns:
-            v = gain_view(r.gains.get(g.name), scale, d)
-            if v["text"].endswith(" (no interval)"):  # compact: the reason on the second line
-                v["text"], v["sub"] = v["text"][: -len(" (no interval)")], "no interval"
-            cells.append(v)
+        cells += [gain_view(r.gains.get(g.name), scale, d) for g in comp.gain_columns]
         t = r.target
         where = " · ".join(p for p in (t.protocol, t.size_text, t.variant) if p)
         body.append({"label": t.entry, "sub": where, "cells": cells})
