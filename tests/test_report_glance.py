@@ -206,6 +206,7 @@ def test_k_and_task_axes_have_integer_ticks():
         (lambda df: figures.accuracy_vs_k(df.drop(columns=["column"]), "in_dist"), "column"),
         (lambda df: figures.accuracy_vs_k("results.jsonl", "in_dist"), "got str"),
         (lambda df: figures.accuracy_vs_k([{"entry": "in_dist"}], "in_dist"), "lacks"),
+        (lambda df: figures.accuracy_vs_k(df.assign(value="high"), "in_dist"), "not a number"),
         (lambda df: figures.accuracy_vs_k(df, "nope"), "entry 'nope'"),
         (lambda df: figures.accuracy_vs_k(df, "in_dist", metric="top5"), "no 'top5' rows"),
         (lambda df: figures.lead_figure(df, ["in_dist", "nope"]), "entry 'nope'"),

@@ -54,7 +54,11 @@ def _record(rec: Mapping[Any, Any]) -> dict[str, Any]:
         out.update({str(k): _plain(v) for k, v in extra.items()})
     for k, v in rec.items():
         if k != "extra":
-            out[str(k)] = _plain(v) if k != "value" else float(v)
+            out[str(k)] = _plain(v)
+    try:
+        out["value"] = float(rec["value"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"a result row's value is not a number: {rec['value']!r}") from None
     return out
 
 
