@@ -338,7 +338,12 @@ def test_the_domainbed_table_has_a_row_per_method_and_a_column_per_domain(rows, 
     assert dict(body)["ensemble2"][0]["n"] == 1
     text = markdown(rows, "dg")
     assert "oracle selection" in text and "| finetune |" in text
-    assert domainbed_table(rows, "dg", tmp_path / "t.png").stat().st_size > 0
+    fig = domainbed_table(rows, "dg")
+    assert len(fig.axes) == 2  # one table per selection rule
+    from richrep.report.plots import save
+
+    save(fig, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t.svg").exists()
 
 
 # -- domain folders ------------------------------------------------------------------------

@@ -168,9 +168,9 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     md = to_markdown(comp)
     assert "cat3 − single" in md and "| dim / params |" in md
     html = store.report.read_text()
-    # two accuracy-vs-K plots and the members' training curves
+    # the lead figure, two accuracy-vs-K plots and the members' training curves
     assert (
-        "<table" in html and html.count("data:image/png;base64,") == 3 and "new · transfer" in html
+        "<table" in html and html.count("data:image/png;base64,") == 4 and "new · transfer" in html
     )
     r = CliRunner().invoke(app, ["results", str(store.root)])
     assert r.exit_code == 0 and "cat3" in r.output and "wide3" in r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -241,7 +242,7 @@ def test_terminal_very_narrow_and_untrusted_text():
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "div", "span",
     "table", "thead", "tbody", "tr", "th", "td", "caption", "code", "pre", "details", "summary",
-    "img", "ul", "li", "small", "br", "dl", "dt", "dd", "figure", "figcaption",
+    "img", "ul", "li", "small", "br", "dl", "dt", "dd", "figure", "figcaption", "section", "a",
 }  # fmt: skip
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
 
@@ -349,6 +350,8 @@ def _check_tags(page: str) -> _Tags:
             assert not name.startswith("on"), (tag, name)
             if name == "src":
                 assert value.startswith("data:image/png;base64,"), value[:40]
+            if name == "href":  # a figure's SVG or PDF beside the report
+                assert re.fullmatch(r"plots/[A-Za-z0-9_.-]+\.(svg|pdf)", value), value
     return p
 
 
@@ -391,16 +394,20 @@ def test_report_renders_with_and_without_analysis(tmp_path):
     plain = write_report(_data(rows, members), tmp_path / "a").read_text()
     _check_tags(plain)
     assert "Are the seeds different?" not in plain
+    assert "run <code>richrep analyze RUN</code>" in plain  # says what would add the section
     assert "cat5 − wide5" in plain and "beats single by" in plain
-    assert "boom" in plain and "(n=" in plain
+    assert "boom" in plain and "n=15 · [" in plain  # n and the interval under the mean
     assert 'class="pos"' in plain  # a significant gain is coloured
     full = write_report(_data(rows, members, _analysis(names)), tmp_path / "b").read_text()
     _check_tags(full)
     assert "Are the seeds different?" in full and "linear_cka" in full
+    assert "richrep analyze RUN" not in full
     plots = {p.name for p in (tmp_path / "b" / "plots").iterdir()}
     assert {"seed_similarity.png", "unit_matching.png", "training_curves.png"} <= plots
     assert any(p.startswith("accuracy_vs_k-") for p in plots)
-    assert full.count("data:image/png;base64,") == len(plots)
+    pngs = [p for p in plots if p.endswith(".png")]
+    assert full.count("data:image/png;base64,") == len(pngs)
+    assert {p[:-4] + ext for p in pngs for ext in (".svg", ".pdf")} <= plots
 
 
 def test_training_curves_plot_written(tmp_path):

@@ -6,7 +6,6 @@ over restarts (draws) with its 95 % interval and n. :func:`dg_table` builds it f
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from richrep.plugins import DG_METHODS
@@ -80,12 +79,12 @@ def markdown(rows: list[dict[str, Any]], entry: str, metric: str = "accuracy") -
 
 
 @FIGURES.register("domain_generalization")
-def domainbed_table(rows: list[Any], entry: str, path: Path) -> Path | None:
+def domainbed_table(rows: list[Any], entry: str) -> Any:
     """The report's figure of a domain_generalization entry: the DomainBed-style table (test
     accuracy, %), one panel per selection rule."""
     import matplotlib.pyplot as plt
 
-    from richrep.report.plots import mpl_text, save
+    from richrep.report.plots import mpl_text
 
     tables = [(rule, *dg_table(rows, entry, rule)) for rule in RULES]
     tables = [t for t in tables if t[2]]
@@ -106,5 +105,4 @@ def domainbed_table(rows: list[Any], entry: str, path: Path) -> Path | None:
         table.auto_set_font_size(False)
         table.set_fontsize(7)
         ax.set_title(mpl_text(f"{entry}: {rule} selection (test accuracy, %)"), fontsize=9)
-    save(fig, path)
-    return path
+    return fig
