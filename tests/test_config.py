@@ -96,6 +96,24 @@ def test_examples_parse(path, tmp_path, monkeypatch):
             r"choose one of: compatibility, continual, disambiguate, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
+        # a probe's bad value fails when the file is read, before any training
+        ({"evaluation": {"probe": {"Cs": -1}}}, r"probe 'linear' argument 'Cs'=-1 is invalid"),
+        ({"evaluation": {"probe": {"Cs": []}}}, r"'Cs'=\[\] is invalid.*at least 1 item"),
+        ({"evaluation": {"probe": {"Cs": [0.1, float("inf")]}}}, r"argument 'Cs'.*finite number"),
+        ({"evaluation": {"probe": {"dtype": "float16"}}}, r"'dtype'='float16' is invalid"),
+        ({"evaluation": {"probe": {"val_fraction": 1.0}}}, r"'val_fraction'=1\.0 is invalid"),
+        ({"evaluation": {"probe": {"max_iter": 0}}}, r"'max_iter'=0 is invalid"),
+        ({"evaluation": {"probe": {"tol": 0}}}, r"'tol'=0 is invalid"),
+        ({"evaluation": {"probe": {"random_state": -1}}}, r"'random_state'=-1 is invalid"),
+        ({"evaluation": {"probe": {"device": "gpu"}}}, r"'device'='gpu' is invalid.*device name"),
+        (
+            {"evaluation": {"probe": {"nearest_mean": {"metric": "l1"}}}},
+            r"probe 'nearest_mean' argument 'metric'='l1' is invalid",
+        ),
+        (
+            {"evaluation": {"suite": [{"name": "a", "probe": {"dtype": "half"}}]}},
+            r"evaluation\.suite\[0\]\.probe: probe 'linear' argument 'dtype'='half'",
+        ),
     ],
 )
 def test_errors_name_the_field(tiny, patch, match):

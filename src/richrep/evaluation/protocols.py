@@ -25,8 +25,8 @@ from richrep.data import Split, Task
 from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
-from richrep.evaluation.inputs import resolve_device
-from richrep.evaluation.probe_entries import make_probe, probe_seed
+from richrep.evaluation.inputs import device_for
+from richrep.evaluation.probes import make_probe, probe_seed
 from richrep.evaluation.run_view import RunView
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
@@ -180,7 +180,7 @@ def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
     """Fit ``probe`` on training data only, under the probe compute policy
     (:mod:`richrep.runtime.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
     (``converged``) rather than warned about once per probe."""
-    device = resolve_device(getattr(probe, "device", "cpu"), X)
+    device = device_for(getattr(probe, "device", "cpu"), X)
     with (
         warnings.catch_warnings(),
         probe_compute_policy(
