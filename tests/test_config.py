@@ -96,6 +96,40 @@ def test_examples_parse(path, tmp_path, monkeypatch):
             r"choose one of: compatibility, continual, disambiguate, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
+        # member kinds', objectives' and augmentations' value constraints, from their
+        # annotations: refused when the file is read, not when the member is planned or built
+        (
+            {"training": {"baselines": [{"kind": "distill", "k": 2, "temperature": 0}]}},
+            r"training\.baselines\[0\]: member kind 'distill' argument 'temperature'=0 is invalid",
+        ),
+        (
+            {"training": {"baselines": [{"kind": "distill", "k": 2, "label_weight": 2}]}},
+            r"'label_weight'=2 is invalid: Input should be less than or equal to 1",
+        ),
+        ({"training": {"baselines": [{"kind": "rfc", "k": 2, "eta": 0}]}}, r"'eta'=0 is invalid"),
+        ({"training": {"baselines": [{"kind": "bct", "k": 1, "weight": -1}]}}, r"'weight'=-1"),
+        ({"training": {"baselines": [{"kind": "simplex", "k": 1, "scale": 0}]}}, r"'scale'=0"),
+        (
+            {"training": {"baselines": [{"kind": "matryoshka", "k": 2, "dims": []}]}},
+            r"member kind 'matryoshka' argument 'dims'=\[\] is invalid",
+        ),
+        (
+            {"training": {"baselines": [{"kind": "matryoshka", "k": 2, "weights": [1, -1]}]}},
+            r"argument 'weights'=\[1, -1\] is invalid",
+        ),
+        (
+            {"training": {"objective": {"irm": {"penalty_weight": -1}}}},
+            r"training\.objective: objective 'irm' argument 'penalty_weight'=-1 is invalid",
+        ),
+        (
+            {"training": {"objective": {"distillation": {"temperature": 0}}}},
+            r"objective 'distillation' argument 'temperature'=0 is invalid",
+        ),
+        (
+            {"training": {"augment": [{"random_resized_crop": {"scale": [0.9, 0.1]}}]}},
+            r"training\.augment\[0\]: augmentation 'random_resized_crop' argument 'scale'.*"
+            r"must be \(low, high\)",
+        ),
         # a probe's bad value fails when the file is read, before any training
         ({"evaluation": {"probe": {"Cs": -1}}}, r"probe 'linear' argument 'Cs'=-1 is invalid"),
         ({"evaluation": {"probe": {"Cs": []}}}, r"'Cs'=\[\] is invalid.*at least 1 item"),
