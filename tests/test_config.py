@@ -158,6 +158,27 @@ def test_errors_name_the_field(tiny, patch, match):
         parse_experiment(raw)
 
 
+def test_every_section_reports_its_own_registry_errors_at_once(tiny):
+    """Each section checks its registry specs in its own validators: one reading names every
+    bad spec (and a schema error beside them), each under its field, not only the first."""
+    raw = dict(tiny)
+    raw["data"] = {**raw["data"], "source": ["blurr"]}
+    raw["training"] = {**raw["training"], "epochs": 0, "baselines": [{"kind": "wider", "k": 2}]}
+    raw["evaluation"] = {"probe": {"dtype": "half"}, "floors": ["inputs"]}
+    with pytest.raises(ConfigError) as e:
+        parse_experiment(raw)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "invalid experiment:"
+    for part in (
+        "  data.source[0]: unknown shift 'blurr'",
+        "  training.epochs: Input should be greater than or equal to 1",
+        "  training.baselines[0]: unknown member kind 'wider'",
+        "  evaluation.probe: probe 'linear' argument 'dtype'='half' is invalid",
+        "  evaluation.floors[0]: unknown floor 'inputs' (did you mean 'input'?)",
+    ):
+        assert any(line.startswith(part) for line in lines), (part, lines)
+
+
 def test_not_a_mapping_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="mapping"):
         parse_experiment(["a"])
