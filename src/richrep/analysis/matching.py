@@ -167,6 +167,21 @@ def _nanmean0(a: np.ndarray, size: int) -> np.ndarray:
     return a[ok].mean(0) if ok.any() else np.zeros(size)
 
 
+def _alpha_grid(
+    alphas: Sequence[float] | None, abs_xy: np.ndarray, n: int, n_alphas: int, eps: float
+) -> np.ndarray:
+    """The λ path, largest first: ``alphas`` as given, or ``n_alphas`` values log-spaced from
+    the smallest λ that zeroes every weight (``max |XᵀY| / n``) down to ``eps`` times it."""
+    if alphas is None:
+        top = float(abs_xy.max()) / n if abs_xy.size else 1.0
+        top = top if top > 0 else 1.0
+        return top * np.logspace(0.0, np.log10(eps), n_alphas)
+    grid = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
+    if grid.size == 0 or not np.all(grid > 0):
+        raise ConfigError(f"sparse_prediction: alphas must be positive; got {list(alphas)}")
+    return grid
+
+
 def sparse_prediction(
     X: Array,
     Y: Array,
@@ -203,14 +218,7 @@ def sparse_prediction(
     units = np.flatnonzero(~dead_y)
     gram = zx.T @ zx
     xy = zx.T @ zy
-    if alphas is None:
-        top = float(np.abs(xy[:, units]).max()) / n if units.size else 1.0
-        top = top if top > 0 else 1.0
-        grid = top * np.logspace(0.0, np.log10(eps), n_alphas)
-    else:
-        grid = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
-        if grid.size == 0 or not np.all(grid > 0):
-            raise ConfigError(f"sparse_prediction: alphas must be positive; got {list(alphas)}")
+    grid = _alpha_grid(alphas, np.abs(xy[:, units]), n, n_alphas, eps)
     if (X_eval is None) != (Y_eval is None):
         raise ConfigError("sparse_prediction: give both X_eval and Y_eval, or neither")
     ev = None

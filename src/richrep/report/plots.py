@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from richrep.report.tables import (  # noqa: E402
     Cell,
+    Comparison,
+    TableRow,
     bounds,
     build_comparison,
     clean,
@@ -32,6 +34,65 @@ FLOOR_STYLES = {"input": "--", "random": ":"}  # other floors: dash-dot
 def mpl_text(s: Any) -> str:
     """Untrusted text made literal for matplotlib (no mathtext, no control characters)."""
     return clean(s).replace("\\", "\\\\").replace("$", r"\$")
+
+
+def _plot_group(
+    ax: Any,
+    comp: Comparison,
+    row: TableRow,
+    color: str,
+    group: str,
+    kinds_seen: dict[str, Any],
+    ks: set[int],
+) -> None:
+    """One (protocol, size) group of :func:`metric_vs_k` in ``color``: its single/catK line
+    with error bars, its baselines as markers, its floors as lines; the kinds drawn go into
+    ``kinds_seen`` (for the legend), the K values into ``ks``."""
+    by_kind: dict[str, list[tuple[int, Any]]] = {}
+    for col, cell in row.cells.items():
+        info = comp.column_info[col]
+        by_kind.setdefault(info.kind, []).append((info.k, cell))
+    line = sorted(
+        (kc for kind, v in by_kind.items() if kind_display(kind).line for kc in v),
+        key=lambda kc: kc[0],
+    )
+    if line:
+        ks.update(k for k, _ in line)
+        ax.errorbar(
+            [k for k, _ in line],
+            [c.mean for _, c in line],
+            yerr=_err([c for _, c in line]),
+            marker="o",
+            color=color,
+            capsize=3,
+            label=mpl_text(f"single/catK · {group}"),
+        )
+    for kind, v in by_kind.items():
+        d = kind_display(kind)
+        if d.line:
+            continue
+        v.sort(key=lambda kc: kc[0])
+        if d.floor:
+            style = FLOOR_STYLES.get(kind, "-.")
+            kinds_seen[kind] = ("floor", style)
+            if len(v) == 1:
+                ax.axhline(v[0][1].mean, color=color, lw=1.1, linestyle=style)
+            else:
+                ax.plot([k for k, _ in v], [c.mean for _, c in v], style, color=color, lw=1.1)
+            continue
+        kinds_seen[kind] = ("marker", d.marker)
+        ks.update(k for k, _ in v)
+        ax.errorbar(
+            [k for k, _ in v],
+            [c.mean for _, c in v],
+            yerr=_err([c for _, c in v]),
+            marker=d.marker,
+            color=color,
+            ms=8,
+            mfc="white",
+            capsize=2,
+            linestyle="none",
+        )
 
 
 def metric_vs_k(
@@ -57,51 +118,7 @@ def metric_vs_k(
         color = colors[i % len(colors)]
         t = row.target
         group = " · ".join(t.parts[1:] if len(protos) > 1 else t.parts[2:])
-        by_kind: dict[str, list[tuple[int, Any]]] = {}
-        for col, cell in row.cells.items():
-            info = comp.column_info[col]
-            by_kind.setdefault(info.kind, []).append((info.k, cell))
-        line = sorted(
-            (kc for kind, v in by_kind.items() if kind_display(kind).line for kc in v),
-            key=lambda kc: kc[0],
-        )
-        if line:
-            ks.update(k for k, _ in line)
-            ax.errorbar(
-                [k for k, _ in line],
-                [c.mean for _, c in line],
-                yerr=_err([c for _, c in line]),
-                marker="o",
-                color=color,
-                capsize=3,
-                label=mpl_text(f"single/catK · {group}"),
-            )
-        for kind, v in by_kind.items():
-            d = kind_display(kind)
-            if d.line:
-                continue
-            v.sort(key=lambda kc: kc[0])
-            if d.floor:
-                style = FLOOR_STYLES.get(kind, "-.")
-                kinds_seen[kind] = ("floor", style)
-                if len(v) == 1:
-                    ax.axhline(v[0][1].mean, color=color, lw=1.1, linestyle=style)
-                else:
-                    ax.plot([k for k, _ in v], [c.mean for _, c in v], style, color=color, lw=1.1)
-                continue
-            kinds_seen[kind] = ("marker", d.marker)
-            ks.update(k for k, _ in v)
-            ax.errorbar(
-                [k for k, _ in v],
-                [c.mean for _, c in v],
-                yerr=_err([c for _, c in v]),
-                marker=d.marker,
-                color=color,
-                ms=8,
-                mfc="white",
-                capsize=2,
-                linestyle="none",
-            )
+        _plot_group(ax, comp, row, color, group, kinds_seen, ks)
     for kind, (how, style) in kinds_seen.items():
         label = mpl_text(kind_display(kind).label.replace("{k}", "K"))
         if how == "marker":
