@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from richrep.analysis._common import Array, as_features, centered_moments, check_pair, dead_mask
+from richrep.analysis._common import Array, centered_moments, check_pair, dead_mask, feature_matrix
 from richrep.errors import ConfigError, DataError
 
 
@@ -52,7 +52,7 @@ def _corr(x: torch.Tensor, y: torch.Tensor | None) -> tuple[np.ndarray, np.ndarr
 
 def dead_units(X: Array) -> np.ndarray:
     """Indices of the units of X that are constant over the rows (std ≤ 16·eps·|mean|)."""
-    x = as_features(X, "X")
+    x = feature_matrix(X, "X")
     m = centered_moments(x, full_self=False)
     assert m.shift_x is not None
     return np.flatnonzero(dead_mask(m.cxx() / m.n, m.shift_x + m.sx / m.n, x.dtype).cpu().numpy())
@@ -65,7 +65,7 @@ def correlation_matrix(X: Array, Y: Array | None = None) -> np.ndarray:
     every unit, itself included.
     """
     if Y is None:
-        x = as_features(X, "X")
+        x = feature_matrix(X, "X")
         if x.shape[0] < 2:
             raise DataError(f"correlation_matrix needs at least 2 rows (samples); got {x.shape[0]}")
         return _corr(x, None)[0]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from richrep.analysis._common import Array, as_features
+from richrep.analysis._common import Array, feature_matrix
 from richrep.analysis.matching import match_units, sparse_prediction, spectral_clusters
 from richrep.analysis.measures import MEASURES
 from richrep.analysis.permutation import pairwise, permutation_test
@@ -174,8 +174,12 @@ def _check(
         raise ConfigError(f"compare_seeds: n_permutations must be >= 1; got {n_permutations!r}")
     if not _is_int(n_clusters) or n_clusters < 2:
         raise ConfigError(f"compare_seeds: n_clusters must be >= 2; got {n_clusters!r}")
-    tr = [as_features(t, f"trained[{i}]") for i, t in enumerate(trained)]
-    rnd = None if random is None else [as_features(t, f"random[{i}]") for i, t in enumerate(random)]
+    tr = [feature_matrix(t, f"trained[{i}]") for i, t in enumerate(trained)]
+    rnd = (
+        None
+        if random is None
+        else [feature_matrix(t, f"random[{i}]") for i, t in enumerate(random)]
+    )
     n = tr[0].shape[0]
     for what, group in (("trained", tr), ("random", rnd or [])):
         for i, t in enumerate(group):

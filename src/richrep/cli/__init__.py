@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -138,6 +138,21 @@ class Format(StrEnum):
     csv = "csv"
 
 
+def _print_ood(rows: list[Any], run_dir: Path, metric: str | None) -> None:
+    """The ood entries as algorithm × initialization tables, one per selection rule."""
+    from richrep.report.ood_tables import MEANING, RULES, ood_entries, ood_markdown, ood_table
+
+    names = ood_entries(rows)
+    if not names:
+        raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
+    for e in names:
+        comp = ood_table(rows, e, metric or "worst_env_accuracy")
+        for rule in RULES:
+            print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
+            print(ood_markdown(comp, rule))
+            print(f"\n_{MEANING}_\n")
+
+
 @app.command()
 def results(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
@@ -164,14 +179,7 @@ def results(
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
     from richrep.registry import did_you_mean
-    from richrep.report.ood_tables import (
-        MEANING,
-        RULES,
-        ood_entries,
-        ood_markdown,
-        ood_table,
-        table_rows,
-    )
+    from richrep.report.ood_tables import table_rows
     from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
     from richrep.report.terminal import render_table
     from richrep.run import Run
@@ -199,15 +207,7 @@ def results(
         if note:
             say(note, style="yellow", to=err)
         if ood:
-            names = ood_entries(rows)
-            if not names:
-                raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
-            for e in names:
-                comp = ood_table(rows, e, metric or "worst_env_accuracy")
-                for rule in RULES:
-                    print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
-                    print(ood_markdown(comp, rule))
-                    print(f"\n_{MEANING}_\n")
+            _print_ood(rows, run_dir, metric)
             return
         order = [e.name for e in r.exp.evaluation.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment

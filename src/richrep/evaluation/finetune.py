@@ -67,12 +67,12 @@ from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.evaluation.finetune_train import (
     Fitted,
     Tuned,
+    accuracy_and_loss,
     concat_heads,
-    fit,
+    fit_network,
     head_of,
     network,
     predict,
-    scores,
 )
 from richrep.evaluation.protocols import Context
 from richrep.evaluation.run_view import RunView
@@ -276,7 +276,7 @@ class FineTune:
 
     def _fit(self, job: Job, model: nn.Module, lr: float, wd: float, name: str) -> Fitted:
         run = job.run
-        return fit(
+        return fit_network(
             model.to(run.device),
             job.train,
             job.val,
@@ -308,7 +308,9 @@ class FineTune:
         lr, wd, f = best
         model = network(run, rep.parts, target.num_classes, *job.where, rep.id)
         model.load_state_dict(f.state)
-        acc, _ = scores(predict(model, target.test.x, run.device, run.dtype), target.test.y)
+        acc, _ = accuracy_and_loss(
+            predict(model, target.test.x, run.device, run.dtype), target.test.y
+        )
         extra = {
             "lr": lr,
             "weight_decay": wd,
@@ -359,7 +361,7 @@ class FineTune:
                 for s in ("train", "val", "test")
             }
             if self.head_epochs:
-                fit(
+                fit_network(
                     head,
                     Split(feats["train"], train.y),
                     Split(feats["val"], val.y),
@@ -373,7 +375,7 @@ class FineTune:
                     select=False,
                 )
             with torch.no_grad():
-                score = scores(head.eval()(feats["val"]), val.y)
+                score = accuracy_and_loss(head.eval()(feats["val"]), val.y)
             if best is None or (score[0], -score[1]) > (best[4][0], -best[4][1]):
                 best = (lr, wd, tuned, head, score, feats["test"])
         if best is None:
@@ -382,7 +384,7 @@ class FineTune:
             )
         lr, wd, tuned, head, (val_acc, val_loss), test_feats = best
         with torch.no_grad():
-            acc, _ = scores(head(test_feats), target.test.y)
+            acc, _ = accuracy_and_loss(head(test_feats), target.test.y)
         extra = {
             "lr": lr,
             "weight_decay": wd,

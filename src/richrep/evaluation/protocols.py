@@ -176,7 +176,7 @@ def pool(task: Task) -> Split:
     return Split(concat(a.x, b.x), torch.cat([a.y, b.y]), g, e, rows)
 
 
-def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
+def fit_probe(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
     """Fit ``probe`` on training data only, under the probe compute policy
     (:mod:`richrep.runtime.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
     (``converged``) rather than warned about once per probe."""
@@ -222,7 +222,7 @@ class Transfer:
         x_test = ctx.featurizer(rep, target.test)
         rows = []
         for size, d, idx in sets:
-            probe = fit(ctx.make_probe(entry, d), feats[idx], data.y[idx])
+            probe = fit_probe(ctx.make_probe(entry, d), feats[idx], data.y[idx])
             acc = probe.score(x_test, target.test.y)
             counts = torch.bincount(data.y[idx])
             per_class = int(counts[counts > 0].min()) if len(idx) else 0  # the real n per class
@@ -272,7 +272,7 @@ class Robustness:
 
         def make() -> tuple[Any, int]:
             train = ctx.pool(ctx.source)
-            return fit(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
+            return fit_probe(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
 
         probe, n_train = ctx.once(ctx.fitted, f"{rep.id}|{spec.label()}", make)
         acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)

@@ -241,7 +241,7 @@ def covariance(XT: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(XT: torch.Tensor, y: torch.Tensor, Wt: torch.Tensor) -> float:
+def _accuracy(XT: torch.Tensor, y: torch.Tensor, Wt: torch.Tensor) -> float:
     """Fraction of the columns of ``XT`` whose highest logit is their class in ``y``."""
     pred = torch.addmm(Wt[-1][:, None], Wt[:-1].t(), XT).argmax(0)
     return float((pred == y).to(torch.float64).mean())
@@ -292,7 +292,7 @@ def solve_path(
         n_iter.append(it)
         converged &= ok
         solutions.append(Wt)
-        scores.append(accuracy(XT[:, n_train:], y_all[n_train:], Wt) if has_val else math.nan)
+        scores.append(_accuracy(XT[:, n_train:], y_all[n_train:], Wt) if has_val else math.nan)
     best = int(np.argmax(scores)) if has_val else 0  # the first maximum: the strongest
     Wt, C_best = solutions[best], float(Cs[best])
     evals, flops = obj.evals, obj.flops

@@ -190,6 +190,24 @@ def _figure(path: Path, caption_text: str) -> dict[str, str]:
     return {"src": _data_uri(path), "alt": caption_text, "caption": caption_text}
 
 
+def _ood_section(data: ReportData, e: str, plots_dir: Path) -> dict[str, Any]:
+    """The OOD section of entry ``e``: its tables and a figure per selection rule."""
+    view = ood_view(ood_table(data.rows, e), ood_table(data.rows, e, "accuracy"))
+    view["entry"] = e
+    view["figures"] = []
+    for rule in RULES:
+        path = ood_environments(data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule)
+        if path is not None:
+            view["figures"].append(
+                _figure(
+                    path,
+                    f"{e}: accuracy per test environment ({rule} selection; mean, bars: "
+                    "95% interval over seeds × restarts, clipped to [0, 1])",
+                )
+            )
+    return view
+
+
 def render_html(data: ReportData, out_dir: Path) -> str:
     """Draw the plots under ``out_dir/plots`` and return the page."""
     plots_dir = RunStore(Path(out_dir)).plots
@@ -222,23 +240,8 @@ def render_html(data: ReportData, out_dir: Path) -> str:
             path = FIGURES.build(protocol, data.rows, e, plots_dir / f"{slug(e)}.png")
             if path is not None:
                 figures.append(_figure(path, e))
-    ood = []
     oods = ood_entries(data.rows)
-    for e in oods:
-        view = ood_view(ood_table(data.rows, e), ood_table(data.rows, e, "accuracy"))
-        view["entry"] = e
-        view["figures"] = []
-        for rule in RULES:
-            path = ood_environments(data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule)
-            if path is not None:
-                view["figures"].append(
-                    _figure(
-                        path,
-                        f"{e}: accuracy per test environment ({rule} selection; mean, bars: "
-                        "95% interval over seeds × restarts, clipped to [0, 1])",
-                    )
-                )
-        ood.append(view)
+    ood = [_ood_section(data, e, plots_dir) for e in oods]
     curves = P.training_curves(data.members, plots_dir / "training_curves.png")
     seeds = None
     if data.analysis:

@@ -23,7 +23,7 @@ from richrep.report.tables import (  # noqa: E402
     TableRow,
     bounds,
     build_comparison,
-    clean,
+    cell_text,
     kind_display,
 )
 from richrep.results.stats import summarize  # noqa: E402
@@ -33,7 +33,7 @@ FLOOR_STYLES = {"input": "--", "random": ":"}  # other floors: dash-dot
 
 def mpl_text(s: Any) -> str:
     """Untrusted text made literal for matplotlib (no mathtext, no control characters)."""
-    return clean(s).replace("\\", "\\\\").replace("$", r"\$")
+    return cell_text(s).replace("\\", "\\\\").replace("$", r"\$")
 
 
 def _plot_group(

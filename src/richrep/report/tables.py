@@ -28,6 +28,7 @@ from typing import Any
 from richrep.report.cells import UNIT, Cell, Gain, bounds
 from richrep.report.display import Display, kind_display
 from richrep.report.text import strip_control
+from richrep.results.rows import count
 from richrep.results.stats import aggregate, paired_difference, welch_interval
 
 TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment", "variant")
@@ -160,7 +161,7 @@ class Comparison:
                 base = r.cells.get(g.right)
                 d[g.right] = base.mean if base else None
                 gain = r.gains.get(g.name)
-                d[f"gain_{kind_of(self, g.right)}"] = (
+                d[f"gain_{column_kind(self, g.right)}"] = (
                     None
                     if gain is None
                     else {
@@ -175,7 +176,7 @@ class Comparison:
         return out
 
 
-def kind_of(comp: Comparison, column: str) -> str:
+def column_kind(comp: Comparison, column: str) -> str:
     info = comp.column_info.get(column)
     return info.kind if info else column
 
@@ -309,7 +310,7 @@ def gain(a: Cell | None, b: Cell | None, g: GainColumn) -> Gain | None:
 # ---------------------------------------------------------------------------- plain text
 
 
-def clean(s: Any) -> str:
+def cell_text(s: Any) -> str:
     """Text of an untrusted value on one line, without terminal escape sequences, control
     characters or bidirectional overrides."""
     return strip_control(re.sub(r"[\t\n\r]+", " ", str(s)))
@@ -332,15 +333,8 @@ def caption(comp: Comparison) -> str:
     )
 
 
-def count(n: int | None) -> str:
-    """A parameter count, short: 0, 12k, 1.25M."""
-    if not n:
-        return "0"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
-
-
 def _md(s: Any) -> str:
-    return clean(s).replace("\\", "\\\\").replace("|", "\\|")
+    return cell_text(s).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def to_markdown(comp: Comparison, digits: int = 3) -> str:
@@ -400,7 +394,7 @@ def _csv_safe(v: Any) -> Any:
     if isinstance(v, dict | list | tuple):
         v = json.dumps(v, sort_keys=True, default=str)
     if isinstance(v, str):
-        v = clean(v)
+        v = cell_text(v)
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _isnum(v):
         return "'" + v
     return v

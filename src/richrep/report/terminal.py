@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from richrep.report.tables import Cell, Comparison, Gain, TableRow, caption, clean, count
+from richrep.report.tables import Cell, Comparison, Gain, TableRow, caption, cell_text, count
 
 HINT = "other forms: richrep results RUN --format markdown | csv"
 LABEL_MAX = 28  # the target column folds beyond this
@@ -29,7 +29,9 @@ def render_table(
     digits: int = 3,
 ) -> Group:
     """The table fitted to ``width`` columns, a caption and a hint line on other formats."""
-    head = Text(clean(f"{title}: " if title else "") + f"test {clean(comp.metric)}", style="bold")
+    head = Text(
+        cell_text(f"{title}: " if title else "") + f"test {cell_text(comp.metric)}", style="bold"
+    )
     parts: list = [head]
     if not comp.rows:
         parts.append(Text("no result rows", style="dim"))
@@ -41,7 +43,7 @@ def render_table(
             parts.extend(_split(comp, width, digits))
     parts.append(Text(caption(comp) + "; bold green: highest beyond noise", style="dim"))
     if hint:
-        parts.append(Text(clean(hint), style="dim italic"))
+        parts.append(Text(cell_text(hint), style="dim italic"))
     return Group(*parts)
 
 
@@ -69,14 +71,14 @@ def _gain_lines(g: Gain | None, digits: int) -> list[str]:
 
 def _one_line(comp: Comparison, digits: int) -> list[int]:
     """Widths of [target, *columns, *gains] with every cell on one line."""
-    label = max([len("target"), *(cell_len(clean(r.label)) for r in comp.rows)])
+    label = max([len("target"), *(cell_len(cell_text(r.label)) for r in comp.rows)])
     out = [label]
     for c in comp.columns:
         texts = [r.cells[c].text(digits) for r in comp.rows if c in r.cells]
-        out.append(max([cell_len(clean(c)), *(cell_len(t) for t in texts)]))
+        out.append(max([cell_len(cell_text(c)), *(cell_len(t) for t in texts)]))
     for g in comp.gain_columns:
         texts = [x.text(digits) for r in comp.rows if (x := r.gains.get(g.name)) is not None]
-        out.append(max([cell_len(clean(g.name)), *(cell_len(t) for t in texts)]))
+        out.append(max([cell_len(cell_text(g.name)), *(cell_len(t) for t in texts)]))
     return out
 
 
@@ -88,7 +90,7 @@ def _two_line(comp: Comparison, digits: int) -> tuple[int, list[int], list[int]]
     )
 
     def word(h: str) -> int:
-        return max(cell_len(w) for w in clean(h).split() or [""])
+        return max(cell_len(w) for w in cell_text(h).split() or [""])
 
     cols = []
     for c in comp.columns:
@@ -129,7 +131,7 @@ def _split(comp: Comparison, width: int, digits: int) -> list:
 
 def _label_lines(row: TableRow) -> list[str]:
     """The target on two lines: the entry, then protocol · size (· group · environment)."""
-    parts = [clean(p) for p in row.target.parts]
+    parts = [cell_text(p) for p in row.target.parts]
     return [parts[0], " · ".join(parts[1:])]
 
 
@@ -147,9 +149,11 @@ def _build(comp, columns, gain_columns, widths, digits, stacked) -> Table:
     table = Table(box=box.SQUARE, expand=False, pad_edge=True, show_lines=stacked)
     table.add_column(Text("target"), min_width=widths[0], max_width=widths[0], overflow="fold")
     for c, w in zip([*columns, *(g.name for g in gain_columns)], widths[1:], strict=True):
-        table.add_column(Text(clean(c)), justify="right", min_width=w, max_width=w, overflow="fold")
+        table.add_column(
+            Text(cell_text(c)), justify="right", min_width=w, max_width=w, overflow="fold"
+        )
     for r in comp.rows:
-        label = Text("\n".join(_label_lines(r)) if stacked else clean(r.label))
+        label = Text("\n".join(_label_lines(r)) if stacked else cell_text(r.label))
         vals: list[Text] = []
         for c in columns:
             cell = r.cells.get(c)
@@ -180,7 +184,7 @@ def _per_target(comp: Comparison, digits: int) -> list:
     """One narrow table per target: representation, mean, ± interval and n."""
     out = []
     for r in comp.rows:
-        t = Table(title=Text(clean(r.label)), box=box.SIMPLE, expand=False)
+        t = Table(title=Text(cell_text(r.label)), box=box.SIMPLE, expand=False)
         t.add_column("column", overflow="fold")
         t.add_column("mean", justify="right", no_wrap=True)
         t.add_column("± 95% interval", justify="right", no_wrap=True)
@@ -190,7 +194,7 @@ def _per_target(comp: Comparison, digits: int) -> list:
             if cell is None:
                 continue
             t.add_row(
-                Text(clean(c)),
+                Text(cell_text(c)),
                 Text(cell.mean_text(digits), style=_style(comp, r, c)),
                 Text(cell.pm_text(digits).strip() or "none"),
                 Text(str(cell.n)),
@@ -200,7 +204,7 @@ def _per_target(comp: Comparison, digits: int) -> list:
             if x is None:
                 continue
             t.add_row(
-                Text(clean(g.name)),
+                Text(cell_text(g.name)),
                 Text(f"{x.diff:+.{digits}f}", style=_gain_style(x)),
                 Text(f"± {x.ci95:.{digits}f}" if x.ci95 is not None else "none"),
                 Text(str(x.n)),
