@@ -42,10 +42,9 @@ items back instead of training them again. Fine-tuned weights are kept only with
 **Cost.** The per-seed fine-tunings of ``two_stage`` are cached per (seed, size, draw, lr,
 weight decay) within an entry with their features, so cat2, cat3, … reuse those the singles
 made and add only head phases; ``init`` trains each catK subset's towers anew. Training
-autocasts to the run's precision and uses channels_last for convolutions (1.7× faster for the
-CNN on one CPU thread; bf16 only where the CPU runs it fast, as ``training.precision: auto``
-decides). The size ``all`` dominates: on one CPU thread a 420k-parameter CNN fine-tunes at
-about 1,100 images/s, so one setting of 8 epochs on 24,000 images takes about 3 minutes.
+autocasts to the run's precision and uses channels_last for convolutions (faster for the CNN
+on a CPU; bf16 only where the CPU runs it fast, as ``training.precision: auto`` decides). The
+size ``all`` dominates the cost (timings: the README's Performance section).
 ``columns`` restricts the representations fine-tuned (e.g. ``[single, cat5, wide5]``).
 """
 

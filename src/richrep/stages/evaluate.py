@@ -100,7 +100,7 @@ def evaluate(
     robustness, continual) are evaluated several at a time in threads (``runtime.eval_workers``),
     each with its share of the thread budget, sharing one feature cache and one context: a
     probe solve's many small operations gain little from a second core, two solves side by side
-    gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
+    gain nearly twice as much. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
     The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
     with budget.applied():
