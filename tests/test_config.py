@@ -130,6 +130,23 @@ def test_examples_parse(path, tmp_path, monkeypatch):
             r"training\.augment\[0\]: augmentation 'random_resized_crop' argument 'scale'.*"
             r"must be \(low, high\)",
         ),
+        (
+            {"data": {"dataset": "mnist1d", "source": [{"classes": {"keep": [1, 1]}}]}},
+            r"data\.source\[0\]: shift 'classes' argument 'keep'=\[1, 1\].*lists a class twice",
+        ),
+        (
+            {
+                "evaluation": {
+                    "suite": [
+                        {
+                            "name": "u",
+                            "protocol": {"compatibility": {"old": "a", "sequences": {"s": ["a"]}}},
+                        }
+                    ]
+                }
+            },
+            r"protocol 'compatibility' argument 'sequences'.*at least 2 items",
+        ),
         # a probe's bad value fails when the file is read, before any training
         ({"evaluation": {"probe": {"Cs": -1}}}, r"probe 'linear' argument 'Cs'=-1 is invalid"),
         ({"evaluation": {"probe": {"Cs": []}}}, r"'Cs'=\[\] is invalid.*at least 1 item"),
