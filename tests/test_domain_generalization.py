@@ -21,8 +21,8 @@ from richrep.evaluation.dg.job import (
     DropoutClassifier,
     Recipe,
     Trained,
-    domain_slices,
     fingerprint,
+    leave_one_out_slices,
     outputs,
     softmax_mean,
 )
@@ -131,7 +131,7 @@ def test_every_method_reports_each_domain_and_the_average_under_both_rules(rows)
 
 def small_job(run: Run, domain: int = 0, **kw: Any) -> tuple[DGJob, Any]:
     task = run.target(SuiteEntry.model_validate(entry()))
-    slices = domain_slices(task, domain, f"d{domain}")
+    slices = leave_one_out_slices(task, domain, f"d{domain}")
     job = DGJob(
         run,
         ("single-s0",),

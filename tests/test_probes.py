@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from richrep.errors import DataError
+from richrep.errors import ConfigError, DataError
 from richrep.evaluation import probes
 from richrep.evaluation.inputs import stratified_val_split
 from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
@@ -217,6 +217,27 @@ def test_other_input_errors(digits):
         LinearProbe(device="cpu").fit(X, y, X, y + 100)
     with pytest.raises(ValueError, match="Unknown label type"):
         LinearProbe(device="cpu").fit(X, y + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("probe", "match"),
+    [
+        (LinearProbe(Cs=-1.0), r"LinearProbe argument 'Cs'=-1\.0 is invalid"),
+        (LinearProbe(Cs=[]), r"'Cs'=\[\] is invalid"),
+        (LinearProbe(Cs=[0.1, float("nan")]), r"'Cs'.*finite number"),
+        (LinearProbe(dtype="float16"), r"'dtype'='float16' is invalid"),
+        (LinearProbe(val_fraction=0.0), r"'val_fraction'=0\.0 is invalid"),
+        (LinearProbe(max_iter=0), r"'max_iter'=0 is invalid"),
+        (LinearProbe(tol=-1.0), r"'tol'=-1\.0 is invalid"),
+        (LinearProbe(device="gpu"), r"'device'='gpu' is invalid"),
+        (NearestMeanProbe(metric="l1"), r"NearestMeanProbe argument 'metric'='l1' is invalid"),
+    ],
+)
+def test_bad_arguments_fail_at_fit_with_the_registry_constraints(digits, probe, match):
+    """A probe built in Python is held to the constraints its annotations carry (those the
+    registry checks when an experiment is read), before any work."""
+    with pytest.raises(ConfigError, match=match):
+        probe.fit(digits["X"], digits["y"])
 
 
 def test_torch_and_numpy_inputs_agree(digits):

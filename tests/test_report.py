@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from richrep.report.html import ReportData, write_report
-from richrep.report.plots import training_curves
+from richrep.report.plots import save_training_curves
 from richrep.report.summary import summary_lines
 from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
 from richrep.report.terminal import render_table
@@ -413,9 +413,9 @@ def test_report_renders_with_and_without_analysis(tmp_path):
 def test_training_curves_plot_written(tmp_path):
     members = _members(["single-s0", "single-s1", "wide$3"])
     members[0]["history"] = [{**h, "val_acc": 0.6} for h in members[0]["history"]]
-    path = training_curves(members, tmp_path / "curves.png")
+    path = save_training_curves(members, tmp_path / "curves.png")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert training_curves([{"name": "x", "history": []}], tmp_path / "none.png") is None
+    assert save_training_curves([{"name": "x", "history": []}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
 
 

@@ -16,7 +16,7 @@ from richrep import __version__
 from richrep.cli import app
 from richrep.config import dump_experiment, load_experiment, parse_experiment
 from richrep.errors import ConfigError, TrainingError
-from richrep.report.columns import resolve
+from richrep.report.columns import resolve_columns
 from richrep.report.html import table_view
 from richrep.report.tables import build_comparison, to_markdown
 from richrep.report.terminal import render_table
@@ -137,7 +137,7 @@ def test_nothing_is_cut_at_any_width(comp, width):
 
 
 def test_columns_select_and_keep_their_order(comp):
-    names = resolve([comp], ["cat5,single", "cat5-wide5"])
+    names = resolve_columns([comp], ["cat5,single", "cat5-wide5"])
     assert names == ["cat5", "single", "cat5 − wide5"]
     lines = _render(comp, 80, columns=names)
     body, hidden = "\n".join(lines).split("not shown:")
@@ -145,7 +145,7 @@ def test_columns_select_and_keep_their_order(comp):
     header = next(x for x in lines if "cat5" in x and "single" in x)
     assert header.index("cat5") < header.index("single")
     assert "wide5, joint5, distill5 and 5 gains" in hidden
-    every = _render(comp, 250, columns=resolve([comp], ["all"]))
+    every = _render(comp, 250, columns=resolve_columns([comp], ["all"]))
     assert "not shown" not in "\n".join(every) and "cat2 − single" in "\n".join(every)
 
 
@@ -160,7 +160,7 @@ def test_columns_select_and_keep_their_order(comp):
 )
 def test_unknown_columns_are_named_with_the_nearest(comp, asked, message):
     with pytest.raises(ConfigError, match="--columns") as e:
-        resolve([comp], asked)
+        resolve_columns([comp], asked)
     assert message in str(e.value)
     assert "cat5-single" in str(e.value) or "at least one" in str(e.value)
 

@@ -146,6 +146,21 @@ class Format(StrEnum):
     csv = "csv"
 
 
+def _print_ood(rows: list[Any], run_dir: Path, metric: str | None) -> None:
+    """The ood entries as algorithm × initialization tables, one per selection rule."""
+    from richrep.report.ood_tables import MEANING, RULES, ood_entries, ood_markdown, ood_table
+
+    names = ood_entries(rows)
+    if not names:
+        raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
+    for e in names:
+        comp = ood_table(rows, e, metric or "worst_env_accuracy")
+        for rule in RULES:
+            print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
+            print(ood_markdown(comp, rule))
+            print(f"\n_{MEANING}_\n")
+
+
 @app.command()
 def results(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
@@ -193,37 +208,15 @@ def results(
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
     from richrep.evaluation.stored import left_out, left_out_message
-    from richrep.registry import did_you_mean
-    from richrep.report.columns import chosen, resolve
-    from richrep.report.ood_tables import (
-        MEANING,
-        RULES,
-        ood_entries,
-        ood_markdown,
-        ood_table,
-        table_rows,
-    )
-    from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
-    from richrep.report.terminal import render_tables
+    from richrep.report.ood_tables import table_rows
+    from richrep.report.tables import derived_note, to_csv
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
     with guard():
         _layout_options(fmt, ood, columns, transpose)
         r = Run.open(run_dir)
-        rows = read_results(r)
-        if entry:
-            have = sorted({x.entry for x in rows})
-            unknown = sorted(set(entry) - set(have))
-            if unknown:
-                raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
-            rows = [x for x in rows if x.entry in entry]
-        have = sorted({x.metric for x in rows})
-        if metric is not None and metric not in have:
-            raise RichrepError(
-                f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
-                f"they have {', '.join(have) or 'none'}"
-            )
+        rows = _selected_rows(read_results(r), run_dir, entry, metric)
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
             return
@@ -233,32 +226,61 @@ def results(
         if left := left_out(r.store.results_dir, {e.name for e in r.suite}):
             say(left_out_message(left, r.store.root), style="yellow", to=err)
         if ood:
-            names = ood_entries(rows)
-            if not names:
-                raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
-            for e in names:
-                comp = ood_table(rows, e, metric or "worst_env_accuracy")
-                for rule in RULES:
-                    print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
-                    print(ood_markdown(comp, rule))
-                    print(f"\n_{MEANING}_\n")
+            _print_ood(rows, run_dir, metric)
             return
         order = [e.name for e in r.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
-        wanted = [metric] if metric else metrics(rows)
-        comps = [build_comparison(rows, order, metric=m) for m in wanted]
-        names = resolve(comps, columns) if columns else None
-        if fmt == Format.markdown:
-            for comp in comps:
-                print(to_markdown(comp, columns=None if names is None else chosen(comp, names)))
-                print()
-        else:
-            out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
-            out.print(
-                render_tables(comps, out.width, r.exp.name, columns=names, transpose=transpose)
-            )
+        _print_tables(r.exp.name, rows, order, fmt, metric, columns, transpose)
         if metric in (None, "accuracy"):
             print_verdicts(r, rows, order, markdown=fmt == Format.markdown)
+
+
+def _print_tables(
+    title: str,
+    rows: list[Any],
+    order: list[str],
+    fmt: Format,
+    metric: str | None,
+    columns: list[str] | None,
+    transpose: bool | None,
+) -> None:
+    """Each metric's comparison table: markdown, or fitted to the terminal's width."""
+    from richrep.report.columns import chosen, resolve_columns
+    from richrep.report.tables import build_comparison, metrics, to_markdown
+    from richrep.report.terminal import render_tables
+
+    wanted = [metric] if metric else metrics(rows)
+    comps = [build_comparison(rows, order, metric=m) for m in wanted]
+    names = resolve_columns(comps, columns) if columns else None
+    if fmt == Format.markdown:
+        for comp in comps:
+            print(to_markdown(comp, columns=None if names is None else chosen(comp, names)))
+            print()
+        return
+    out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
+    out.print(render_tables(comps, out.width, title, columns=names, transpose=transpose))
+
+
+def _selected_rows(
+    rows: list[Any], run_dir: Path, entry: list[str] | None, metric: str | None
+) -> list[Any]:
+    """The rows of the entries asked for; an unknown entry or metric is named with what the
+    results have."""
+    from richrep.registry import did_you_mean
+
+    if entry:
+        have = sorted({x.entry for x in rows})
+        unknown = sorted(set(entry) - set(have))
+        if unknown:
+            raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
+        rows = [x for x in rows if x.entry in entry]
+    have = sorted({x.metric for x in rows})
+    if metric is not None and metric not in have:
+        raise RichrepError(
+            f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
+            f"they have {', '.join(have) or 'none'}"
+        )
+    return rows
 
 
 def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None) -> None:

@@ -19,11 +19,10 @@ import pydantic
 import yaml
 
 from richrep.config import (
-    EvaluationConfig,
     Experiment,
     SuiteEntry,
     TrainingConfig,
-    resolve,
+    parse_experiment,
 )
 from richrep.config.yamlio import load_yaml
 from richrep.errors import ConfigError
@@ -120,15 +119,12 @@ def resolve_entries(
     ``exp``'s own suite are (so the same entry has the same results file)."""
     out = []
     for e in entries:
-        alone = exp.model_copy(
-            update={
-                "model": exp.model.model_copy(update={"pretrained": None}),  # hashed already
-                "training": TrainingConfig(),
-                "evaluation": EvaluationConfig(suite=[e]),
-            }
-        )
+        alone = exp.model_dump(mode="json")
+        alone["model"]["pretrained"] = None  # hashed already
+        alone["training"] = TrainingConfig().model_dump(mode="json")
+        alone["evaluation"] = {"suite": [e.model_dump(mode="json")]}
         try:
-            out += resolve(alone).evaluation.suite
+            out += parse_experiment(alone).evaluation.suite
         except ConfigError as err:
             raise ConfigError(
                 str(err).replace("evaluation.suite[0]", f"{source} {e.name}")

@@ -20,7 +20,7 @@ class RuntimeConfig(Strict):
     # suite entries evaluated at once, in threads sharing the feature cache, each with its own
     # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
     eval_workers: Annotated[int, Field(ge=0)] = 0
-    engine: Spec = Spec(name="local")
+    engine: Annotated[Spec, Field(validate_default=True)] = Spec(name="local")
     track: Spec | None = None  # experiment tracking (TRACKERS): null, mlflow, {mlflow: {...}}
     strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
         "auto"
@@ -36,14 +36,16 @@ class RuntimeConfig(Strict):
         check_device(v, available=False)  # availability is checked where it is used
         return v
 
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: Spec) -> Spec:
+        return v.resolved(ENGINES, "runtime.engine")
+
+    @field_validator("track")
+    @classmethod
+    def _tracker(cls, v: Spec | None) -> Spec | None:
+        return None if v is None else v.resolved(TRACKERS, "runtime.track")
+
     @property
     def evaluation_device(self) -> str:
         return self.eval_device or self.device
-
-
-def resolve_runtime(rt: RuntimeConfig) -> RuntimeConfig:
-    """``rt`` with the engine's and the tracker's arguments checked and defaults filled in."""
-    track = rt.track.resolved(TRACKERS, "runtime.track") if rt.track is not None else None
-    return rt.model_copy(
-        update={"engine": rt.engine.resolved(ENGINES, "runtime.engine"), "track": track}
-    )

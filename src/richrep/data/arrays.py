@@ -60,25 +60,7 @@ def npz(
     (default: the experiment's seed). ``info`` records ``scaled`` and ``test_split``.
     """
     p = Path(path).expanduser()
-    arrays = _known(p, _read(p))
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DataError(f"{p} lacks array(s) {missing}; it has {sorted(arrays)} (need x and y)")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(f"{p}: give both x_test and y_test, or neither")
-    for k in ("groups_test", "env_test"):
-        if k in arrays and "x_test" not in arrays:
-            raise DataError(f"{p}: {k} without x_test; give x_test and y_test too")
-    sets = [TRAIN] + [TEST] * ("x_test" in arrays)
-    for keys in sets:
-        _check_set(p, arrays, *keys)
-    need, free = 4 * sum(arrays[s[0]].size for s in sets), available_memory()
-    if free is not None and need > free:  # a mapped x is read whole into float32 tensors
-        names = " and ".join(s[0] for s in sets) + (" take" if len(sets) > 1 else " takes")
-        raise DataError(
-            f"{p}: {names} {human_bytes(need)} as float32 (the tasks' dtype), more than the "
-            f"{human_bytes(free)} of memory available"
-        )
+    arrays = _checked_arrays(p)
     x, y, g, e = arrays["x"], arrays["y"], arrays.get("groups"), arrays.get("env")
     if x.ndim == 3 and kind in ("auto", "image"):
         x = x[:, None]
@@ -119,6 +101,31 @@ def npz(
         e_test=et,
         divide_by=divisor,
     )
+
+
+def _checked_arrays(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``p`` that richrep reads, checked: x and y (and x_test with y_test) present,
+    each set consistent, and all of them fitting in memory as float32."""
+    arrays = _known(p, _read(p))
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{p} lacks array(s) {missing}; it has {sorted(arrays)} (need x and y)")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{p}: give both x_test and y_test, or neither")
+    for k in ("groups_test", "env_test"):
+        if k in arrays and "x_test" not in arrays:
+            raise DataError(f"{p}: {k} without x_test; give x_test and y_test too")
+    sets = [TRAIN] + [TEST] * ("x_test" in arrays)
+    for keys in sets:
+        _check_set(p, arrays, *keys)
+    need, free = 4 * sum(arrays[s[0]].size for s in sets), available_memory()
+    if free is not None and need > free:  # a mapped x is read whole into float32 tensors
+        names = " and ".join(s[0] for s in sets) + (" take" if len(sets) > 1 else " takes")
+        raise DataError(
+            f"{p}: {names} {human_bytes(need)} as float32 (the tasks' dtype), more than the "
+            f"{human_bytes(free)} of memory available"
+        )
+    return arrays
 
 
 def _known(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

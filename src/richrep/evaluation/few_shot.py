@@ -46,7 +46,7 @@ from richrep.config import SuiteEntry
 from richrep.data import Task
 from richrep.data.splits import rng
 from richrep.errors import ConfigError
-from richrep.evaluation.inputs import resolve_device
+from richrep.evaluation.inputs import device_for
 from richrep.evaluation.protocols import Context
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
@@ -129,7 +129,7 @@ class FewShot:
     ) -> list[Row]:
         self.check(entry, ctx.source, target)
         feats = ctx.featurizer(rep, target.test)
-        device = resolve_device(ctx.device, feats)
+        device = device_for(ctx.device, feats)
         feats = feats.to(device)
         rows = []
         extra = {"classifier": self.classifier, "ways": self.ways}

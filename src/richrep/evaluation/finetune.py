@@ -42,10 +42,9 @@ items back instead of training them again. Fine-tuned weights are kept only with
 **Cost.** The per-seed fine-tunings of ``two_stage`` are cached per (seed, size, draw, lr,
 weight decay) within an entry with their features, so cat2, cat3, … reuse those the singles
 made and add only head phases; ``init`` trains each catK subset's towers anew. Training
-autocasts to the run's precision and uses channels_last for convolutions (1.7× faster for the
-CNN on one CPU thread; bf16 only where the CPU runs it fast, as ``training.precision: auto``
-decides). The size ``all`` dominates: on one CPU thread a 420k-parameter CNN fine-tunes at
-about 1,100 images/s, so one setting of 8 epochs on 24,000 images takes about 3 minutes.
+autocasts to the run's precision and uses channels_last for convolutions (faster for the CNN
+on a CPU; bf16 only where the CPU runs it fast, as ``training.precision: auto`` decides). The
+size ``all`` dominates the cost (timings: the README's Performance section).
 ``columns`` restricts the representations fine-tuned (e.g. ``[single, cat5, wide5]``).
 """
 
@@ -69,12 +68,12 @@ from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.evaluation.finetune_train import (
     Fitted,
     Tuned,
+    accuracy_and_loss,
     concat_heads,
-    fit,
+    fit_network,
     head_of,
     network,
     predict,
-    scores,
 )
 from richrep.evaluation.protocols import Context
 from richrep.evaluation.run_view import RunView
@@ -331,7 +330,7 @@ class FineTune:
         self, job: Job, model: nn.Module, lr: float, wd: float, name: str, networks: int = 1
     ) -> Fitted:
         run = job.run
-        return fit(
+        return fit_network(
             model.to(run.device),
             job.train,
             job.val,
@@ -364,7 +363,9 @@ class FineTune:
         lr, wd, f = best
         model = network(run, rep.parts, target.num_classes, *job.where, rep.id)
         model.load_state_dict(f.state)
-        acc, _ = scores(predict(model, target.test.x, run.device, run.dtype), target.test.y)
+        acc, _ = accuracy_and_loss(
+            predict(model, target.test.x, run.device, run.dtype), target.test.y
+        )
         extra = {
             "lr": lr,
             "weight_decay": wd,
@@ -415,7 +416,7 @@ class FineTune:
                 for s in ("train", "val", "test")
             }
             if self.head_epochs:
-                fit(
+                fit_network(
                     head,
                     Split(feats["train"], train.y),
                     Split(feats["val"], val.y),
@@ -429,7 +430,7 @@ class FineTune:
                     select=False,
                 )
             with torch.no_grad():
-                score = scores(head.eval()(feats["val"]), val.y)
+                score = accuracy_and_loss(head.eval()(feats["val"]), val.y)
             if best is None or (score[0], -score[1]) > (best[4][0], -best[4][1]):
                 best = (lr, wd, tuned, head, score, feats["test"])
         if best is None:
@@ -438,7 +439,7 @@ class FineTune:
             )
         lr, wd, tuned, head, (val_acc, val_loss), test_feats = best
         with torch.no_grad():
-            acc, _ = scores(head(test_feats), target.test.y)
+            acc, _ = accuracy_and_loss(head(test_feats), target.test.y)
         extra = {
             "lr": lr,
             "weight_decay": wd,

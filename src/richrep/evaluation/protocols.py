@@ -29,8 +29,8 @@ from richrep.data import Split, Task
 from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
-from richrep.evaluation.inputs import resolve_device
-from richrep.evaluation.probe_entries import make_probe, probe_seed
+from richrep.evaluation.inputs import device_for
+from richrep.evaluation.probes import make_probe, probe_seed
 from richrep.evaluation.run_view import RunView
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
@@ -181,11 +181,11 @@ def pool(task: Task) -> Split:
     return Split(concat(a.x, b.x), torch.cat([a.y, b.y]), g, e, rows)
 
 
-def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
+def fit_probe(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
     """Fit ``probe`` on training data only, under the probe compute policy
     (:mod:`richrep.runtime.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
     (``converged``) rather than warned about once per probe."""
-    device = resolve_device(getattr(probe, "device", "cpu"), X)
+    device = device_for(getattr(probe, "device", "cpu"), X)
     with (
         warnings.catch_warnings(),
         probe_compute_policy(
@@ -232,7 +232,7 @@ class Transfer:
         x_test = ctx.featurizer(rep, target.test)
         rows = []
         for size, d, idx in sets:
-            probe = fit(ctx.make_probe(entry, d), feats[idx], data.y[idx])
+            probe = fit_probe(ctx.make_probe(entry, d), feats[idx], data.y[idx])
             acc = probe.score(x_test, target.test.y)
             ctx.advance(1)
             counts = torch.bincount(data.y[idx])
@@ -283,7 +283,7 @@ class Robustness:
 
         def make() -> tuple[Any, int]:
             train = ctx.pool(ctx.source)
-            return fit(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
+            return fit_probe(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
 
         probe, n_train = ctx.once(ctx.fitted, f"{rep.id}|{spec.label()}", make)
         acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)

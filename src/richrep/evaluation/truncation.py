@@ -19,7 +19,7 @@ from pydantic import Field
 
 from richrep.config import SuiteEntry
 from richrep.data import Task
-from richrep.evaluation.protocols import Context, fit, probe_facts
+from richrep.evaluation.protocols import Context, fit_probe, probe_facts
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
@@ -90,7 +90,7 @@ class Truncation:
         for m in self.prefixes(rep):
             common = {"size": "all", "draw": 0, "train_n": len(train), "variant": f"first {m} dims"}
             if self.probe:
-                p = fit(ctx.make_probe(entry), feats[:, :m], train.y)
+                p = fit_probe(ctx.make_probe(entry), feats[:, :m], train.y)
                 acc = p.score(test[:, :m], target.test.y)
                 extra = {**probe_facts(p), "prefix": m}
                 rows.append(ctx.row(entry, rep, "accuracy", acc, len(test), **common, extra=extra))

@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 from richrep.errors import ConfigError
 from richrep.report.cells import Cell, Gain, bounds
-from richrep.report.tables import Comparison, TableRow, clean
+from richrep.report.tables import Comparison, TableRow, table_text
 
 KEYWORDS = ("all", "default")  # every column and gain; the headline set
 
 
-def key(name: str) -> str:
+def column_key(name: str) -> str:
     """A column or gain name as typed: spaces dropped, ``-`` read as ``−``, any case."""
-    return clean(name).replace(" ", "").replace("-", "−").lower()
+    return table_text(name).replace(" ", "").replace("-", "−").lower()
 
 
 def available(comp: Comparison) -> list[str]:
@@ -46,37 +46,37 @@ def everything(comp: Comparison) -> list[str]:
     return [*reps, *floors, *(g.name for g in comp.gain_columns)]
 
 
-def resolve(comps: Sequence[Comparison], names: Sequence[str]) -> list[str]:
+def resolve_columns(comps: Sequence[Comparison], names: Sequence[str]) -> list[str]:
     """The names asked for (comma-separated items allowed), as the tables spell them, in the
     order given; ``all`` and ``default`` stand for sets. Raises ConfigError naming an unknown
     name, the nearest one and every column the tables have."""
     have: dict[str, str] = {}
     for comp in comps:
         for name in available(comp):
-            have.setdefault(key(name), name)
+            have.setdefault(column_key(name), name)
     out: list[str] = []
     items = [x.strip() for n in names for x in str(n).split(",") if x.strip()]
     if not items:
         raise ConfigError("--columns: give at least one column name (or all, default)")
     for item in items:
-        if key(item) in KEYWORDS:
-            out.append(key(item))
+        if column_key(item) in KEYWORDS:
+            out.append(column_key(item))
             continue
-        if key(item) not in have:
+        if column_key(item) not in have:
             near = _near(item, have)
             hint = f" (did you mean {near!r}?)" if near else ""
             listing = ", ".join(have.values())
             raise ConfigError(
-                f"--columns: no column {clean(item)!r}{hint}; the tables have: {listing} "
+                f"--columns: no column {table_text(item)!r}{hint}; the tables have: {listing} "
                 "(a gain may be typed without spaces, e.g. cat5-single; or all, default)"
             )
-        out.append(have[key(item)])
+        out.append(have[column_key(item)])
     return list(dict.fromkeys(out))
 
 
 def _near(item: str, have: dict[str, str]) -> str:
     """The name nearest to ``item`` among ``have`` (by typed form), or ""."""
-    close = difflib.get_close_matches(key(item), list(have), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(column_key(item), list(have), n=1, cutoff=0.6)
     return have[close[0]] if close else ""
 
 
@@ -140,7 +140,7 @@ def labels(comp: Comparison) -> dict[int, str]:
         if len(sizes[t.entry]) > 1:
             parts.append(t.size_text)
         parts += t.parts[3:]
-        out[i] = clean(" · ".join(parts))
+        out[i] = table_text(" · ".join(parts))
     return out
 
 

@@ -24,10 +24,10 @@ from richrep.report.headline import EMPTY, cell_view, gain_view, headline_view, 
 from richrep.report.ood_tables import (
     RULES,
     ood_entries,
-    ood_environments,
     ood_summary_lines,
     ood_table,
     ood_view,
+    save_ood_environments,
     table_rows,
 )
 from richrep.report.seed_figures import seed_context, seed_plots
@@ -261,7 +261,9 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         view["entry"] = e
         view["figures"] = []
         for rule in RULES:
-            path = ood_environments(data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule)
+            path = save_ood_environments(
+                data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule
+            )
             if path is not None:
                 view["figures"].append(
                     _figure(
@@ -272,7 +274,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
                     )
                 )
         ood.append(view)
-    curves = P.training_curves(data.members, plots_dir / "training_curves.png")
+    curves = P.save_training_curves(data.members, plots_dir / "training_curves.png")
     seeds = None
     if data.analysis:
         seeds = seed_context(data.analysis)

@@ -160,7 +160,7 @@ def _clause(comp: Comparison, alg: str, row: TableRow) -> str:
     return level + (" and " + ", ".join(phrases) if phrases else "")
 
 
-def ood_environments(
+def save_ood_environments(
     rows: Sequence[Any], entry: str, path: Path, rule: str = "train-domain"
 ) -> Path | None:
     """One panel per test environment (and the worst): per representation, a bar per algorithm

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from richrep.report.tables import Cell, bounds, clean  # noqa: E402
+from richrep.report.tables import Cell, bounds, table_text  # noqa: E402
 from richrep.results.stats import summarize  # noqa: E402
 
 FORMATS = ("png", "svg", "pdf")  # every figure: PNG (embedded in the page), SVG and PDF
@@ -32,7 +32,7 @@ _KEEP: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("keep",
 
 def mpl_text(s: Any) -> str:
     """Untrusted text made literal for matplotlib (no mathtext, no control characters)."""
-    return clean(s).replace("\\", "\\\\").replace("$", r"\$")
+    return table_text(s).replace("\\", "\\\\").replace("$", r"\$")
 
 
 def _err(cells: Sequence[Cell], scale: float = 1.0) -> list[list[float]]:
@@ -48,7 +48,7 @@ def percent(metric: str) -> float:
 CURVES = (("loss", "training loss"), ("train_acc", "training accuracy"))
 
 
-def training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+def save_training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     """Write :func:`curves_figure` to ``path`` (and its SVG and PDF); None when no member has a
     history."""
     fig = curves_figure(members)

@@ -15,7 +15,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from richrep.report.tables import clean
+from richrep.report.tables import table_text
 
 STYLE = {"complete": "green", "running": "yellow", "stopped": "yellow", "failed": "red"}
 GAINS = ("single", "wide", "distill")  # the index's gain_<kind> keys, in this order
@@ -24,12 +24,12 @@ GAINS = ("single", "wide", "distill")  # the index's gain_<kind> keys, in this o
 def render_runs(rows: Sequence[Mapping[str, Any]], title: str, target: str | None = None) -> Group:
     """Each run of ``rows`` (:func:`richrep.index.list_runs`), its targets narrowed to those
     containing ``target``."""
-    parts: list = [Text(clean(title), style="bold")]
+    parts: list = [Text(table_text(title), style="bold")]
     if not rows:
         parts.append(Text("no runs", style="dim"))
     for r in rows:
         parts.append(Text(""))
-        parts.append(Text(clean(r.get("run_id") or "?"), style="bold", overflow="fold"))
+        parts.append(Text(table_text(r.get("run_id") or "?"), style="bold", overflow="fold"))
         parts.append(Padding(_state(r), (0, 0, 0, 2), expand=False))
         table = _targets(r.get("headline") or {}, target)
         if table is not None:
@@ -41,15 +41,15 @@ def _state(r: Mapping[str, Any]) -> Text:
     """``complete 2024-01-02T03:04:05 · mnist1d / mlp · 5 seeds · 30 epochs``, ``failed in
     training, 2 members trained: why · …``, or why the run cannot be read."""
     if r.get("error"):
-        return Text(clean(f"broken: {r['error']}"), style="red")
+        return Text(table_text(f"broken: {r['error']}"), style="red")
     state = str(r.get("state") or "unknown")
-    out = Text(clean(state), style=STYLE.get(state, ""))
+    out = Text(table_text(state), style=STYLE.get(state, ""))
     detail = r.get("detail") or (r.get("finished") if state == "complete" else "")
     if detail:
-        out.append(clean(f" {detail}"))
+        out.append(table_text(f" {detail}"))
     settings = [f"{r.get('dataset')} / {r.get('encoder')}"]
     settings += [f"{r.get('seeds')} seeds", f"{r.get('epochs')} epochs"]
-    out.append(clean(" · " + " · ".join(settings)), style="dim")
+    out.append(table_text(" · " + " · ".join(settings)), style="dim")
     return out
 
 
@@ -66,7 +66,7 @@ def _targets(headline: Mapping[str, Any], target: str | None) -> Table | None:
     t.add_column(Text("target"), overflow="fold")
     t.add_column(Text(f"cat{suffix or 'K'}"), justify="right", no_wrap=True)
     for h in heads:
-        t.add_column(Text(f"− {clean(h)}"), justify="right", no_wrap=True)
+        t.add_column(Text(f"− {table_text(h)}"), justify="right", no_wrap=True)
     for label, h in items:
         cells = [Text("" if h.get("cat") is None else f"{h['cat']:.3f}")]
         sig = h.get("significant") or {}
@@ -74,5 +74,5 @@ def _targets(headline: Mapping[str, Any], target: str | None) -> Table | None:
             v = h.get(f"gain_{g}")
             style = "bold" if sig.get(f"gain_{g}") else ""
             cells.append(Text("" if v is None else f"{v:+.3f}", style=style))
-        t.add_row(Text(clean(label)), *cells)
+        t.add_row(Text(table_text(label)), *cells)
     return t

@@ -28,6 +28,7 @@ from typing import Any
 from richrep.report.cells import UNIT, Cell, Gain, bounds
 from richrep.report.display import Display, kind_display
 from richrep.report.text import strip_control
+from richrep.results.rows import count
 from richrep.results.stats import aggregate, paired_difference, welch_interval
 
 TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment", "variant")
@@ -167,7 +168,7 @@ class Comparison:
                 base = r.cells.get(g.right)
                 d[g.right] = base.mean if base else None
                 gain = r.gains.get(g.name)
-                d[f"gain_{kind_of(self, g.right)}"] = (
+                d[f"gain_{column_kind(self, g.right)}"] = (
                     None
                     if gain is None
                     else {
@@ -182,7 +183,7 @@ class Comparison:
         return out
 
 
-def kind_of(comp: Comparison, column: str) -> str:
+def column_kind(comp: Comparison, column: str) -> str:
     info = comp.column_info.get(column)
     return info.kind if info else column
 
@@ -317,7 +318,7 @@ def gain(a: Cell | None, b: Cell | None, g: GainColumn) -> Gain | None:
 # ---------------------------------------------------------------------------- plain text
 
 
-def clean(s: Any) -> str:
+def table_text(s: Any) -> str:
     """Text of an untrusted value on one line, without terminal escape sequences, control
     characters or bidirectional overrides."""
     return strip_control(re.sub(r"[\t\n\r]+", " ", str(s)))
@@ -340,15 +341,8 @@ def caption(comp: Comparison) -> str:
     )
 
 
-def count(n: int | None) -> str:
-    """A parameter count, short: 0, 12k, 1.25M."""
-    if not n:
-        return "0"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
-
-
 def _md(s: Any) -> str:
-    return clean(s).replace("\\", "\\\\").replace("|", "\\|")
+    return table_text(s).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def to_markdown(comp: Comparison, digits: int = 3, columns: Sequence[str] | None = None) -> str:
@@ -413,7 +407,7 @@ def _csv_safe(v: Any) -> Any:
     if isinstance(v, dict | list | tuple):
         v = json.dumps(v, sort_keys=True, default=str)
     if isinstance(v, str):
-        v = clean(v)
+        v = table_text(v)
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _isnum(v):
         return "'" + v
     return v

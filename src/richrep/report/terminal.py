@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from richrep.report import columns as cols
-from richrep.report.tables import Comparison, clean, count
+from richrep.report.tables import Comparison, count, table_text
 
 HINT = "other forms: --columns NAME,NAME --transpose --format markdown|csv"
 UNITS = {"values": "seeds or subsets × draws", "episodes": "episodes"}
@@ -86,12 +86,12 @@ def render_table(
 ) -> Group:
     """The table fitted to ``width`` columns, a one-line caption and a hint on other forms.
 
-    ``columns`` are names as :func:`richrep.report.columns.resolve` returns them (default: every
+    ``columns`` are names as :func:`richrep.report.columns.resolve_columns` returns them (default: every
     column when they fit one table, else the headline set); ``transpose`` True or False asks for
     a layout, None picks the one of fewest lines."""
     pct = cols.scale(comp) == 100.0
-    what = f"test {clean(comp.metric)}" + (" in % (gains in points)" if pct else "")
-    parts: list = [Text(clean(f"{title}: " if title else "") + what, style="bold")]
+    what = f"test {table_text(comp.metric)}" + (" in % (gains in points)" if pct else "")
+    parts: list = [Text(table_text(f"{title}: " if title else "") + what, style="bold")]
     if not comp.rows:
         parts.append(Text("no result rows", style="dim"))
         return Group(*parts)
@@ -105,7 +105,7 @@ def render_table(
     if hidden := _hidden(comp, names):
         parts.append(Text(hidden, style="dim"))
     if hint:
-        parts.append(Text(clean(hint), style="dim italic"))
+        parts.append(Text(table_text(hint), style="dim italic"))
     return Group(*parts)
 
 
@@ -155,7 +155,7 @@ def _hidden(comp: Comparison, names: Sequence[str]) -> str:
     left = [c for c in cols.available(comp) if c not in names]
     if not left:
         return ""
-    plain = [clean(c) for c in left if c not in gains]
+    plain = [table_text(c) for c in left if c not in gains]
     n = len(left) - len(plain)
     listed = plain + ([f"{n} gain{'s' * (n > 1)}"] if n else [])
     text = listed[0] if len(listed) == 1 else ", ".join(listed[:-1]) + " and " + listed[-1]
@@ -214,7 +214,7 @@ def _grid(comp: Comparison, names: Sequence[str], digits: int) -> Grid:
         ("dim/params", _dims(comp, names)),
     ]
     return Grid(
-        [clean(n) for n in names],
+        [table_text(n) for n in names],
         [labels[i] for i in range(len(comp.rows))],
         _cells(comp, names, digits),
         foot,

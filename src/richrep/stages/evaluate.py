@@ -88,7 +88,7 @@ def evaluate(
     robustness, continual) are evaluated several at a time in threads (``runtime.eval_workers``),
     each with its share of the thread budget, sharing one feature cache and one context: a
     probe solve's many small operations gain little from a second core, two solves side by side
-    gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
+    gain nearly twice as much. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
     The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
     with budget.applied():
@@ -189,7 +189,7 @@ def evaluate_entry(
     unit; default :func:`entry_work`)."""
     t0 = time.perf_counter()
     target = run.target(entry)
-    info = target_facts(run, target, log, entry.name)
+    info = entry_facts(run, target, log, entry.name)
     protocol = protocol_of(entry)
     weights, _ = work or entry_work(run, ctx, reps, entry, protocol, target)
     rows: list[Row] = []
@@ -277,7 +277,7 @@ def in_threads(
         budget.apply()  # the workers moved the default that threads started later begin with
 
 
-def target_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
+def entry_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
     """What every row of a target records about it (how its test split was made), and a
     warning when its inputs' range differs grossly from the source's."""
     facts = stored.target_facts(run.source_stats, target, name)

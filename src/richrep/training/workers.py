@@ -13,7 +13,7 @@ Strategies (``strategy=``):
     after the full rounds (K mod P) then share all cores. Nothing is copied or pickled.
 ``processes``
     (CPU) the same split over spawned worker processes, the training tensors handed over once
-    through shared memory; each worker costs a process start and ``import torch`` (2-4 s), and,
+    through shared memory; each worker costs a process start and ``import torch`` (seconds), and,
     as any spawn, needs the caller's script to be import-safe.
 ``fused``
     the K models folded into one module (:mod:`richrep.training.fused`), when their objectives

@@ -11,8 +11,8 @@ import torch
 from pydantic import Field
 
 from richrep.data import Split
-from richrep.evaluation.dg.job import RULES, DGJob, Outcome, accuracy, outputs
-from richrep.evaluation.finetune_train import concat_heads, fit, head_of
+from richrep.evaluation.dg.job import RULES, DGJob, Outcome, logit_accuracy, outputs
+from richrep.evaluation.finetune_train import concat_heads, fit_network, head_of
 from richrep.plugins import DG_METHODS
 from richrep.runtime.seeding import seed_hash
 
@@ -41,7 +41,7 @@ class Cat2FT:
             }
             head = concat_heads([head_of(m.states[rule]) for m in members])
             if self.head_epochs:
-                fit(
+                fit_network(
                     head,
                     Split(feats["train"], s.train.y),
                     Split(feats["val"], s.val.y),
@@ -55,6 +55,6 @@ class Cat2FT:
                     select=False,
                 )
             with torch.no_grad():
-                acc = accuracy(head.eval()(feats["test"]), s.test.y)
+                acc = logit_accuracy(head.eval()(feats["test"]), s.test.y)
             out.append(Outcome(rule, acc, extra={"head_epochs": self.head_epochs}))
         return out

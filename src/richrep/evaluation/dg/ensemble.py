@@ -3,7 +3,7 @@ Blundell, NeurIPS 2017, "deep ensembles"). No training beyond the K ERM runs."""
 
 from __future__ import annotations
 
-from richrep.evaluation.dg.job import RULES, DGJob, Outcome, accuracy, softmax_mean
+from richrep.evaluation.dg.job import RULES, DGJob, Outcome, logit_accuracy, softmax_mean
 from richrep.plugins import DG_METHODS
 
 
@@ -16,7 +16,9 @@ class Ensemble:
         return [
             Outcome(
                 rule,
-                accuracy(softmax_mean(job.logits("erm", rule, members, "test")), job.slices.test.y),
+                logit_accuracy(
+                    softmax_mean(job.logits("erm", rule, members, "test")), job.slices.test.y
+                ),
             )
             for rule in RULES
         ]

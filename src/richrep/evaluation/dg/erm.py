@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from richrep.evaluation.dg.job import RULES, DGJob, Outcome, accuracy
+from richrep.evaluation.dg.job import RULES, DGJob, Outcome, logit_accuracy
 from richrep.plugins import DG_METHODS
 
 
@@ -19,5 +19,5 @@ class FineTuneERM:
             logits = job.logits("erm", rule, members, "test")
             for r, (m, lg) in enumerate(zip(members, logits, strict=True)):
                 extra = {"epoch": m.epochs[rule], "held_acc": m.held[rule]}
-                out.append(Outcome(rule, accuracy(lg, job.slices.test.y), r, extra=extra))
+                out.append(Outcome(rule, logit_accuracy(lg, job.slices.test.y), r, extra=extra))
         return out

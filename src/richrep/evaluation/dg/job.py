@@ -24,7 +24,7 @@ from torch import nn
 from richrep.config import TrainingConfig
 from richrep.data import Split, Task
 from richrep.data.task import hash_tensors
-from richrep.evaluation.finetune_train import fit, network, scores
+from richrep.evaluation.finetune_train import accuracy_and_loss, fit_network, network
 from richrep.evaluation.run_view import RunView
 from richrep.models import Classifier
 from richrep.objectives import CrossEntropy
@@ -60,7 +60,7 @@ class Slices:
         return self.val if rule == "train-domain" else self.oracle
 
 
-def domain_slices(target: Task, domain: int, name: str) -> Slices:
+def leave_one_out_slices(target: Task, domain: int, name: str) -> Slices:
     """The four splits of leave-one-domain-out with ``domain`` held out."""
     tr, va, te = target.train, target.val, target.test
     assert tr.env is not None and va.env is not None and te.env is not None
@@ -146,7 +146,7 @@ def outputs(
     return torch.cat(out, dim=1)
 
 
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+def logit_accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(-1) == y).double().mean()) if len(y) else float("nan")
 
 
@@ -192,7 +192,7 @@ class DGJob:
                 n: extract(model.encoder, sp.x, device=self.device, dtype=self.dtype)
                 for n, sp in (("train", s.train), ("val", s.val))
             }
-            fit(
+            fit_network(
                 model.head,
                 Split(f["train"], s.train.y),
                 Split(f["val"], s.val.y),
@@ -258,7 +258,7 @@ class DGJob:
     def _score(self, model: nn.Module, split: Split) -> tuple[float, float]:
         logits = outputs([model], split.x, self.device, self.dtype)[0]
         model.train()
-        return scores(logits, split.y)
+        return accuracy_and_loss(logits, split.y)
 
     # -- predictions ------------------------------------------------------------------------
     def logits(
@@ -277,7 +277,7 @@ class DGJob:
     def score(self, model: nn.Module, split: str) -> float:
         """``model``'s accuracy on a split of the slices."""
         data = getattr(self.slices, split)
-        return accuracy(outputs([model], data.x, self.device, self.dtype)[0], data.y)
+        return logit_accuracy(outputs([model], data.x, self.device, self.dtype)[0], data.y)
 
 
 def train_loop(

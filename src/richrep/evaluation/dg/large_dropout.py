@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from richrep.evaluation.dg.job import RULES, DGJob, DropoutClassifier, Outcome, accuracy
+from richrep.evaluation.dg.job import RULES, DGJob, DropoutClassifier, Outcome, logit_accuracy
 from richrep.plugins import DG_METHODS
 
 
@@ -37,5 +37,5 @@ class LargeDropout:
             logits = job.logits(name, rule, members, "test")
             for r, (m, lg) in enumerate(zip(members, logits, strict=True)):
                 extra = {"rate": self.rate, "epoch": m.epochs[rule], "held_acc": m.held[rule]}
-                out.append(Outcome(rule, accuracy(lg, job.slices.test.y), r, extra=extra))
+                out.append(Outcome(rule, logit_accuracy(lg, job.slices.test.y), r, extra=extra))
         return out

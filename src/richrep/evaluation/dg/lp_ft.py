@@ -5,7 +5,7 @@ every parameter; K restarts (different data orders), one row each."""
 from __future__ import annotations
 
 from richrep.evaluation.dg.diwa import lp_network
-from richrep.evaluation.dg.job import RULES, DGJob, Outcome, accuracy
+from richrep.evaluation.dg.job import RULES, DGJob, Outcome, logit_accuracy
 from richrep.plugins import DG_METHODS
 
 
@@ -27,5 +27,5 @@ class LPFT:
             logits = job.logits("lp_ft", rule, members, "test")
             for r, (m, lg) in enumerate(zip(members, logits, strict=True)):
                 extra = {"epoch": m.epochs[rule], "held_acc": m.held[rule]}
-                out.append(Outcome(rule, accuracy(lg, job.slices.test.y), r, extra=extra))
+                out.append(Outcome(rule, logit_accuracy(lg, job.slices.test.y), r, extra=extra))
         return out

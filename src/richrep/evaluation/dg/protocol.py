@@ -37,7 +37,7 @@ from pydantic import Field
 from richrep.config import SuiteEntry
 from richrep.data import Task
 from richrep.errors import ConfigError, DataError
-from richrep.evaluation.dg.job import DGJob, Outcome, Recipe, domain_slices
+from richrep.evaluation.dg.job import DGJob, Outcome, Recipe, leave_one_out_slices
 from richrep.evaluation.protocols import Context
 from richrep.plugins import DG_METHODS, FLOORS, PROTOCOLS
 from richrep.representations import Representation
@@ -187,7 +187,7 @@ class DomainGeneralization:
         for trial in range(self.trials):
             per: dict[tuple, list[Row]] = defaultdict(list)
             for d in held:
-                slices = domain_slices(target, d, doms[d])
+                slices = leave_one_out_slices(target, d, doms[d])
                 job = DGJob(
                     run,
                     rep.parts,

@@ -140,7 +140,7 @@ def ood_environments(data: Any, entry: str, rule: str = "train-domain") -> Any:
     from pathlib import Path
 
     from richrep.report.ood_tables import RULES
-    from richrep.report.ood_tables import ood_environments as draw
+    from richrep.report.ood_tables import save_ood_environments as draw
     from richrep.report.plots import kept
 
     if rule not in RULES:

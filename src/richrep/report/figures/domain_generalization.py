@@ -53,7 +53,7 @@ def dg_table(
     return columns, body
 
 
-def cell_text(s: dict[str, float] | None, scale: float = 100.0) -> str:
+def dg_cell(s: dict[str, float] | None, scale: float = 100.0) -> str:
     """``mean ± half-width (n)`` in percent; ``mean (n)`` without an interval."""
     if s is None:
         return "–"
@@ -73,7 +73,7 @@ def markdown(rows: list[dict[str, Any]], entry: str, metric: str = "accuracy") -
         out.append(f"**{entry}, {metric}, {rule} selection** (%, mean ± 95 % interval (n))\n")
         out.append("| method | " + " | ".join(columns) + " |")
         out.append("|---" * (len(columns) + 1) + "|")
-        out += [f"| {lab} | " + " | ".join(map(cell_text, cs)) + " |" for lab, cs in body]
+        out += [f"| {lab} | " + " | ".join(map(dg_cell, cs)) + " |" for lab, cs in body]
         out.append("")
     return "\n".join(out)
 
@@ -97,7 +97,7 @@ def domainbed_table(rows: list[Any], entry: str) -> Any:
     for ax, (rule, columns, body) in zip(axes, tables, strict=True):
         ax.axis("off")
         table = ax.table(
-            cellText=[[cell_text(c) for c in cs] for _, cs in body],
+            cellText=[[dg_cell(c) for c in cs] for _, cs in body],
             rowLabels=[mpl_text(lab) for lab, _ in body],
             colLabels=[mpl_text(c) for c in columns],
             loc="center",
