@@ -266,6 +266,7 @@ def test_bct_kind_ranges_and_chains(tiny):
         parse_experiment(raw)
 
 
+@pytest.mark.slow
 def test_a_run_trains_upgrades_and_evaluates_them(tiny, tmp_path):
     from richrep.pipeline import run_experiment
     from richrep.stages.evaluate import read_results

@@ -138,6 +138,7 @@ def test_transfer_without_all_extracts_only_what_draws_use(target):
     assert sum(calls) <= 3 * (2 * 4 + 2 * 8) + len(target.test)  # cached: nothing extracted twice
 
 
+@pytest.mark.slow
 def test_small_run_builds_table_and_report(tiny, tmp_path):
     tiny["training"]["seeds"] = 3
     tiny["training"]["baselines"] = [{"kind": "wide", "k": 3}, {"kind": "joint", "k": 3}]

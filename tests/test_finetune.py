@@ -79,6 +79,7 @@ def test_the_evaluate_stage_fine_tunes_every_network_and_rows_carry_the_choice(r
     assert not (run.store.root / "finetuned").exists()  # weights are not kept by default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["init", "two_stage"])
 def test_lr_weight_decay_and_epochs_are_chosen_on_validation_never_on_test(run, mode):
     spec = entry(f"sel_{mode}", mode=mode, lrs=[0.01, 0.2], weight_decays=[0.0, 0.01])

@@ -61,6 +61,7 @@ def test_single_C_solves_sklearns_objective(digits):
     np.testing.assert_allclose(probe.decision_function(digits["Xt"]), Z, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_grid_accuracy_matches_sklearn_within_half_a_point(digits):
     """The validation-chosen, refit probe against scikit-learn doing the same by hand."""
     probe = LinearProbe(Cs=GRID, device="cpu").fit(
@@ -99,6 +100,7 @@ def adversarial_val(digits, C_lo: float, C_hi: float):
     return Xv[differ], lo.predict(Xv[differ]), hi.predict(Xv[differ])
 
 
+@pytest.mark.slow
 def test_C_is_chosen_on_the_validation_data_only(digits):
     Xv, y_lo, y_hi = adversarial_val(digits, 1e-3, 1.0)
     kw = {"Cs": (1e-3, 1.0), "device": "cpu", "refit": False, "tol": 1e-6, "max_iter": 1000}
@@ -292,6 +294,7 @@ def test_clone_and_params():
     assert clone(NearestMeanProbe(metric="euclidean")).get_params()["metric"] == "euclidean"
 
 
+@pytest.mark.slow
 def test_sklearn_estimator_checks():
     """scikit-learn's own API checks (all of them pass; the run is kept short on purpose)."""
     from sklearn.utils.estimator_checks import check_estimator

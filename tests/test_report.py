@@ -387,6 +387,7 @@ def test_html_escapes_hostile_input(tmp_path):
     assert all(p.parent == tmp_path / "plots" for p in (tmp_path / "plots").iterdir())
 
 
+@pytest.mark.slow
 def test_report_renders_with_and_without_analysis(tmp_path):
     rows = suite(draws=3)
     names = ["single-s0", "single-s1", "single-s2"]

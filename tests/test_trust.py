@@ -318,6 +318,7 @@ def test_sigterm_prints_how_to_resume(tiny, tmp_path):
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
 def test_analyze_a_finished_run(run_copy):
     _, _, run = run_copy
     r = _invoke("analyze", run, "--permutations", 20, "--max-samples", 150)
