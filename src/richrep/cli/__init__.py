@@ -161,6 +161,20 @@ def _print_ood(rows: list[Any], run_dir: Path, metric: str | None) -> None:
             print(f"\n_{MEANING}_\n")
 
 
+def _print_dg(rows: list[Any], run_dir: Path, metric: str | None) -> None:
+    """The domain_generalization entries as DomainBed tables, one per selection rule."""
+    from richrep.report.figures.domain_generalization import dg_entries, markdown
+
+    dicts = [r.to_dict() for r in rows]
+    names = dg_entries(dicts)
+    if not names:
+        raise RichrepError(
+            f"{run_dir} has no entry evaluated by the domain_generalization protocol"
+        )
+    for e in names:
+        print(markdown(dicts, e, metric or "accuracy"))
+
+
 @app.command()
 def results(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
@@ -181,6 +195,15 @@ def results(
             help="The ood entries as algorithm × initialization tables, one per selection "
             "rule (markdown, in %: mean ± 95% half-width (n); --metric, default "
             "worst_env_accuracy).",
+        ),
+    ] = False,
+    dg: Annotated[
+        bool,
+        typer.Option(
+            "--dg",
+            help="The domain_generalization entries as DomainBed tables: methods × test "
+            "domains and their average, one per selection rule (markdown, in %: mean ± 95% "
+            "half-width (n) over restarts; --metric, default accuracy), and each method's time.",
         ),
     ] = False,
     columns: Annotated[
@@ -214,7 +237,9 @@ def results(
     from richrep.stages.evaluate import read_results
 
     with guard():
-        _layout_options(fmt, ood, columns, transpose)
+        _layout_options(fmt, ood or dg, columns, transpose)
+        if ood and dg:
+            raise RichrepError("--ood and --dg are two views: ask for one at a time")
         r = Run.open(run_dir)
         rows = _selected_rows(read_results(r), run_dir, entry, metric)
         if fmt == Format.csv:
@@ -228,6 +253,16 @@ def results(
         if ood:
             _print_ood(rows, run_dir, metric)
             return
+        if dg:
+            _print_dg(rows, run_dir, metric)
+            return
+        if dgs := sorted({x.entry for x in rows if x.protocol == "domain_generalization"}):
+            say(
+                f"{', '.join(dgs)}: domain generalization; `richrep results {run_dir} --dg` "
+                f"shows {'it' if len(dgs) == 1 else 'them'} as DomainBed tables",
+                style="yellow",
+                to=err,
+            )
         order = [e.name for e in r.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
         _print_tables(r.exp.name, rows, order, fmt, metric, columns, transpose)
@@ -287,9 +322,13 @@ def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None
     """--columns and --transpose shape the table (--columns the markdown too): refused where
     they would be ignored."""
     if columns and (fmt == Format.csv or ood):
-        raise RichrepError("--columns applies to the table and markdown formats (not csv, --ood)")
+        raise RichrepError(
+            "--columns applies to the table and markdown formats (not csv, --ood, --dg)"
+        )
     if transpose is not None and (fmt != Format.table or ood):
-        raise RichrepError("--transpose applies to the table format (not markdown, csv, --ood)")
+        raise RichrepError(
+            "--transpose applies to the table format (not markdown, csv, --ood, --dg)"
+        )
 
 
 app.command("advise")(guarded(advise))

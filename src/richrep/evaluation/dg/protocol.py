@@ -27,6 +27,7 @@ the mean over draws is the single network's), the trial for the others; soups an
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Annotated, Any
 
@@ -200,8 +201,11 @@ class DomainGeneralization:
                     shared_init=self.shared,
                 )
                 for name, params, method in self.methods:
-                    for o in method.evaluate(job):
-                        row = self.row(ctx, entry, rep, job, name, params, o, trial)
+                    t0 = time.perf_counter()  # the first method to need the shared runs trains them
+                    outcomes = list(method.evaluate(job))
+                    seconds = round(time.perf_counter() - t0, 3)
+                    for o in outcomes:
+                        row = self.row(ctx, entry, rep, job, name, params, o, trial, seconds)
                         rows.append(row)
                         per[(row.variant, row.metric, row.draw)].append(row)
             rows += [self.average(ctx, entry, rep, group) for group in per.values()]
@@ -220,6 +224,7 @@ class DomainGeneralization:
         params: dict[str, Any],
         o: Outcome,
         trial: int,
+        seconds: float | None = None,
     ) -> Row:
         s = job.slices
         one = not DG_METHODS.meta(name, "averages", False) and o.extra.get("epoch") is not None
@@ -233,6 +238,8 @@ class DomainGeneralization:
             "method_params": params,
             **o.extra,
         }
+        if seconds is not None:  # wall time of the method on this test domain and trial
+            extra["seconds"] = seconds
         return ctx.row(
             entry,
             rep,

@@ -63,8 +63,39 @@ def dg_cell(s: dict[str, float] | None, scale: float = 100.0) -> str:
     return f"{mean} ({int(s['n'])})"
 
 
+def dg_entries(rows: list[dict[str, Any]]) -> list[str]:
+    """The entries evaluated by the domain_generalization protocol, in the rows' order."""
+    return list(
+        dict.fromkeys(str(r["entry"]) for r in rows if r.get("protocol") == "domain_generalization")
+    )
+
+
+def method_seconds(rows: list[dict[str, Any]], entry: str) -> list[tuple[str, float, int]]:
+    """(method label, wall-clock seconds, test domains × trials) of ``entry``: each method's
+    time summed over the test domains and trials it ran on (its rows of one domain and trial
+    share one time). The first method that needs the K shared ERM runs (``finetune`` in the
+    usual order) carries their training; the methods that reuse them carry only their own
+    work (averaging, the greedy search, a head refit)."""
+    seen: dict[str, dict[tuple[str, Any], float]] = defaultdict(dict)
+    order: dict[str, tuple[int, str]] = {}
+    for r in rows:
+        extra = r.get("extra") or {}
+        if r.get("entry") != entry or "seconds" not in extra:
+            continue
+        label = str(r.get("variant", "")).split(" · ")[0]
+        order.setdefault(label, _order(r))
+        seen[label].setdefault(
+            (str(extra.get("test_domain")), extra.get("trial")), extra["seconds"]
+        )
+    return [
+        (lab, float(sum(seen[lab].values())), len(seen[lab]))
+        for lab in sorted(seen, key=lambda lab: (*order[lab], lab))
+    ]
+
+
 def markdown(rows: list[dict[str, Any]], entry: str, metric: str = "accuracy") -> str:
-    """Both rules' tables as Markdown (accuracy in %, mean ± 95 % interval (n))."""
+    """Both rules' tables as Markdown (accuracy in %, mean ± 95 % interval (n)), then each
+    method's time (:func:`method_seconds`) when the rows record it."""
     out = []
     for rule in RULES:
         columns, body = dg_table(rows, entry, rule, metric)
@@ -75,6 +106,13 @@ def markdown(rows: list[dict[str, Any]], entry: str, metric: str = "accuracy") -
         out.append("|---" * (len(columns) + 1) + "|")
         out += [f"| {lab} | " + " | ".join(map(dg_cell, cs)) + " |" for lab, cs in body]
         out.append("")
+    if out and (times := method_seconds(rows, entry)):
+        total = sum(t for _, t, _ in times)
+        parts = ", ".join(f"{lab} {t:.0f} s" for lab, t, _ in times)
+        out.append(
+            f"Time ({times[0][2]} test domain × trial fits each, both rules from the same runs): "
+            f"{parts}; {total:.0f} s in all.\n"
+        )
     return "\n".join(out)
 
 
