@@ -8,6 +8,7 @@ scikit-learn. NaN and inf raise :class:`~richrep.errors.DataError` either way.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -116,6 +117,38 @@ def class_indices(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"least 2 classes"
         )
     return classes, y_idx
+
+
+def check_val_labels(y_val: np.ndarray, classes: np.ndarray) -> None:
+    """:class:`DataError` when ``y_val`` holds a label that is not one of ``classes``."""
+    unknown = np.setdiff1d(np.unique(y_val), classes)
+    if unknown.size:
+        raise DataError(
+            f"y_val holds labels absent from y: {unknown[:5].tolist()}; a probe cannot "
+            f"predict classes it was not trained on"
+        )
+
+
+def validation_rows(
+    y_idx: np.ndarray, Cs: np.ndarray, val_fraction: float, seed: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train rows, validation rows, Cs)`` of a fit without given validation data: a
+    stratified split (:func:`stratified_val_split`) when there is a grid to choose from. If no
+    class has two examples nothing can be held out: the grid value closest to C = 1
+    (scikit-learn's default) is used, with a warning."""
+    tr = np.arange(y_idx.size)
+    va = tr[:0]
+    if Cs.size > 1:
+        tr, va = stratified_val_split(y_idx, val_fraction, seed)
+        if va.size == 0:
+            warnings.warn(
+                "no class has two examples, so no validation data can be held out to "
+                "choose C; using the grid value closest to C=1 (scikit-learn's default)",
+                UserWarning,
+                stacklevel=3,
+            )
+            Cs = Cs[[int(np.argmin(np.abs(np.log(Cs))))]]
+    return tr, va, Cs
 
 
 def standardize_stats(X: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

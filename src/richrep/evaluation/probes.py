@@ -39,19 +39,23 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from richrep.data.feature_rows import is_row_source
 from richrep.errors import ConfigError, DataError
 from richrep.evaluation.inputs import (
     as_features,
     as_labels,
+    check_val_labels,
     class_indices,
     fit_inputs,
     resolve_device,
     standardize_stats,
     standardized_t,
-    stratified_val_split,
+    validation_rows,
 )
-from richrep.evaluation.solver import DTYPES, solve_path
+from richrep.evaluation.solver import DTYPES, PathResult, choose_preconditioner, solve_path
+from richrep.evaluation.stream import block_rows, fit_streamed, plan_inputs
 from richrep.runtime.cpu_policy import fast_matmul_active
+from richrep.runtime.memory import MemoryBudget
 
 __all__ = ["DEFAULT_CS", "LinearProbe", "NearestMeanProbe"]
 
@@ -159,63 +163,67 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         on CPU, call it inside :func:`richrep.runtime.cpu_policy.probe_compute_policy`."""
         Cs, dtype = self._check_params()
         t_start = time.perf_counter()
+        budget = MemoryBudget.here().bytes
+        X, X_val, stream = plan_inputs(X, X_val, y, budget)  # reads a source that fits
+        if stream:  # features (and the work) beyond runtime.memory: read in blocks each pass
+            device = resolve_device(self.device, X)
+            fitted = fit_streamed(self, X, y, X_val, y_val, Cs, dtype, device, budget)
+            return self._keep(*fitted, device, dtype, t_start)
         Xt, y = fit_inputs(self, X, y)
         classes, y_idx = class_indices(y)
         if (X_val is None) != (y_val is None):
             raise DataError("give both X_val and y_val, or neither")
         device = resolve_device(self.device, X)
-        self.classes_ = classes
-        self.device_ = str(device)
 
         mean, scale, active = standardize_stats(Xt)
-        self.mean_, self.scale_ = mean, scale
 
         # rows of the training part first, then those of the validation part (if any)
         if X_val is not None:
             Xv = as_features(self, X_val, "X_val", reset=False)
             yv = as_labels(y_val, Xv.shape[0], "y_val")
-            unknown = np.setdiff1d(np.unique(yv), classes)
-            if unknown.size:
-                raise DataError(
-                    f"y_val holds labels absent from y: {unknown[:5].tolist()}; a probe cannot "
-                    f"predict classes it was not trained on"
-                )
+            check_val_labels(yv, classes)
             parts = [(Xt, None), (Xv, None)]
             labels, n_train = np.concatenate([y_idx, np.searchsorted(classes, yv)]), Xt.shape[0]
         else:
-            tr = np.arange(y_idx.size)
-            va = tr[:0]
-            if Cs.size > 1:
-                tr, va = stratified_val_split(y_idx, float(self.val_fraction), self.random_state)
-                if va.size == 0:
-                    warnings.warn(
-                        "no class has two examples, so no validation data can be held out to "
-                        "choose C; using the grid value closest to C=1 (scikit-learn's default)",
-                        UserWarning,
-                        stacklevel=2,
-                    )
-                    Cs = Cs[[int(np.argmin(np.abs(np.log(Cs))))]]
+            tr, va, Cs = validation_rows(y_idx, Cs, float(self.val_fraction), self.random_state)
             parts = [(Xt, np.concatenate([tr, va]))]
             labels, n_train = y_idx[np.concatenate([tr, va])], tr.size
         XT = standardized_t(parts, mean, scale, active, dtype, device)
         del parts
 
         k = classes.size
-        fast = fast_matmul_active(device, dtype)  # read only: set by the caller's policy, if any
-        path = solve_path(XT, labels, n_train, Cs, k, self.max_iter, self.tol, self.refit)
+        args = (Cs, k, self.max_iter, self.tol, self.refit)
+        path = solve_path(XT, labels, n_train, *args, precond=choose_preconditioner(XT.shape[0]))
+        return self._keep(classes, mean, scale, active, Cs, path, device, dtype, t_start)
+
+    def _keep(
+        self,
+        classes: np.ndarray,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        active: np.ndarray,
+        Cs: np.ndarray,
+        path: PathResult,
+        device: torch.device,
+        dtype: torch.dtype,
+        t_start: float,
+    ) -> LinearProbe:
+        """Keep a solved path as the fitted attributes (back in the original feature space)."""
         Wt, n_iter, scores, C_best, converged, evals, flops = path
         if not converged:
             warnings.warn(
                 f"LinearProbe: L-BFGS did not reach tol={self.tol:g} within max_iter="
                 f"{self.max_iter} for every C (iterations: {n_iter}); increase max_iter",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-
-        # back to the original feature space
+        k = classes.size
+        self.classes_ = classes
+        self.device_ = str(device)
+        self.mean_, self.scale_ = mean, scale
         W = Wt[:-1].to(torch.float64).cpu().numpy()
         b = Wt[-1].to(torch.float64).cpu().numpy()
-        coef = np.zeros((k, Xt.shape[1]))
+        coef = np.zeros((k, mean.size))
         coef[:, active] = (W / scale[active, None]).T
         self.coef_ = coef
         self.intercept_ = b - coef @ mean
@@ -224,7 +232,8 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         self.C_ = C_best
         self.n_iter_ = np.asarray(n_iter, dtype=np.int64)
         self.solver_stats_ = {
-            "fast_matmul": fast,  # oneDNN's bf16 fpmath for float32 matmuls (see cpu_policy)
+            # oneDNN's bf16 fpmath for float32 matmuls (see cpu_policy); read only here
+            "fast_matmul": fast_matmul_active(device, dtype),
             "evals": evals,
             "flops": flops,
             "seconds": time.perf_counter() - t_start,
@@ -236,6 +245,9 @@ class LinearProbe(_TorchLabels, BaseEstimator):
 
     def _scores(self, X: Any) -> torch.Tensor:
         check_is_fitted(self)
+        if is_row_source(X):  # features on disk: scored block by block
+            rows = block_rows(X.shape[1], MemoryBudget.here().bytes)
+            return torch.cat([self._scores(block) for _, block in X.blocks(rows)])
         Xt = as_features(self, X, "X", reset=False)
         coef = torch.as_tensor(self.coef_, device=Xt.device)
         b = torch.as_tensor(self.intercept_, device=Xt.device)

@@ -25,6 +25,7 @@ from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import ROW_VERSION, Row
 from richrep.run import Run
 from richrep.runtime.cpu_policy import threads_share_fast_matmul
+from richrep.runtime.memory import MemoryBudget
 from richrep.runtime.threads import ThreadBudget
 from richrep.store import quarantine, read_jsonl, write_jsonl
 from richrep.store.ledger import State, Status
@@ -103,7 +104,7 @@ def evaluate(
     gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
     The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
-    with budget.applied():
+    with budget.applied(), MemoryBudget.resolve(run.exp.runtime.memory).applied():
         return _evaluate(run, budget, log, progress, allow_missing)
 
 
@@ -205,8 +206,13 @@ def in_threads(
     share of ``budget`` at their start (``torch.set_num_threads`` is the calling thread's
     budget: :mod:`richrep.runtime.threads`). The first error stops the items not yet started
     and is raised once the running ones finish (their results are written: no work is lost)."""
-    share = budget.split(workers)[0]
-    pool = ThreadPoolExecutor(workers, "richrep-eval", initializer=share.apply)
+    share, memory = budget.split(workers)[0], MemoryBudget.here().split(workers)
+
+    def start() -> None:
+        share.apply()
+        memory.apply()  # each worker's probes hold at most its share of runtime.memory
+
+    pool = ThreadPoolExecutor(workers, "richrep-eval", initializer=start)
     try:
         futures = [pool.submit(fn, item) for item in items]
         for f in futures:
