@@ -50,6 +50,7 @@ def data():
 @pytest.fixture
 def force_lowrank(monkeypatch):
     """Every fit on the block + low-rank path, with blocks of one view and a small rank."""
+    monkeypatch.setattr(solver, "FULL_MIN_D", 0)
     monkeypatch.setattr(solver, "FULL_MAX_D", 0)
     monkeypatch.setattr(lowrank, "BLOCK", 64)
     monkeypatch.setattr(lowrank, "RANK", 16)
@@ -65,7 +66,7 @@ def test_lowrank_path_agrees_with_the_full_one_and_sklearn(data, force_lowrank, 
     X, y, Xt, yt = data
     low = fit(X, y, tol=1e-6)
     assert low.solver_stats_["converged"]
-    monkeypatch.setattr(solver, "FULL_MAX_D", 10**9)
+    monkeypatch.setattr(solver, "FULL_MIN_D", 10**9)
     full = fit(X, y, tol=1e-6)
     assert low.C_ == full.C_
     np.testing.assert_allclose(low.scores_, full.scores_, atol=1 / 500)
@@ -94,8 +95,10 @@ def test_lowrank_preconditioner_inverts_its_matrix():
 
 def test_small_problems_keep_the_full_path():
     assert solver.choose_preconditioner(512) == "full"
-    assert solver.choose_preconditioner(20480) == "lowrank"
-    assert solver.choose_preconditioner(4096, budget=1 << 30) == "lowrank"  # 400 MB > 1/4
+    assert solver.choose_preconditioner(2048, 100_000, 100) == "full"  # d^3 is cheap beside n d k
+    assert solver.choose_preconditioner(2048, 3_000, 10) == "lowrank"  # d^3 would dominate
+    assert solver.choose_preconditioner(20480, 10**6, 1000) == "lowrank"
+    assert solver.choose_preconditioner(1024, budget=1 << 26) == "lowrank"  # 25 MB > 1/4
 
 
 def save(path, X, dtype=torch.float32, rows=700):

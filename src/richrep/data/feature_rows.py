@@ -112,7 +112,7 @@ class ArrayRows(RowSource):
         block = self.array[start:stop]
         if isinstance(block, np.ndarray):
             block = torch.from_numpy(np.array(block, dtype=np.float32))  # a copy: the map may go
-        return block.detach().to("cpu", torch.float32).contiguous()
+        return block.detach().to("cpu", torch.float32, copy=True).contiguous()
 
 
 class FileRows(RowSource):

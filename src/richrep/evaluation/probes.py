@@ -52,7 +52,7 @@ from richrep.evaluation.inputs import (
     standardized_t,
     validation_rows,
 )
-from richrep.evaluation.solver import DTYPES, PathResult, choose_preconditioner, solve_path
+from richrep.evaluation.solver import DTYPES, PathResult, solve_path
 from richrep.evaluation.stream import block_rows, fit_streamed, plan_inputs
 from richrep.runtime.cpu_policy import fast_matmul_active
 from richrep.runtime.memory import MemoryBudget
@@ -111,7 +111,9 @@ class LinearProbe(_TorchLabels, BaseEstimator):
     n_iter_ : ndarray (len(Cs_) + 1,), L-BFGS iterations for each C then for the refit (0 if none)
     solver_stats_ : dict, function evaluations, matmul flops (4 n d k per evaluation), seconds
         of the whole fit, whether every solve converged, and whether float32 CPU matmuls ran in
-        oneDNN's bf16 fpmath mode (``fast_matmul``: set by the caller's policy, never by fit)
+        oneDNN's bf16 fpmath mode (``fast_matmul``: set by the caller's policy, never by fit);
+        for features streamed beyond ``runtime.memory`` (:mod:`.stream`), ``stream``: passes,
+        bytes read, seconds reading and waiting for blocks
     device_ : str
     n_features_in_, feature_names_in_ : as in scikit-learn
     """
@@ -167,8 +169,10 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         X, X_val, stream = plan_inputs(X, X_val, y, budget)  # reads a source that fits
         if stream:  # features (and the work) beyond runtime.memory: read in blocks each pass
             device = resolve_device(self.device, X)
-            fitted = fit_streamed(self, X, y, X_val, y_val, Cs, dtype, device, budget)
-            return self._keep(*fitted, device, dtype, t_start)
+            *fitted, streamed = fit_streamed(self, X, y, X_val, y_val, Cs, dtype, device, budget)
+            self._keep(*fitted, device, dtype, t_start)
+            self.solver_stats_["stream"] = streamed  # passes, bytes read, seconds
+            return self
         Xt, y = fit_inputs(self, X, y)
         classes, y_idx = class_indices(y)
         if (X_val is None) != (y_val is None):
@@ -193,7 +197,7 @@ class LinearProbe(_TorchLabels, BaseEstimator):
 
         k = classes.size
         args = (Cs, k, self.max_iter, self.tol, self.refit)
-        path = solve_path(XT, labels, n_train, *args, precond=choose_preconditioner(XT.shape[0]))
+        path = solve_path(XT, labels, n_train, *args, precond="auto")
         return self._keep(classes, mean, scale, active, Cs, path, device, dtype, t_start)
 
     def _keep(

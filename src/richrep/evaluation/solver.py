@@ -37,7 +37,8 @@ CHUNK = 8192  # rows per block when streaming over the features
 # features (1.0 took ~35% more evaluations).
 PRECOND_A = 0.2
 GRAM_ROWS = 16384
-FULL_MAX_D = 4096  # above: the low-rank preconditioner (docs/scale.md)
+FULL_MIN_D = 1024  # up to here always the full preconditioner (choose_preconditioner)
+FULL_MAX_D = 4096  # above: always the block + low-rank one (docs/scale.md)
 MEMORY = 20  # L-BFGS curvature pairs (10 took ~20% more evaluations on cat-K features)
 
 
@@ -262,12 +263,18 @@ class PathResult(NamedTuple):
     flops: int  # matmul flops, 4 n d k per evaluation
 
 
-def choose_preconditioner(d: int, budget: int | None = None) -> str:
-    """``"full"`` (d x d Cholesky per C) up to :data:`FULL_MAX_D` features and while its three
-    d x d float64 matrices take at most a quarter of ``budget`` bytes, else ``"lowrank"``."""
-    if d > FULL_MAX_D or (budget is not None and 3 * 8 * d * d > budget // 4):
+def choose_preconditioner(d: int, n: int = 1, k: int = 2, budget: int | None = None) -> str:
+    """``"full"`` (a d x d Cholesky per C) or ``"lowrank"`` (:mod:`.lowrank`) for ``n``
+    training examples of ``d`` features and ``k`` classes. Full up to :data:`FULL_MIN_D`
+    features; up to :data:`FULL_MAX_D` while its d^3 float64 work per C stays below about a
+    quarter of the solves' (some 25 evaluations of 4 n d k per C, where the low-rank one takes
+    up to ~25% more: ``d^2 <= 12 n k``) and its three d x d float64 matrices within a quarter
+    of ``budget`` bytes; above, low-rank."""
+    if budget is not None and 3 * 8 * d * d > budget // 4:
         return "lowrank"
-    return "full"
+    if d <= FULL_MIN_D or (d <= FULL_MAX_D and d * d <= 12 * n * k):
+        return "full"
+    return "lowrank"
 
 
 class InMemory:
@@ -327,7 +334,7 @@ def solve_path(
     stronger regularization), then refit on both with that C, warm-started. ``precond``:
     ``"full"``, ``"lowrank"`` or ``"auto"`` (:func:`choose_preconditioner`)."""
     if precond == "auto":
-        precond = choose_preconditioner(XT.shape[0])
+        precond = choose_preconditioner(XT.shape[0], n_train, k)
     return solve_grid(InMemory(XT, labels, n_train, k), Cs, max_iter, tol, refit, precond)
 
 

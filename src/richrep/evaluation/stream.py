@@ -16,6 +16,7 @@ built from (at most :data:`~richrep.evaluation.solver.GRAM_ROWS` rows, a quarter
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,7 +59,8 @@ def fit_bytes(n: int, d: int, k: int, copy: bool) -> int:
     the standardized float32 copy (and the float32 input itself when it is read from disk,
     ``copy``), logits and their gradient, curvature pairs and the preconditioner."""
     feats = n * d * 4 * (2 if copy else 1)
-    precond = 3 * 8 * d * d if choose_preconditioner(d) == "full" else 4 * d * min(n, GRAM_ROWS)
+    full = choose_preconditioner(d, n, k) == "full"
+    precond = 3 * 8 * d * d if full else 4 * d * min(n, GRAM_ROWS)
     return feats + 3 * n * k * 4 + 2 * (MEMORY + 4) * (d + 1) * k * 4 + precond
 
 
@@ -75,6 +77,16 @@ def _rows_of(part: Part) -> int:
 def _read(part: Part, start: int, stop: int) -> torch.Tensor:
     source, rows = part
     return source.read(start, stop) if rows is None else source.take(rows[start:stop], stop - start)
+
+
+def _file_bytes(source: RowSource, rows: int) -> int:
+    """Bytes a block of ``rows`` rows takes where ``source`` keeps it (a file's own dtype)."""
+    parts = getattr(source, "parts", None)
+    if parts is not None:
+        return sum(_file_bytes(p, rows) for p in parts)
+    base = getattr(source, "base", source)
+    file = getattr(base, "file", None)
+    return rows * (file.row_bytes if file is not None else 4 * source.shape[1])
 
 
 def stream_stats(
@@ -118,20 +130,39 @@ class Standardize:
         self.s = torch.as_tensor(scale[active], device=device, dtype=dtype)
         self.dtype, self.device = dtype, device
 
+        self.all = bool(active.all())
+
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
-        block = block.to(self.device).index_select(1, self.cols).to(self.dtype)
-        return (block - self.m) / self.s
+        """Standardized ``block`` (a fresh tensor the caller gives up: worked on in place)."""
+        block = block.to(self.device)
+        if not self.all:
+            block = block.index_select(1, self.cols)
+        return block.to(self.dtype).sub_(self.m).div_(self.s)
 
 
 class Blocks:
     """The standardized rows of ``parts`` and their labels, block by block, the next block read
     by a background thread while the caller works on the current one."""
 
-    def __init__(self, parts: Sequence[Part], labels: np.ndarray, std: Standardize, rows: int):
-        self.parts, self.std, self.rows = list(parts), std, rows
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        labels: np.ndarray,
+        std: Standardize,
+        rows: int,
+        stats: dict[str, float],
+    ) -> None:
+        self.parts, self.std, self.rows, self.stats = list(parts), std, rows, stats
         self.y = torch.as_tensor(labels, device=std.device)
         self.n = sum(_rows_of(p) for p in self.parts)
-        self.bytes_read = 0
+
+    def _load(self, part: Part, start: int, stop: int) -> torch.Tensor:
+        t = time.perf_counter()
+        block = _read(part, start, stop)
+        self.stats["bytes"] += _file_bytes(part[0], block.shape[0])
+        block = self.std(block)
+        self.stats["load_s"] += time.perf_counter() - t
+        return block
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         todo = [
@@ -141,15 +172,19 @@ class Blocks:
         ]
         if not todo:
             return
-        with ThreadPoolExecutor(1, "richrep-stream") as pool:
-            ahead = pool.submit(_read, *todo[0])
+        self.stats["passes"] += 1
+        with ThreadPoolExecutor(
+            1, "richrep-stream", initializer=torch.set_num_threads, initargs=(1,)
+        ) as pool:
+            ahead = pool.submit(self._load, *todo[0])
             at = 0
             for j in range(len(todo)):
+                t = time.perf_counter()
                 block = ahead.result()
+                self.stats["wait_s"] += time.perf_counter() - t
                 if j + 1 < len(todo):
-                    ahead = pool.submit(_read, *todo[j + 1])
-                self.bytes_read += block.numel() * 4
-                yield self.std(block), self.y[at : at + block.shape[0]]
+                    ahead = pool.submit(self._load, *todo[j + 1])
+                yield block, self.y[at : at + block.shape[0]]
                 at += block.shape[0]
                 del block
 
@@ -204,10 +239,12 @@ class Streamed:
         self.dtype, self.device = std.dtype, std.device
         self.has_val = self.n_train < labels.size
         self.rows = block_rows(self.d, budget)
-        self.bytes_read = 0
+        # passes over the data, bytes read (in the source's dtype), seconds the reader thread
+        # spent reading + standardizing, seconds the solver waited for it
+        self.stats: dict[str, float] = {"passes": 0, "bytes": 0, "load_s": 0.0, "wait_s": 0.0}
 
     def _blocks(self, parts: Sequence[Part], labels: np.ndarray) -> Blocks:
-        return Blocks(parts, labels, self.std, self.rows)
+        return Blocks(parts, labels, self.std, self.rows, self.stats)
 
     def objective(self, everything: bool) -> StreamedMultinomial:
         parts = self.train + self.val if everything else self.train
@@ -273,10 +310,11 @@ def fit_streamed(
     dtype: torch.dtype,
     device: torch.device,
     budget: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, PathResult]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, PathResult, dict]:
     """The probe ``est``'s fit (its ``max_iter``, ``tol``, ``refit``, ``val_fraction`` and
     ``random_state``) with the features streamed from disk or memory in blocks. Returns
-    ``(classes, mean, scale, active, Cs, path)`` for the estimator to keep."""
+    ``(classes, mean, scale, active, Cs, path, stream statistics)`` for the estimator to
+    keep."""
     source = as_source(X)
     n, d = source.shape
     if n == 0 or d == 0:
@@ -298,9 +336,9 @@ def fit_streamed(
         labels = np.concatenate([y_idx[tr], y_idx[va]])
     std = Standardize(mean, scale, active, dtype, device)
     problem = Streamed(train, val, labels, classes.size, std, budget)
-    kind = choose_preconditioner(problem.d, budget)
+    kind = choose_preconditioner(problem.d, problem.n_train, classes.size, budget)
     path = solve_grid(problem, Cs, est.max_iter, est.tol, est.refit, kind)
-    return classes, mean, scale, active, Cs, path
+    return classes, mean, scale, active, Cs, path, {**problem.stats, "block_rows": problem.rows}
 
 
 def plan_inputs(X: Any, X_val: Any, y: Any, budget: int) -> tuple[Any, Any, bool]:
