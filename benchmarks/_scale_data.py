@@ -1,10 +1,10 @@
 """Synthetic cat-K features with a known answer, written to disk in chunks, for ``scale.py``.
 
-A latent ``z`` (``LATENT`` dims, power-law variances) decides the label: ``y`` is drawn from
-``softmax(z T)``, so the best any classifier can do is the *Bayes accuracy*
+A latent ``z`` (``LATENT`` standard normal dims) decides the label: ``y`` is drawn from
+``softmax(z T)`` (the teacher ``T`` weighs latent dim i by i^-1/2), so the best any classifier can do is the *Bayes accuracy*
 ``E[max_c p(c | z)]``, known exactly from the generated probabilities (printed as the ceiling).
 Each of ``K`` "networks" sees ``z`` through its own map: ``relu(z A_j + noise_j - 0.3)``, ``p``
-features, with ``A_j = 0.8 A_0 + 0.6 B_j`` so that the networks agree on most of what they see
+features, with ``A_j = 0.8 A_0 + 0.6 B_j`` (row i scaled by i^-1/2: a power-law spectrum) so that the networks agree on most of what they see
 (cat-K features are strongly correlated across networks, as real ones are) and per-feature
 noise of random scale. More networks average more noise away: accuracy grows with K towards
 the ceiling, as in the paper.
@@ -36,7 +36,7 @@ def _params(
 ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     spec = torch.arange(1, LATENT + 1, dtype=torch.float32) ** -0.5
-    T = torch.randn(LATENT, k, generator=g) * 4.0 / spec.norm()
+    T = torch.randn(LATENT, k, generator=g) * spec[:, None] * 6.0 / spec.norm()
     A0 = torch.randn(LATENT, p, generator=g) * spec[:, None]
     maps, sds = [], []
     for _ in range(K):

@@ -232,3 +232,44 @@ def test_runtime_memory_sizes(tiny):
     assert parse_experiment({**tiny, "runtime": {"memory": "4GB"}}).runtime.memory == "4GB"
     assert MemoryBudget.resolve("2GiB").split(4).bytes == 512 << 20
     assert math.isclose(MemoryBudget.here().bytes, parse_memory(None), rel_tol=1e-9)
+
+
+def test_extraction_writes_the_cache_in_chunks_and_transfer_streams_it(tiny, tmp_path, monkeypatch):
+    """With a memory budget below the features, every cached split is extracted batch by batch
+    into its file (``extract``, which returns a whole split, is never called) and the transfer
+    probe gets it lazily; the rows match a run with the default budget."""
+    from richrep.pipeline import run_experiment
+    from richrep.representations import features
+    from richrep.runtime import memory
+
+    tiny["evaluation"] = {
+        "subsets": 1,
+        "probe": {"Cs": [0.1, 1.0]},
+        "suite": [
+            {"name": "new", "shifts": [{"classes": {"keep": [5, 6, 7]}}], "sizes": [10, "all"]}
+        ],
+    }
+    ref = run_experiment(parse_experiment(tiny), tmp_path / "a", log=lambda m: None)
+    monkeypatch.setattr(memory, "MINIMUM", 1)
+    lazy, original = [], features.Featurizer.part
+
+    def part(self, name, split, lazy_=False):
+        out = original(self, name, split, lazy_)
+        lazy.append(type(out).__name__)
+        return out
+
+    monkeypatch.setattr(features.Featurizer, "part", part)
+    monkeypatch.setattr(features, "extract", lambda *a, **k: pytest.fail("whole-split extraction"))
+    tiny["runtime"] = {"memory": 2_000}  # bytes: a quarter holds no split's features
+    got = run_experiment(parse_experiment(tiny), tmp_path / "b", log=lambda m: None)
+    assert "FileRows" in lazy
+    rows = {(r["representation"], r["size"], r["draw"]): r["value"] for r in _rows(ref)}
+    other = {(r["representation"], r["size"], r["draw"]): r["value"] for r in _rows(got)}
+    assert rows.keys() == other.keys()
+    assert max(abs(rows[k] - other[k]) for k in rows) <= 0.02
+
+
+def _rows(run):
+    import json
+
+    return [json.loads(line) for line in run.store.results.read_text().splitlines()]

@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
+from richrep.data.feature_rows import is_row_source
 from richrep.errors import DataError
 from richrep.evaluation.solver import CHUNK
 from richrep.runtime.device import resolve_device as resolve_named_device
@@ -47,7 +48,9 @@ def check_finite(X: torch.Tensor, name: str) -> None:
 def as_features(est: BaseEstimator, X: Any, name: str, *, reset: bool) -> torch.Tensor:
     """Validate features as a 2-D real tensor of at least float32 (a tensor keeps its device; an
     array becomes a CPU tensor); ``reset`` sets ``est.n_features_in_``, otherwise it is
-    checked."""
+    checked. A row source (features on disk) is read whole."""
+    if is_row_source(X):
+        X = X.to_tensor()
     if isinstance(X, torch.Tensor):
         if X.ndim != 2:
             raise DataError(f"{name} must be 2-D (n_samples, n_features), got {tuple(X.shape)}")
@@ -100,6 +103,8 @@ def as_labels(y: Any, n: int, name: str) -> np.ndarray:
 
 def fit_inputs(est: BaseEstimator, X: Any, y: Any) -> tuple[torch.Tensor, np.ndarray]:
     """``(features, labels)`` of a ``fit`` call, validated (and ``n_features_in_`` set)."""
+    if is_row_source(X):
+        X = X.to_tensor()
     if not isinstance(X, torch.Tensor) and y is None:
         # let scikit-learn phrase the "y is required" error
         validate_data(est, X, y, dtype=[np.float64, np.float32], ensure_all_finite=False)

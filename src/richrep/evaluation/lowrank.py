@@ -30,7 +30,11 @@ class Spectrum:
     """``Sigma ~ V diag(s) V^T + blockdiag(R_j)`` for standardized features (each of mean 0).
 
     ``sample``: (n_s, d) standardized examples (rows); ``diag``: the variance of every feature
-    over all the examples (a rare feature that the sample misses keeps its own variance)."""
+    over all the examples (a rare feature that the sample misses keeps its own variance).
+    ``V`` spans the sketch's top subspace and ``s`` are the Rayleigh-Ritz values there
+    (``V^T Sigma V = diag(s)``: the part of ``Sigma`` in that subspace, exactly); ``R_j`` are
+    diagonal blocks of the rest, ``(I - V V^T) Sigma (I - V V^T)``, from the sample with its
+    top subspace projected out: Gram matrices, so positive semi-definite by construction."""
 
     def __init__(
         self,
@@ -46,26 +50,27 @@ class Spectrum:
         gen_state = torch.random.get_rng_state()  # svd_lowrank draws from the global generator
         try:
             torch.manual_seed(seed)
-            _, S, V = torch.svd_lowrank(sample, q=q, niter=POWER_ITERATIONS)
+            _, _, V = torch.svd_lowrank(sample, q=q, niter=POWER_ITERATIONS)
         finally:
             torch.random.set_rng_state(gen_state)
-        keep = min(rank, q)
-        s = (S[:keep].to(torch.float64) ** 2) / n_s
-        ok = s > 1e-12 * float(s.max()) if keep else s.bool()
-        self.V = V[:, :keep][:, ok].contiguous()  # (d, r), the solver's dtype
+        V = V[:, : min(rank, q)]
+        AV = sample @ V  # (n_s, r)
+        s, Q = torch.linalg.eigh((AV.t() @ AV).to(torch.float64) / n_s)  # Rayleigh-Ritz
+        s, Q = s.flip(0), Q.flip(1)
+        ok = s > 1e-10 * float(s.max()) if s.numel() else s.bool()
+        self.V = (V @ Q[:, ok].to(V.dtype)).contiguous()  # (d, r), the solver's dtype
         self.s = s[ok]  # float64
+        AV = AV @ Q[:, ok].to(AV.dtype)
         diag = diag.to(torch.float64)
         floor = 1e-6 * float(diag.max()) if d else 1.0
         self.blocks = _blocks(d, BLOCK if block is None else block)
         self.R = []  # residual covariance of each block, float64
         for cols in self.blocks:
-            Sj = sample[:, cols]
+            Rj = sample[:, cols] - AV @ self.V[cols].t()  # the block, top subspace removed
+            R = (Rj.t() @ Rj).to(torch.float64) / n_s
             Vj = self.V[cols].to(torch.float64)
-            R = (Sj.t() @ Sj).to(torch.float64) / n_s - (Vj * self.s) @ Vj.t()
-            explained = (Vj * Vj) @ self.s
-            R.diagonal().copy_(
-                torch.clamp(torch.maximum(diag[cols] - explained, R.diagonal()), min=floor)
-            )
+            rest = torch.clamp(diag[cols] - (Vj * Vj) @ self.s, min=floor)
+            R.diagonal().copy_(torch.maximum(rest, R.diagonal()))
             self.R.append(R)
 
     @property
@@ -90,26 +95,27 @@ def _spd_inverse(A: torch.Tensor) -> torch.Tensor:
 
 class LowRankPreconditioner:
     """Applies ``M^{-1}`` with ``M = blockdiag(a (V S V^T + B) + lam I, a)`` by the Woodbury
-    identity: ``M^{-1} = G - G V K^{-1} V^T G`` with ``G = (a B + lam I)^{-1}`` (block by block)
-    and ``K = (a S)^{-1} + V^T G V`` (r x r). Same interface as the full one."""
+    identity: with ``U = V (a S)^{1/2}`` and ``G = (a B + lam I)^{-1}`` (block by block),
+    ``M^{-1} = G - G U K^{-1} U^T G``, ``K = I + U^T G U`` (r x r). Same interface as the full
+    one."""
 
     def __init__(self, spectrum: Spectrum, lam: float, a: float, dtype: torch.dtype) -> None:
         lam = max(lam, 1e-12)
         self.blocks = spectrum.blocks
         self.G = []
-        V = spectrum.V.to(torch.float64)
-        GV = torch.empty_like(V)
+        U = spectrum.V.to(torch.float64) * torch.sqrt(a * spectrum.s)
+        GU = torch.empty_like(U)
         for cols, R in zip(self.blocks, spectrum.R, strict=True):
             M = a * R
             M.diagonal().add_(lam)
             G = _spd_inverse(M)
-            GV[cols] = G @ V[cols]
+            GU[cols] = G @ U[cols]
             self.G.append(G.to(dtype))
-        K = V.t() @ GV
-        K.diagonal().add_(1.0 / (a * spectrum.s))
+        K = U.t() @ GU
+        K.diagonal().add_(1.0)
         self.Kinv = _spd_inverse(K).to(dtype)
-        self.GV = GV.to(dtype)
-        self.V = spectrum.V.to(dtype)
+        self.GU = GU.to(dtype)
+        self.U = U.to(dtype)
         self.inv_a = 1.0 / a
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
@@ -117,8 +123,8 @@ class LowRankPreconditioner:
         for cols, G in zip(self.blocks, self.G, strict=True):
             # (q^T G)^T: see the full preconditioner on MKL's float32 layouts
             r[:-1][cols] = (q[:-1][cols].t() @ G).t()
-        if self.V.shape[1]:
-            u = self.Kinv @ (self.V.t() @ r[:-1])  # (r, k)
-            r[:-1] -= self.GV @ u
+        if self.U.shape[1]:
+            u = self.Kinv @ (self.U.t() @ r[:-1])  # (r, k)
+            r[:-1] -= self.GU @ u
         torch.mul(q[-1], self.inv_a, out=r[-1])
         return r
