@@ -16,6 +16,11 @@ on validation data, solved full-batch with torch (CPU or GPU) by
 * the solver is L-BFGS preconditioned by ``a * Sigma + lam * I`` (``Sigma`` the feature
   covariance, ``lam = 1 / (C n)``): cat-K features of K networks are strongly correlated, and
   this preconditioner removes most of that ill-conditioning for the price of a d x d Cholesky;
+  with many features (where that d^3 work would not pay, :func:`.solver.choose_preconditioner`)
+  ``Sigma`` is approximated by its top eigenpairs plus diagonal blocks (:mod:`.lowrank`), so
+  the cost grows with n d k, not d^3;
+* features (and the solver's work) beyond ``runtime.memory`` are not copied into memory: every
+  pass streams them from their source, e.g. the feature cache on disk (:mod:`.stream`);
 * the C with the best validation accuracy is kept (ties go to the stronger regularization),
   then the model is refit on train + validation with that C, warm-started.
 

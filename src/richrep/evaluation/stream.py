@@ -173,8 +173,11 @@ class Blocks:
         if not todo:
             return
         self.stats["passes"] += 1
+        # the reader converts and standardizes on the caller's threads: while the solver waits
+        # for it (a pass bound by reading), they would idle anyway
+        threads = torch.get_num_threads()
         with ThreadPoolExecutor(
-            1, "richrep-stream", initializer=torch.set_num_threads, initargs=(1,)
+            1, "richrep-stream", initializer=torch.set_num_threads, initargs=(threads,)
         ) as pool:
             ahead = pool.submit(self._load, *todo[0])
             at = 0
