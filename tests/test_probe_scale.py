@@ -169,7 +169,10 @@ def test_streamed_nan_is_named(data, tmp_path, where):
     X, y, _, _ = data
     X = X.copy()
     X[where] = np.nan
-    with MemoryBudget(1 << 20).applied(), pytest.raises(DataError, match=r"NaN or inf.*row"):
+    with (
+        MemoryBudget(1 << 20).applied(),
+        pytest.raises(DataError, match=rf"row {where[0]}, column {where[1]}"),
+    ):
         fit(save(tmp_path / "x.safetensors", X), y)
 
 

@@ -28,7 +28,6 @@ from richrep.data.feature_rows import ArrayRows, RowSource, is_row_source
 from richrep.errors import DataError
 from richrep.evaluation.inputs import (
     as_labels,
-    check_finite,
     check_val_labels,
     class_indices,
     validation_rows,
@@ -89,6 +88,17 @@ def _file_bytes(source: RowSource, rows: int) -> int:
     return rows * (file.row_bytes if file is not None else 4 * source.shape[1])
 
 
+def check_block(block: torch.Tensor, name: str, start: int) -> None:
+    """:class:`DataError` naming the first NaN or inf of rows ``start ...`` of ``name``."""
+    bad = ~torch.isfinite(block)
+    if bool(bad.any()):
+        row, col = (int(i) for i in bad.nonzero()[0])
+        raise DataError(
+            f"{name} contains NaN or inf (first at row {start + row}, column {col}); probes need "
+            f"finite features"
+        )
+
+
 def stream_stats(
     source: RowSource, name: str, budget: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,10 +113,7 @@ def stream_stats(
     s2 = torch.zeros_like(s1)
     varies = torch.zeros(d, dtype=torch.bool)
     for start, block in source.blocks(step):
-        try:
-            check_finite(block, name)
-        except DataError as e:
-            raise DataError(f"{e} (rows from {start})") from None
+        check_block(block, name, start)
         x0 = block[0].clone() if x0 is None else x0
         for i in range(0, block.shape[0], CHUNK):
             c = block[i : i + CHUNK] - x0
@@ -296,10 +303,7 @@ def _val_parts(
     yv = as_labels(y_val, source.shape[0], "y_val")
     check_val_labels(yv, classes)
     for start, block in source.blocks(block_rows(d, budget)):
-        try:
-            check_finite(block, "X_val")
-        except DataError as e:
-            raise DataError(f"{e} (rows from {start})") from None
+        check_block(block, "X_val", start)
     return source, np.searchsorted(classes, yv)
 
 
