@@ -1,6 +1,6 @@
 # The two set-up commands of the README: `make demo` and `make test`.
 # Each creates (or reuses) .venv and installs what it needs: the demo only richrep and its
-# dependencies; the tests also pytest, hypothesis, ruff, Ray and MLflow. torch is installed
+# dependencies; the tests also pytest, hypothesis, ruff, Ray, MLflow and MkDocs. torch is installed
 # first and pinned, so a machine with a local CPU build takes it instead of a multi-GB CUDA download
 # (elsewhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu make demo).
 PYTHON ?= python3
@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 INDEX := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow docs bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ $(BIN)/.dev: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/richrep run examples/quickstart.yaml
-	@echo "next: $(BIN)/richrep results runs/quickstart-*   (or: source $(BIN)/activate)"
+	@echo "next: $(BIN)/richrep results runs/$$($(BIN)/python -c 'import richrep; print(richrep.load_experiment("examples/quickstart.yaml").run_id())')   (or: source $(BIN)/activate)"
 
 test: $(BIN)/.dev
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(BIN)/.dev
 	$(BIN)/python -m pytest -m slow -q
+
+# The documentation site (docs/, mkdocs.yml) into site/, warnings as errors; the fast test tier
+# builds it too (tests/test_docs.py).
+docs: $(BIN)/.dev
+	$(BIN)/python -m mkdocs build --strict
 
 bench: $(BIN)/.dev
 	$(BIN)/python benchmarks/train_seeds.py
@@ -44,4 +49,4 @@ lint: $(BIN)/.dev
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -82,7 +82,7 @@ def run_sklearn(d: dict[str, np.ndarray], max_iter: int, warm: bool) -> dict:
 
 
 def run_probe(d: dict[str, np.ndarray], device: str) -> dict:
-    from richrep.evaluation.inputs import resolve_device
+    from richrep.evaluation.inputs import device_for
     from richrep.evaluation.probes import LinearProbe
     from richrep.runtime.cpu_policy import probe_compute_policy
 
@@ -97,7 +97,7 @@ def run_probe(d: dict[str, np.ndarray], device: str) -> dict:
     # evaluation stage applies around its probes
     size = (len(d["y_train"]) + len(d["y_val"])) * d["x_train"].shape[1]
     t0 = time.perf_counter()
-    with probe_compute_policy(size, resolve_device(device, x["x_train"]), probe.dtype):
+    with probe_compute_policy(size, device_for(device, x["x_train"]), probe.dtype):
         probe.fit(x["x_train"], d["y_train"], x["x_val"], d["y_val"])
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from richrep.analysis.advise import MemberCost, advise
 from richrep.analysis.advise_text import advice_lines, floor_note, verdict
 from richrep.analysis.budget import parse_budget
-from richrep.analysis.saturation import curve, fit
+from richrep.analysis.saturation import curve, fit_curve
 from richrep.cli import app
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError
@@ -78,7 +78,7 @@ def _known(k):
 
 def test_fit_recovers_exact_parameters():
     k = np.array([1, 2, 3, 4, 6, 8], dtype=float)
-    a, b, c = fit(k, curve(*TRUE, k))
+    a, b, c = fit_curve(k, curve(*TRUE, k))
     assert (a, b, c) == pytest.approx(TRUE, abs=1e-6)
 
 

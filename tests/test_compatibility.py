@@ -237,7 +237,6 @@ def test_retrieval_protocol_rows_and_costs():
 
 
 def test_bct_kind_ranges_and_chains(tiny):
-    from richrep.config import resolve
     from richrep.members import plan_members
 
     raw = copy.deepcopy(tiny)
@@ -247,7 +246,7 @@ def test_bct_kind_ranges_and_chains(tiny):
         {"kind": "bct", "k": 1, "old": "bct-s1"},
         {"kind": "bt2", "k": 2},
     ]
-    exp = resolve(parse_experiment(raw))
+    exp = parse_experiment(raw)
     members = {m.name: m for m in plan_members(exp, (1, 40))}
     assert members["bct-s1"].requires == ("single-s0",)
     assert members["bct-s2-from-bct-s1"].requires == ("bct-s1",)
@@ -260,13 +259,14 @@ def test_bct_kind_ranges_and_chains(tiny):
     ):
         raw["training"]["baselines"] = [bad]
         with pytest.raises(ConfigError, match=match):
-            plan_members(resolve(parse_experiment(raw)), (1, 40))
+            plan_members(parse_experiment(raw), (1, 40))
     raw["training"]["objective"] = "bct"
     raw["training"]["baselines"] = []
     with pytest.raises(ConfigError, match="reads the head of 'bct' members"):
-        resolve(parse_experiment(raw))
+        parse_experiment(raw)
 
 
+@pytest.mark.slow
 def test_a_run_trains_upgrades_and_evaluates_them(tiny, tmp_path):
     from richrep.pipeline import run_experiment
     from richrep.stages.evaluate import read_results

@@ -49,7 +49,7 @@ def test_examples_parse(path, tmp_path, monkeypatch):
         (
             {"data": {"dataset": "mnist"}},
             r"data\.dataset.*unknown dataset 'mnist' \(did you mean 'mnist1d'\?\); choose one of: "
-            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, image_folder, mnist1d, npz",
+            r"colored_fashion_mnist, colored_mnist1d, digits, fashion_mnist, image_domains, image_folder, mnist1d, npz, rotated_domains",
         ),
         (
             {"data": {"dataset": "mnist1d", "params": {"num_sample": 5}}},
@@ -93,9 +93,78 @@ def test_examples_parse(path, tmp_path, monkeypatch):
         (
             {"evaluation": {"suite": [{"name": "a", "protocol": "probe"}]}},
             r"evaluation\.suite\[0\]\.protocol: unknown protocol 'probe'; "
-            r"choose one of: compatibility, continual, disambiguate, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
+            r"choose one of: compatibility, continual, disambiguate, domain_generalization, few_shot, finetune, ood, retrieval, robustness, transfer, truncation",
         ),
         ({"evaluation": {"suite": [{"name": "a"}, {"name": "a"}]}}, r"unique; repeated: \['a'\]"),
+        # member kinds', objectives' and augmentations' value constraints, from their
+        # annotations: refused when the file is read, not when the member is planned or built
+        (
+            {"training": {"baselines": [{"kind": "distill", "k": 2, "temperature": 0}]}},
+            r"training\.baselines\[0\]: member kind 'distill' argument 'temperature'=0 is invalid",
+        ),
+        (
+            {"training": {"baselines": [{"kind": "distill", "k": 2, "label_weight": 2}]}},
+            r"'label_weight'=2 is invalid: Input should be less than or equal to 1",
+        ),
+        ({"training": {"baselines": [{"kind": "rfc", "k": 2, "eta": 0}]}}, r"'eta'=0 is invalid"),
+        ({"training": {"baselines": [{"kind": "bct", "k": 1, "weight": -1}]}}, r"'weight'=-1"),
+        ({"training": {"baselines": [{"kind": "simplex", "k": 1, "scale": 0}]}}, r"'scale'=0"),
+        (
+            {"training": {"baselines": [{"kind": "matryoshka", "k": 2, "dims": []}]}},
+            r"member kind 'matryoshka' argument 'dims'=\[\] is invalid",
+        ),
+        (
+            {"training": {"baselines": [{"kind": "matryoshka", "k": 2, "weights": [1, -1]}]}},
+            r"argument 'weights'=\[1, -1\] is invalid",
+        ),
+        (
+            {"training": {"objective": {"irm": {"penalty_weight": -1}}}},
+            r"training\.objective: objective 'irm' argument 'penalty_weight'=-1 is invalid",
+        ),
+        (
+            {"training": {"objective": {"distillation": {"temperature": 0}}}},
+            r"objective 'distillation' argument 'temperature'=0 is invalid",
+        ),
+        (
+            {"training": {"augment": [{"random_resized_crop": {"scale": [0.9, 0.1]}}]}},
+            r"training\.augment\[0\]: augmentation 'random_resized_crop' argument 'scale'.*"
+            r"must be \(low, high\)",
+        ),
+        (
+            {"data": {"dataset": "mnist1d", "source": [{"classes": {"keep": [1, 1]}}]}},
+            r"data\.source\[0\]: shift 'classes' argument 'keep'=\[1, 1\].*lists a class twice",
+        ),
+        (
+            {
+                "evaluation": {
+                    "suite": [
+                        {
+                            "name": "u",
+                            "protocol": {"compatibility": {"old": "a", "sequences": {"s": ["a"]}}},
+                        }
+                    ]
+                }
+            },
+            r"protocol 'compatibility' argument 'sequences'.*at least 2 items",
+        ),
+        # a probe's bad value fails when the file is read, before any training
+        ({"evaluation": {"probe": {"Cs": -1}}}, r"probe 'linear' argument 'Cs'=-1 is invalid"),
+        ({"evaluation": {"probe": {"Cs": []}}}, r"'Cs'=\[\] is invalid.*at least 1 item"),
+        ({"evaluation": {"probe": {"Cs": [0.1, float("inf")]}}}, r"argument 'Cs'.*finite number"),
+        ({"evaluation": {"probe": {"dtype": "float16"}}}, r"'dtype'='float16' is invalid"),
+        ({"evaluation": {"probe": {"val_fraction": 1.0}}}, r"'val_fraction'=1\.0 is invalid"),
+        ({"evaluation": {"probe": {"max_iter": 0}}}, r"'max_iter'=0 is invalid"),
+        ({"evaluation": {"probe": {"tol": 0}}}, r"'tol'=0 is invalid"),
+        ({"evaluation": {"probe": {"random_state": -1}}}, r"'random_state'=-1 is invalid"),
+        ({"evaluation": {"probe": {"device": "gpu"}}}, r"'device'='gpu' is invalid.*device name"),
+        (
+            {"evaluation": {"probe": {"nearest_mean": {"metric": "l1"}}}},
+            r"probe 'nearest_mean' argument 'metric'='l1' is invalid",
+        ),
+        (
+            {"evaluation": {"suite": [{"name": "a", "probe": {"dtype": "half"}}]}},
+            r"evaluation\.suite\[0\]\.probe: probe 'linear' argument 'dtype'='half'",
+        ),
     ],
 )
 def test_errors_name_the_field(tiny, patch, match):
@@ -104,6 +173,27 @@ def test_errors_name_the_field(tiny, patch, match):
         raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) and k in raw else v
     with pytest.raises(ConfigError, match=match):
         parse_experiment(raw)
+
+
+def test_every_section_reports_its_own_registry_errors_at_once(tiny):
+    """Each section checks its registry specs in its own validators: one reading names every
+    bad spec (and a schema error beside them), each under its field, not only the first."""
+    raw = dict(tiny)
+    raw["data"] = {**raw["data"], "source": ["blurr"]}
+    raw["training"] = {**raw["training"], "epochs": 0, "baselines": [{"kind": "wider", "k": 2}]}
+    raw["evaluation"] = {"probe": {"dtype": "half"}, "floors": ["inputs"]}
+    with pytest.raises(ConfigError) as e:
+        parse_experiment(raw)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "invalid experiment:"
+    for part in (
+        "  data.source[0]: unknown shift 'blurr'",
+        "  training.epochs: Input should be greater than or equal to 1",
+        "  training.baselines[0]: unknown member kind 'wider'",
+        "  evaluation.probe: probe 'linear' argument 'dtype'='half' is invalid",
+        "  evaluation.floors[0]: unknown floor 'inputs' (did you mean 'input'?)",
+    ):
+        assert any(line.startswith(part) for line in lines), (part, lines)
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):

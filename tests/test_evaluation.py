@@ -138,6 +138,7 @@ def test_transfer_without_all_extracts_only_what_draws_use(target):
     assert sum(calls) <= 3 * (2 * 4 + 2 * 8) + len(target.test)  # cached: nothing extracted twice
 
 
+@pytest.mark.slow
 def test_small_run_builds_table_and_report(tiny, tmp_path):
     tiny["training"]["seeds"] = 3
     tiny["training"]["baselines"] = [{"kind": "wide", "k": 3}, {"kind": "joint", "k": 3}]
@@ -157,7 +158,9 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     assert len(rows) == 10 * 3 + 10 * 1
     comp = build_comparison([Row.from_dict(r) for r in rows], ["new", "noise"])
     assert comp.columns == ["input", "random3", "single", "cat2", "cat3", "wide3", "joint3"]
-    assert comp.k == 3 and [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3"]
+    headline = ["cat3 − single", "cat3 − wide3"]
+    assert comp.k == 3 and [g.name for g in comp.headline_gains] == headline
+    assert [g.name for g in comp.gain_columns] == ["cat2 − single", *headline]
     label, cells = comp.rows[0].label, comp.rows[0].cells
     assert (
         label.startswith("new · transfer · 5/class") and cells["single"].n == 6
@@ -166,9 +169,9 @@ def test_small_run_builds_table_and_report(tiny, tmp_path):
     md = to_markdown(comp)
     assert "cat3 − single" in md and "| dim / params |" in md
     html = store.report.read_text()
-    # two accuracy-vs-K plots and the members' training curves
+    # the lead figure, two accuracy-vs-K plots and the members' training curves
     assert (
-        "<table" in html and html.count("data:image/png;base64,") == 3 and "new · transfer" in html
+        "<table" in html and html.count("data:image/png;base64,") == 4 and "new · transfer" in html
     )
     r = CliRunner().invoke(app, ["results", str(store.root)])
     assert r.exit_code == 0 and "cat3" in r.output and "wide3" in r.output

@@ -144,6 +144,7 @@ def test_prototype_equals_a_per_episode_loop(target):
             assert pred[i].tolist() == expect
 
 
+@pytest.mark.slow
 def test_linear_agrees_with_scikit_learn_and_linear_probe(target):
     feats = _ctx(target).featurizer(SINGLE0, target.test)
     for shots in (1, 5):

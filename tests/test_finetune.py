@@ -17,7 +17,7 @@ from richrep.data.splits import stratified_split
 from richrep.errors import ConfigError
 from richrep.evaluation import finetune
 from richrep.evaluation.finetune import FineTune
-from richrep.evaluation.finetune_train import concat_heads, network, predict, scores
+from richrep.evaluation.finetune_train import accuracy_and_loss, concat_heads, network, predict
 from richrep.evaluation.protocols import Context, protocol_of
 from richrep.pipeline import run_experiment
 from richrep.results import Row
@@ -79,6 +79,7 @@ def test_the_evaluate_stage_fine_tunes_every_network_and_rows_carry_the_choice(r
     assert not (run.store.root / "finetuned").exists()  # weights are not kept by default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["init", "two_stage"])
 def test_lr_weight_decay_and_epochs_are_chosen_on_validation_never_on_test(run, mode):
     spec = entry(f"sel_{mode}", mode=mode, lrs=[0.01, 0.2], weight_decays=[0.0, 0.01])
@@ -122,9 +123,9 @@ def test_two_stage_without_head_training_predicts_the_mean_of_the_fine_tuned_mod
     ):
         with torch.no_grad():
             logits = torch.stack([t.head(t.features[split]) for t in tuned]).mean(0)
-        assert scores(logits, y)[0] == pytest.approx(value)
+        assert accuracy_and_loss(logits, y)[0] == pytest.approx(value)
     # the singles reuse the seeds fine-tuned for cat2: nothing is fine-tuned again
-    monkeypatch.setattr(finetune, "fit", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    monkeypatch.setattr(finetune, "fit_network", lambda *a, **k: pytest.fail("fine-tuned twice"))
     for seed in (0, 1):
         rep = next(r for r in run.representations() if r.column == "single" and r.seeds == (seed,))
         assert len(proto.evaluate(ctx, rep, task, spec)) == 1
@@ -134,7 +135,7 @@ def test_floors_get_no_rows_and_no_training(run, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a floor was fine-tuned")
 
-    monkeypatch.setattr(finetune, "fit", boom)
+    monkeypatch.setattr(finetune, "fit_network", boom)
     spec = SuiteEntry.model_validate(entry("floors"))
     task, ctx = run.target(spec), ctx_of(run)
     floors = [r for r in run.representations() if r.kind in ("input", "random")]
@@ -192,7 +193,7 @@ def test_kept_weights_are_the_chosen_model(run):
     meta = load_checkpoint(path, model)
     assert meta["lr"] == row.extra["lr"] and meta["epochs"] == row.extra["epochs"]
     logits = predict(model, task.test.x, run.device, run.dtype)
-    assert scores(logits, task.test.y)[0] == pytest.approx(row.value)
+    assert accuracy_and_loss(logits, task.test.y)[0] == pytest.approx(row.value)
     path.unlink()  # asked for but missing: that item is fine-tuned again
     assert run.evaluate(spec, representations=["cat2"]) == [row] and path.exists()
 

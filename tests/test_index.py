@@ -259,11 +259,15 @@ def test_a_real_broken_config_is_reported(tmp_path, monkeypatch):
     assert "config.yaml" in rows[0]["error"] and "YAML" in rows[0]["error"]
 
 
-def test_folders_without_results_are_not_listed(tmp_path):
+def test_unfinished_runs_are_listed_with_their_state_and_not_cached(tmp_path):
     out = tmp_path / "runs"
     d = make_run(out, "tiny-1")
     (d / "results.jsonl").unlink()
-    assert list_runs(out, log=pytest.fail) == []
+    (d / "done").unlink()
+    (row,) = list_runs(out, log=pytest.fail)
+    assert row["run_id"] == "tiny-1" and row["headline"] == {} and row["finished"] is None
+    assert row["state"] == "stopped" and row["detail"].startswith("before training")
+    assert not (out / INDEX).exists()  # nothing cached: read again at the next listing
 
 
 def test_missing_folder_is_a_store_error(tmp_path):

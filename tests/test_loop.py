@@ -1,4 +1,4 @@
-"""The one training loop: members (``train_member``), fine-tuning (``fit``) and the ``ood``
+"""The one training loop: members (``train_member``), fine-tuning (``fit_network``) and the ``ood``
 protocol's networks (``train_network``) train through it, each bit-identical to the plain loop
 it replaced (written out here); the ood heads' batched graph equals each head trained alone."""
 
@@ -15,7 +15,7 @@ from torch import nn
 from richrep.config import TrainingConfig
 from richrep.data import Split
 from richrep.errors import ConfigError, TrainingError
-from richrep.evaluation.finetune_train import fit, predict, scores
+from richrep.evaluation.finetune_train import accuracy_and_loss, fit_network, predict
 from richrep.evaluation.ood_train import Scorer, train_heads, train_network
 from richrep.objectives import IRM, CrossEntropy, Fishr, GroupDRO, Objective, VREx, build_objective
 from richrep.runtime.device import autocast
@@ -56,7 +56,7 @@ def _cosine(lr: float, step: int, total: int) -> float:
 
 def _plain_epochs(model, data, *, lr, momentum, wd, epochs, bs, seed, dtype, val=None):
     """The loop train_unit and fit used to be: epoch order, cosine schedule, SGD; with ``val``,
-    the best epoch on it is loaded back (fit)."""
+    the best epoch on it is loaded back (fit_network)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
     n = len(data)
     steps = math.ceil(n / bs)
@@ -74,7 +74,7 @@ def _plain_epochs(model, data, *, lr, momentum, wd, epochs, bs, seed, dtype, val
             loss.backward()
             opt.step()
         if val is not None:
-            acc, vloss = scores(predict(model, val.x, CPU, dtype), val.y)
+            acc, vloss = accuracy_and_loss(predict(model, val.x, CPU, dtype), val.y)
             if best is None or (acc, -vloss) > best[0]:
                 best = ((acc, -vloss), epoch + 1, copy.deepcopy(model.state_dict()))
     if best is not None:
@@ -99,7 +99,7 @@ def test_train_member_equals_the_plain_epoch_loop(dtype):
 def test_fit_equals_the_plain_loop_with_its_best_epoch(dtype):
     data, val = _data(50), _data(30, seed=1)
     a, b = Net(2), Net(2)
-    f = fit(
+    f = fit_network(
         a,
         data,
         val,

@@ -196,7 +196,7 @@ def test_old_pseudo_metric_rows_are_ignored_with_a_message(old_run, tmp_path):
     assert "test accuracy_ci95" not in r.output and "test diff_vs_single" not in r.output
     report(old_run, log=lambda m: None)
     page = old_run.store.report.read_text()
-    assert "ignored" in page and "<h3>accuracy_ci95" not in page
+    assert "ignored" in page and "accuracy_ci95 · full table" not in page
     plots = {p.name for p in (old_run.store.root / "plots").iterdir()}
     assert not any("ci95" in p or "diff_vs" in p for p in plots)
 

@@ -171,3 +171,18 @@ def test_ood_needs_environments():
     task = load_task("digits")
     with pytest.raises(ConfigError, match="needs environments"):
         OOD().check(entry(), task, task)
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [
+        ({"irm": {"penalty_weight": [1.0, -1.0]}}, r"'penalty_weight'=-1\.0 is invalid"),
+        ({"fishr": {"ema": [1.0]}}, r"'ema'=1\.0 is invalid: Input should be less than 1"),
+        ({"group_dro": {"eta": [0.0]}}, r"'eta'=0\.0 is invalid"),
+    ],
+)
+def test_a_bad_grid_value_fails_when_the_protocol_is_built(grid, match):
+    """The grid's values meet the objectives' annotated constraints when the protocol is
+    built (the preflight, before any training), not when the heads train."""
+    with pytest.raises(ConfigError, match=rf"ood grid of \w+: objective .*{match}"):
+        OOD(grid=grid)

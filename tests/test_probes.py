@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from richrep.errors import DataError
+from richrep.errors import ConfigError, DataError
 from richrep.evaluation import probes
 from richrep.evaluation.inputs import stratified_val_split
 from richrep.evaluation.probes import LinearProbe, NearestMeanProbe
@@ -61,6 +61,7 @@ def test_single_C_solves_sklearns_objective(digits):
     np.testing.assert_allclose(probe.decision_function(digits["Xt"]), Z, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_grid_accuracy_matches_sklearn_within_half_a_point(digits):
     """The validation-chosen, refit probe against scikit-learn doing the same by hand."""
     probe = LinearProbe(Cs=GRID, device="cpu").fit(
@@ -99,6 +100,7 @@ def adversarial_val(digits, C_lo: float, C_hi: float):
     return Xv[differ], lo.predict(Xv[differ]), hi.predict(Xv[differ])
 
 
+@pytest.mark.slow
 def test_C_is_chosen_on_the_validation_data_only(digits):
     Xv, y_lo, y_hi = adversarial_val(digits, 1e-3, 1.0)
     kw = {"Cs": (1e-3, 1.0), "device": "cpu", "refit": False, "tol": 1e-6, "max_iter": 1000}
@@ -219,6 +221,27 @@ def test_other_input_errors(digits):
         LinearProbe(device="cpu").fit(X, y + 0.5)
 
 
+@pytest.mark.parametrize(
+    ("probe", "match"),
+    [
+        (LinearProbe(Cs=-1.0), r"LinearProbe argument 'Cs'=-1\.0 is invalid"),
+        (LinearProbe(Cs=[]), r"'Cs'=\[\] is invalid"),
+        (LinearProbe(Cs=[0.1, float("nan")]), r"'Cs'.*finite number"),
+        (LinearProbe(dtype="float16"), r"'dtype'='float16' is invalid"),
+        (LinearProbe(val_fraction=0.0), r"'val_fraction'=0\.0 is invalid"),
+        (LinearProbe(max_iter=0), r"'max_iter'=0 is invalid"),
+        (LinearProbe(tol=-1.0), r"'tol'=-1\.0 is invalid"),
+        (LinearProbe(device="gpu"), r"'device'='gpu' is invalid"),
+        (NearestMeanProbe(metric="l1"), r"NearestMeanProbe argument 'metric'='l1' is invalid"),
+    ],
+)
+def test_bad_arguments_fail_at_fit_with_the_registry_constraints(digits, probe, match):
+    """A probe built in Python is held to the constraints its annotations carry (those the
+    registry checks when an experiment is read), before any work."""
+    with pytest.raises(ConfigError, match=match):
+        probe.fit(digits["X"], digits["y"])
+
+
 def test_torch_and_numpy_inputs_agree(digits):
     a = LinearProbe(Cs=(0.01, 0.1), device="cpu").fit(digits["X"], digits["y"])
     b = LinearProbe(Cs=(0.01, 0.1), device="cpu").fit(
@@ -271,6 +294,7 @@ def test_clone_and_params():
     assert clone(NearestMeanProbe(metric="euclidean")).get_params()["metric"] == "euclidean"
 
 
+@pytest.mark.slow
 def test_sklearn_estimator_checks():
     """scikit-learn's own API checks (all of them pass; the run is kept short on purpose)."""
     from sklearn.utils.estimator_checks import check_estimator

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from html.parser import HTMLParser
 
 import pytest
 from rich.console import Console
 
 from richrep.report.html import ReportData, write_report
-from richrep.report.plots import training_curves
+from richrep.report.plots import save_training_curves
 from richrep.report.summary import summary_lines
 from richrep.report.tables import build_comparison, metrics, to_csv, to_markdown
 from richrep.report.terminal import render_table
@@ -129,8 +130,9 @@ def test_cells_carry_n_and_interval():
 def test_gains_compare_the_same_k():
     comp = build_comparison(suite())
     assert comp.k == 5
-    names = [g.name for g in comp.gain_columns]
+    names = [g.name for g in comp.headline_gains]
     assert names == ["cat5 − single", "cat5 − wide5", "cat5 − distill5"]
+    assert [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3", *names]
     g = comp.rows[0].gains["cat5 − wide5"]
     cells = comp.rows[0].cells
     assert g.diff == pytest.approx(cells["cat5"].mean - cells["wide5"].mean)
@@ -139,7 +141,9 @@ def test_gains_compare_the_same_k():
     rows = [r for r in suite() if r.column != "wide5"]
     comp = build_comparison(rows)
     assert comp.k == 3
-    assert [g.name for g in comp.gain_columns] == ["cat3 − single", "cat3 − wide3"]
+    assert [g.name for g in comp.headline_gains] == ["cat3 − single", "cat3 − wide3"]
+    names = ["cat3 − single", "cat3 − wide3", "cat5 − single", "cat5 − distill5"]
+    assert [g.name for g in comp.gain_columns] == names
 
 
 def test_gain_significant_only_when_its_interval_excludes_zero():
@@ -209,15 +213,15 @@ def test_summary_sentences_state_gains_with_intervals():
 def test_terminal_table_fits_and_shows_every_mean(width):
     comp = build_comparison(suite(draws=3), ["new_classes", "in_dist"])
     console = Console(width=width, record=True, color_system=None)
-    console.print(render_table(comp, width, title="demo"))
+    console.print(render_table(comp, width, title="demo", columns=["all"]))
     out = console.export_text()
     assert "…" not in out
     assert all(len(line) <= width for line in out.splitlines())
-    for r in comp.rows:
+    for r in comp.rows:  # in percent, gains in points
         for cell in r.cells.values():
-            assert cell.mean_text() in out
+            assert f"{100 * cell.mean:.1f}" in out
         for g in r.gains.values():
-            assert f"{g.diff:+.3f}" in out
+            assert f"{100 * g.diff:+.1f}" in out
     assert "--format markdown" in out
 
 
@@ -225,12 +229,12 @@ def test_terminal_very_narrow_and_untrusted_text():
     rows = suite(draws=2, entries=("[bold red]x[/] \x1b[31mevil\x1b[0m\x07",))
     comp = build_comparison(rows)
     console = Console(width=40, record=True, color_system=None)
-    console.print(render_table(comp, 40, title="[blink]t"))
+    console.print(render_table(comp, 40, title="[blink]t", columns=["all"], transpose=False))
     out = console.export_text()
     assert "[bold red]x[/]" in out  # shown literally, never parsed as markup
     assert "\x1b" not in out and "\x07" not in out
     for cell in comp.rows[0].cells.values():
-        assert cell.mean_text() in out
+        assert f"{100 * cell.mean:.1f}" in out
 
 
 # ------------------------------------------------------------------------------ HTML report
@@ -238,7 +242,7 @@ def test_terminal_very_narrow_and_untrusted_text():
 ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "div", "span",
     "table", "thead", "tbody", "tr", "th", "td", "caption", "code", "pre", "details", "summary",
-    "img", "ul", "li", "small", "br", "dl", "dt", "dd", "figure", "figcaption",
+    "img", "ul", "li", "small", "br", "dl", "dt", "dd", "figure", "figcaption", "section", "a",
 }  # fmt: skip
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(1)>'
 
@@ -346,6 +350,8 @@ def _check_tags(page: str) -> _Tags:
             assert not name.startswith("on"), (tag, name)
             if name == "src":
                 assert value.startswith("data:image/png;base64,"), value[:40]
+            if name == "href":  # a figure's SVG or PDF beside the report
+                assert re.fullmatch(r"plots/[A-Za-z0-9_.-]+\.(svg|pdf)", value), value
     return p
 
 
@@ -381,6 +387,7 @@ def test_html_escapes_hostile_input(tmp_path):
     assert all(p.parent == tmp_path / "plots" for p in (tmp_path / "plots").iterdir())
 
 
+@pytest.mark.slow
 def test_report_renders_with_and_without_analysis(tmp_path):
     rows = suite(draws=3)
     names = ["single-s0", "single-s1", "single-s2"]
@@ -388,24 +395,28 @@ def test_report_renders_with_and_without_analysis(tmp_path):
     plain = write_report(_data(rows, members), tmp_path / "a").read_text()
     _check_tags(plain)
     assert "Are the seeds different?" not in plain
+    assert "run <code>richrep analyze RUN</code>" in plain  # says what would add the section
     assert "cat5 − wide5" in plain and "beats single by" in plain
-    assert "boom" in plain and "(n=" in plain
+    assert "boom" in plain and "n=15 · [" in plain  # n and the interval under the mean
     assert 'class="pos"' in plain  # a significant gain is coloured
     full = write_report(_data(rows, members, _analysis(names)), tmp_path / "b").read_text()
     _check_tags(full)
     assert "Are the seeds different?" in full and "linear_cka" in full
+    assert "richrep analyze RUN" not in full
     plots = {p.name for p in (tmp_path / "b" / "plots").iterdir()}
     assert {"seed_similarity.png", "unit_matching.png", "training_curves.png"} <= plots
     assert any(p.startswith("accuracy_vs_k-") for p in plots)
-    assert full.count("data:image/png;base64,") == len(plots)
+    pngs = [p for p in plots if p.endswith(".png")]
+    assert full.count("data:image/png;base64,") == len(pngs)
+    assert {p[:-4] + ext for p in pngs for ext in (".svg", ".pdf")} <= plots
 
 
 def test_training_curves_plot_written(tmp_path):
     members = _members(["single-s0", "single-s1", "wide$3"])
     members[0]["history"] = [{**h, "val_acc": 0.6} for h in members[0]["history"]]
-    path = training_curves(members, tmp_path / "curves.png")
+    path = save_training_curves(members, tmp_path / "curves.png")
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert training_curves([{"name": "x", "history": []}], tmp_path / "none.png") is None
+    assert save_training_curves([{"name": "x", "history": []}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
 
 

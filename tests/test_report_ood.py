@@ -3,7 +3,7 @@
 import pytest
 
 from richrep.report.html import ReportData, render_html
-from richrep.report.ood_tables import ood_entries, ood_environments, ood_markdown, ood_table
+from richrep.report.ood_tables import ood_entries, ood_markdown, ood_table, save_ood_environments
 from richrep.results import Row
 
 
@@ -54,7 +54,7 @@ def test_the_table_has_one_row_per_algorithm_and_rule_with_mean_and_interval(row
 
 
 def test_environment_panels_and_the_report_section(rows, tmp_path):
-    path = ood_environments(rows, "ood", tmp_path / "ood.png")
+    path = save_ood_environments(rows, "ood", tmp_path / "ood.png")
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
     page = render_html(
         ReportData(

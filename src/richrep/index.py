@@ -7,7 +7,10 @@ The folders are the source of truth and the index only a cache of their summarie
   indexed, a deleted run); when it cannot write (a read-only folder) it lists from memory;
 * a corrupt index is moved aside (``index.sqlite.corrupt-<time>``, with a warning) and rebuilt;
 * rows of deleted run folders are dropped;
-* a run that cannot be summarized is listed with an ``error`` field, the others as usual.
+* a run that cannot be summarized is listed with an ``error`` field, the others as usual;
+* only complete runs (with a ``done`` marker) are kept, :func:`record` updating a run that
+  completes again; unfinished and failed runs are summarized at each listing, and every run's
+  ``state`` (complete, running, failed, stopped: :mod:`richrep.store.progress`) is read live.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from richrep.errors import RichrepError, StoreError
 from richrep.report.text import strip_control
 from richrep.store import RunStore
+from richrep.store.progress import run_state
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -67,43 +71,56 @@ def _db(out: Path) -> Iterator[sqlite3.Connection]:
         con.close()
 
 
+def _finished(store: RunStore) -> str | None:
+    """When the run's ``done`` marker was written (ISO, seconds), or None."""
+    try:
+        done = store.done.stat().st_mtime
+    except OSError:
+        return None
+    return dt.datetime.fromtimestamp(done).isoformat(timespec="seconds")
+
+
 def summarize_run(store: RunStore) -> dict[str, Any] | None:
-    """What the index keeps of a finished run: settings and catK's headline gains per target;
-    ``None`` for a folder without results yet."""
+    """What the index keeps of a run: settings and catK's headline gains per target (none
+    before its results exist); ``None`` for a folder that is not a run."""
     from richrep.config import load_experiment
 
-    if not store.exists() or not store.results.exists():
+    if not store.exists():
         return None
     exp = load_experiment(store.config)  # a broken config fails before the rest
+    row = {
+        "run_id": store.root.name,
+        "name": exp.name,
+        "path": str(store.root.resolve()),
+        "finished": _finished(store),
+        "dataset": exp.data.dataset,
+        "encoder": exp.model.encoder,
+        "seeds": len(exp.training.seed_list),
+        "epochs": exp.training.epochs,
+        "rows": 0,
+        "headline": "{}",
+    }
+    if not store.results.exists():
+        return row
 
     from richrep.report.tables import build_comparison
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
-    rows = read_results(Run.open(store.root))
-    comp = build_comparison(rows, [e.name for e in exp.evaluation.suite])
+    run = Run.open(store.root)
+    rows = read_results(run)
+    comp = build_comparison(rows, [e.name for e in run.suite])
     headline = {}
     for label, h in comp.headline().items():
         gains = {k: v for k, v in h.items() if k.startswith("gain_")}
         headline[label] = {
+            "k": h.get("k"),
             "cat": h.get("cat"),
             "single": h.get("single"),
             **{k: (None if v is None else v["diff"]) for k, v in gains.items()},
             "significant": {k: bool(v and v["significant"]) for k, v in gains.items()},
         }
-    done = store.done.stat().st_mtime if store.done.exists() else None
-    return {
-        "run_id": store.root.name,
-        "name": exp.name,
-        "path": str(store.root.resolve()),
-        "finished": dt.datetime.fromtimestamp(done).isoformat(timespec="seconds") if done else None,
-        "dataset": exp.data.dataset,
-        "encoder": exp.model.encoder,
-        "seeds": len(exp.training.seed_list),
-        "epochs": exp.training.epochs,
-        "rows": len(rows),
-        "headline": json.dumps(headline),
-    }
+    return {**row, "rows": len(rows), "headline": json.dumps(headline)}
 
 
 def error_row(root: Path, error: BaseException | str) -> dict[str, Any]:
@@ -202,7 +219,8 @@ def _write_index(
     corrupt: bool = False,
     log: Log = _warn,
 ) -> Exception | None:
-    """Upsert ``rows`` (error rows are skipped) and delete the ``drop`` run ids (or every row
+    """Upsert ``rows`` (error rows and unfinished runs are skipped) and delete the ``drop`` run
+    ids (or every row
     first, ``replace_all``). A corrupt index is moved aside first and the index recreated.
     Returns the error that kept the index from being written, or ``None``."""
     path = Path(out) / INDEX
@@ -215,7 +233,7 @@ def _write_index(
                     con.execute("DELETE FROM runs")
                 con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in drop])
                 for row in rows:
-                    if "error" not in row:
+                    if _cacheable(row):
                         _upsert(con, row)
             return None
         except sqlite3.OperationalError as e:  # read-only, locked, cannot create
@@ -227,6 +245,11 @@ def _write_index(
         except OSError as e:
             return e
     return None
+
+
+def _cacheable(row: dict[str, Any]) -> bool:
+    """A complete run's summary (unfinished ones change: they are read at each listing)."""
+    return "error" not in row and bool(row.get("finished"))
 
 
 def _usable(row: dict[str, Any]) -> bool:
@@ -241,9 +264,18 @@ def _usable(row: dict[str, Any]) -> bool:
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     out = {c: row.get(c) for c in COLUMNS}
     out["headline"] = json.loads(row.get("headline") or "{}")
-    if "error" in row:
-        out["error"] = row["error"]
+    for extra in ("error", "state", "detail"):
+        if extra in row:
+            out[extra] = row[extra]
     return out
+
+
+def _with_state(row: dict[str, Any], store: RunStore) -> dict[str, Any]:
+    """``row`` with the run's live ``state`` and ``detail`` (see :mod:`richrep.store.progress`)."""
+    try:
+        return {**row, **run_state(store)}
+    except OSError as e:  # an unreadable folder: listed, with why
+        return {**row, "state": "unknown", "detail": str(e)}
 
 
 def _sorted(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -272,19 +304,24 @@ def rebuild(out: Path, log: Log | None = None) -> list[dict[str, Any]]:
     return every run's row, broken runs as :func:`error_row`. Raises StoreError when the index
     cannot be written."""
     out = Path(out)
-    rows = [r for d in run_folders(out) if (r := summarize_safely(RunStore(d))) is not None]
+    stores = [RunStore(d) for d in run_folders(out)]
+    rows = [(r, s) for s in stores if (r := summarize_safely(s)) is not None]
     err = _write_index(
-        out, rows, replace_all=True, corrupt=_read_index(out) is None, log=log or _warn
+        out,
+        [r for r, _ in rows],
+        replace_all=True,
+        corrupt=_read_index(out) is None,
+        log=log or _warn,
     )
     if err is not None:
         raise StoreError(f"cannot write the index {out / INDEX}: {err}")
-    return _sorted(rows)
+    return _sorted([_with_state(r, s) for r, s in rows])
 
 
 def list_runs(out: Path, log: Log | None = None) -> list[dict[str, Any]]:
     """The runs of ``out``, oldest first (unfinished ``finished`` first): the index's columns
-    with ``headline`` decoded to a dict, and an ``error`` key on a run that cannot be
-    summarized (its other columns ``None``, ``headline`` ``{}``).
+    with ``headline`` decoded to a dict, the run's ``state`` and ``detail``, and an ``error``
+    key on a run that cannot be summarized (its other columns ``None``, ``headline`` ``{}``).
 
     Reads the index read-only; summarizes only runs it lacks; writes only when something
     changed, and never fails for an index it cannot write or read (see the module docstring).
@@ -295,16 +332,18 @@ def list_runs(out: Path, log: Log | None = None) -> list[dict[str, Any]]:
     cached = _read_index(out)
     rows, fresh = [], []
     for d in folders:
+        store = RunStore(d)
         row = (cached or {}).get(d.name)
-        if row is None or not _usable(row):
-            row = summarize_safely(RunStore(d))
+        if row is None or not _usable(row) or not _finished(store):
+            row = summarize_safely(store)
             if row is None:
                 continue
             fresh.append(row)
-        rows.append(row)
+        rows.append(_with_state(row, store))
     names = {d.name for d in folders}
-    drop = sorted(r for r in (cached or {}) if r not in names)
-    if cached is None or drop or any("error" not in r for r in fresh):
+    stale = [d.name for d in folders if d.name in (cached or {}) and not _finished(RunStore(d))]
+    drop = sorted({r for r in (cached or {}) if r not in names} | set(stale))
+    if cached is None or drop or any(_cacheable(r) for r in fresh):
         err = _write_index(out, fresh, drop, corrupt=cached is None, log=log)
         if err is not None:
             log(f"{out / INDEX} not updated ({err}); listed the runs from their folders")

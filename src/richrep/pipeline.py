@@ -18,18 +18,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from richrep import __version__
-from richrep.config import Experiment, dump_experiment, stable_hash
-from richrep.errors import StoreError
+from richrep.config import Experiment, SuiteEntry, dump_experiment, stable_hash
+from richrep.config.entries import merge_extras, resolve_entries
+from richrep.errors import ConfigError, StoreError
 from richrep.run import Run
 from richrep.runtime.device import resolve_device
 from richrep.runtime.environment import describe
-from richrep.stages.budget import check_run
+from richrep.stages.budget import check_evaluation, check_run
 from richrep.stages.evaluate import evaluate, preflight
 from richrep.stages.report import report
 from richrep.stages.track import open_tracker, track
 from richrep.stages.train import train
 from richrep.store import read_json, sha256_file, sidecar, verify, write_atomic, write_json
 from richrep.store.origin import Origin, write_origin
+from richrep.store.progress import recording
 
 Stage = Literal["train", "evaluate", "report"]
 Log = Callable[[str], None]
@@ -46,7 +48,7 @@ def vouched(run: Run) -> dict[str, Any]:
     member's checkpoint and each suite entry's results file (those with a sidecar say so)."""
     root = run.store.root
     out: dict[str, Any] = {}
-    files = [run.store.results, run.store.report]
+    files = [run.store.results, run.store.report, run.store.extra_entries]
     files += [run.ledger.final(m) for m in run.ledger.finished(m.name for m in run.members)]
     with contextlib.suppress(StoreError, FileNotFoundError):
         sources = read_json(sidecar(run.store.results)).get("sources", [])
@@ -94,6 +96,10 @@ def is_complete(run: Run, log: Log = print) -> bool:
         return False
     if not isinstance(record, dict) or record.get("results_hash") != results_hash(run.exp):
         return False
+    extras = str(run.store.extra_entries.relative_to(run.store.root))
+    if run.store.extra_entries.exists() and extras not in record.get("files", {}):
+        log(f"{extras}: added since the run finished; redoing what it needs")
+        return False
     for rel, want in record.get("files", {}).items():
         try:
             why = _changed(run.store.root / rel, want if isinstance(want, dict) else {})
@@ -106,6 +112,12 @@ def is_complete(run: Run, log: Log = print) -> bool:
         log("results.jsonl does not match its sidecar; redoing the evaluation")
         return False
     return True
+
+
+def mark_done(run: Run) -> None:
+    """Write ``done``: the run is complete, vouching for its files (:func:`vouched`)."""
+    record = {"results_hash": results_hash(run.exp), "files": vouched(run)}
+    write_atomic(run.store.done, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
 
 
 def with_overrides(
@@ -155,7 +167,7 @@ def run_experiment(
     if checked:  # a new run: nothing is written under out until the experiment passes
         preflight(run)
         check_run(run, **stages)
-    with store.lock(wait=wait):
+    with store.lock(wait=wait), recording(store):  # a failure is recorded for `richrep runs`
         store.refuse_links()
         store.sweep_temporaries()
         write_origin(store.root, origin)
@@ -186,8 +198,7 @@ def run_experiment(
         if only in (None, "report"):
             report(run, log=log)
         if only is None:
-            record = {"results_hash": results_hash(exp), "files": vouched(run)}
-            write_atomic(store.done, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+            mark_done(run)
         if only in (None, "report"):
             from richrep.index import record as index_record
 
@@ -195,3 +206,56 @@ def run_experiment(
             if tracker is not None:
                 track(run, tracker, log=log)
     return run
+
+
+def evaluate_entries(
+    path: Path | str,
+    entries: list[SuiteEntry],
+    *,
+    replace: bool = False,
+    drop: list[str] | None = None,
+    wait: bool = False,
+    log: Log = print,
+    progress: Progress | None = None,
+    allow_missing: bool = False,
+    yes: bool = False,
+) -> tuple[Run, list[str]]:
+    """Evaluate ``entries`` on the run in folder ``path`` and keep them as its extra entries
+    (``extra_entries.yaml``; ``drop`` removes some): they are evaluated, listed and reported
+    with the experiment's own suite, and kept when the experiment runs again. Rebuilds
+    ``results.jsonl``, the report and the index row; return the run and the new entries' names.
+    An entry equal to one of the run's reuses its rows; one that clashes, or whose probe fits
+    pass richrep's limits (unless ``yes``), is refused before any work."""
+    run = Run.open(path)
+    resolve_device(run.exp.runtime.evaluation_device)
+    tracker = open_tracker(run.exp.runtime.track)
+    new = resolve_entries(run.exp, entries, "entry")
+    if not yes:
+        alone = run.exp.evaluation.model_copy(update={"suite": new})
+        check_evaluation(run.exp.model_copy(update={"evaluation": alone}))
+    store = run.store
+    with store.lock(wait=wait):
+        store.refuse_links()
+        store.sweep_temporaries()
+        complete = is_complete(run, log=lambda m: None)
+        kept = merge_extras(
+            run.exp.evaluation.suite, run.extra_entries, new, replace=replace, where=str(store.root)
+        )
+        unknown = sorted(set(drop or []) - {e.name for e in kept})
+        if unknown:
+            have = [e.name for e in kept]
+            raise ConfigError(f"{store.root} has no extra entry {unknown} to drop; it has {have}")
+        kept = [e for e in kept if e.name not in (drop or [])]
+        preflight(run, new)
+        evaluate(run, log=log, progress=progress, allow_missing=allow_missing, extras=kept)
+        if kept != run.extra_entries:
+            run.extras.write(kept)
+        report(run, log=log)
+        if complete:  # still complete: done vouches for the new files
+            mark_done(run)
+        from richrep.index import record as index_record
+
+        index_record(store)
+        if tracker is not None:
+            track(run, tracker, log=log)
+    return run, [e.name for e in new]

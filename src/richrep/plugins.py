@@ -27,6 +27,8 @@ PROTOCOLS: Registry[Callable[..., Any]] = Registry("protocol")
 FLOORS: Registry[Callable[..., Any]] = Registry("floor")
 ENGINES: Registry[Callable[..., Any]] = Registry("engine")
 TRACKERS: Registry[Callable[..., Any]] = Registry("tracker")
+# methods of the domain_generalization protocol (ERM, ensembles, soups, DiWA, …)
+DG_METHODS: Registry[Callable[..., Any]] = Registry("dg method", plural="dg_methods")
 
 LISTING_ORDER = (
     "datasets",
@@ -37,6 +39,7 @@ LISTING_ORDER = (
     "members",
     "probes",
     "protocols",
+    "dg_methods",
     "floors",
     "engines",
     "trackers",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -176,16 +177,7 @@ class Registry(Generic[F]):
                     )
                 out[pname] = p.default
                 continue
-            ann = p.annotation if p.annotation is not inspect.Parameter.empty else Any
-            try:
-                out[pname] = pydantic.TypeAdapter(
-                    _resolve(entry._callable(), pname, ann)
-                ).validate_python(params[pname], strict=False)
-            except pydantic.ValidationError as e:
-                msg = "; ".join(err["msg"] for err in e.errors())
-                raise ConfigError(
-                    f"{at}{self.kind} {name!r} argument {pname!r}={params[pname]!r} is invalid: {msg}"
-                ) from None
+            out[pname] = checked(entry._callable(), p, params[pname], f"{at}{self.kind} {name!r}")
             if pname in self.filled and out[pname] == p.default:
                 del out[pname]  # the default written out reads as unset
         return out
@@ -198,11 +190,37 @@ def _where(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)!s}"
 
 
-def _resolve(fn: Callable[..., Any], pname: str, ann: Any) -> Any:
-    if isinstance(ann, str):  # postponed annotations
-        hints = typing.get_type_hints(fn, include_extras=True)
-        return hints.get(pname, Any)
-    return ann
+def checked(fn: Callable[..., Any], p: inspect.Parameter, value: Any, who: str) -> Any:
+    """``value`` of ``fn``'s parameter ``p`` validated (and coerced) by pydantic against its
+    annotation, constraints included; a :class:`ConfigError` naming ``who`` and the argument."""
+    try:
+        return _adapter(fn, p.name).validate_python(value, strict=False)
+    except pydantic.ValidationError as e:
+        msg = "; ".join(err["msg"] for err in e.errors())
+        raise ConfigError(f"{who} argument {p.name!r}={value!r} is invalid: {msg}") from None
+
+
+def check_arguments(cls: type, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` (e.g. an estimator's ``get_params()``) validated against the annotations of
+    ``cls.__init__``, as :meth:`Registry.validate` does when an experiment is read: what an
+    estimator's ``fit`` checks (scikit-learn's convention: ``__init__`` only stores), so one
+    built in Python meets the constraints its registry entry enforces."""
+    ps = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    return {
+        k: checked(cls.__init__, ps[k], v, cls.__name__)  # type: ignore[misc]
+        for k, v in params.items()
+        if k in ps
+    }
+
+
+@functools.cache
+def _adapter(fn: Callable[..., Any], pname: str) -> pydantic.TypeAdapter[Any]:
+    ann = inspect.signature(fn).parameters[pname].annotation
+    if ann is inspect.Parameter.empty:
+        ann = Any
+    elif isinstance(ann, str):  # postponed annotations
+        ann = typing.get_type_hints(fn, include_extras=True).get(pname, Any)
+    return pydantic.TypeAdapter(ann)
 
 
 # Packages whose modules register built-in plug-ins: every module in them is imported once by
@@ -230,9 +248,13 @@ def load_plugins() -> None:
     needs it fails where it names it."""
     if _LOADED[0]:
         return
-    _LOADED[0] = True
-    for name in builtin_modules():
-        importlib.import_module(name)
+    _LOADED[0] = True  # before the imports: a module that reads a registry does not recurse
+    try:
+        for name in builtin_modules():
+            importlib.import_module(name)
+    except BaseException:
+        _LOADED[0] = False  # never leave half the built-ins loaded and call it done
+        raise
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="richrep.plugins"):

@@ -5,10 +5,14 @@ a run's encoders and features (``richrep.open_run``)::
     run.representations()                      # single, cat2…, wide5, distill5, floors
     X = run.features("cat5", test_split)       # cached on disk in the run folder
     rows = run.evaluate(target, protocol="transfer", sizes=[10, "all"])
+    run.evaluate({"name": "mine", "dataset": "npz", "params": {"path": "mine.npz"}}, save=True)
+    run.results()                              # a pandas DataFrame of the tidy rows
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -20,10 +24,11 @@ from torch import nn
 
 from richrep.analysis.advise import Advice, MemberCost, advise
 from richrep.analysis.budget import parse_budget
-from richrep.config import Experiment, SuiteEntry, load_experiment
+from richrep.config import Experiment, SuiteEntry, entries, load_experiment
 from richrep.data import Split, Task, apply_shifts, load_task
 from richrep.data.checks import ValueStats, value_stats
 from richrep.errors import ConfigError, DataError, StoreError
+from richrep.evaluation import stored
 from richrep.evaluation.protocols import Context, protocol_of
 from richrep.members import Member, kind_of, plan_members
 from richrep.plugins import PROTOCOLS
@@ -35,6 +40,7 @@ from richrep.representations import (
 )
 from richrep.representations.features import FeatureCache, Featurizer, Flatten
 from richrep.results import Row
+from richrep.results.frame import results_frame
 from richrep.runtime.device import resolve_device, resolve_precision
 from richrep.store import RunStore, read_jsonl
 from richrep.store.ledger import Ledger, Status
@@ -68,6 +74,7 @@ class Run:
         self.store = store
         self.ledger = Ledger(store)
         self._encoders: dict[str, nn.Module] = {}
+        self.extras = entries.ExtrasFile(store.extra_entries)
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
@@ -90,6 +97,18 @@ class Run:
         store.check_format()
         return cls(load_experiment(store.config), store)
 
+    # -- entries ------------------------------------------------------------------------------
+    @property
+    def extra_entries(self) -> list[SuiteEntry]:
+        """Suite entries added to the run after its experiment (``richrep evaluate RUN --entry``,
+        ``evaluate(..., save=True)``), kept in the run folder's ``extra_entries.yaml``."""
+        return self.extras.read(self.exp)
+
+    @property
+    def suite(self) -> list[SuiteEntry]:
+        """The run's entries: the experiment's suite, then the extra entries it does not name."""
+        return entries.merge_suite(self.exp.evaluation.suite, self.extra_entries)[0]
+
     # -- data ---------------------------------------------------------------------------------
     @cached_property
     def base_task(self) -> Task:
@@ -108,14 +127,20 @@ class Run:
     def target(self, entry: SuiteEntry, base: Task | None = None) -> Task:
         """A suite entry's target: the run's dataset (or the entry's own ``dataset``) with the
         entry's shifts applied; its inputs must fit the encoders."""
-        where = f"evaluation.suite.{entry.name}"
+        where = entries.entry_where(
+            entry, self.exp.evaluation.suite, self.extra_entries, self.store
+        )
         if entry.dataset is not None:
-            task = load_task(
-                entry.dataset,
-                entry.params,
-                val_fraction=self.exp.data.val_fraction,
-                seed=self.exp.seed,
-            )
+            try:
+                task = load_task(
+                    entry.dataset,
+                    entry.params,
+                    val_fraction=self.exp.data.val_fraction,
+                    seed=self.exp.seed,
+                    like=self.source_task,
+                )
+            except DataError as e:
+                raise DataError(f"{where}: {e}") from None
         else:
             task = base if base is not None else self.base_task
         task = apply_shifts(task, [s.as_tuple() for s in entry.shifts], where=where)
@@ -123,6 +148,7 @@ class Run:
             raise DataError(
                 f"{where}: the target's inputs have shape {task.input_shape} but the run's "
                 f"encoders take {self.source_task.input_shape}"
+                + entries.kind_hint(entry, self.source_task.input_shape)
             )
         return task
 
@@ -284,12 +310,27 @@ class Run:
         target: Task | SuiteEntry | dict[str, Any],
         protocol: str = "transfer",
         representations: Sequence[str | Representation] | None = None,
+        *,
+        save: bool = False,
+        replace: bool = False,
         **entry: Any,
     ) -> list[Row]:
         """Evaluate representations (default: all) on ``target`` — a Task, or a suite entry
-        (as in the experiment file) — with ``protocol``; return the rows (nothing is written)."""
+        (as in the experiment file) — with ``protocol``; return the rows. Nothing is written
+        unless ``save``: then the entry becomes one of the run's extra entries, its rows kept in
+        the run folder as ``richrep evaluate RUN --entry`` keeps them (the next ``richrep
+        evaluate RUN`` or ``richrep run`` redraws the report); ``replace`` replaces an extra
+        entry of the same name and other content."""
         if isinstance(target, dict):
-            target = SuiteEntry.model_validate(target)
+            (target,) = entries.parse_entries(target, "Run.evaluate")
+        if save:
+            if not isinstance(target, SuiteEntry) or representations:
+                raise ConfigError(
+                    "Run.evaluate(save=True) keeps a suite entry (a mapping as in the experiment "
+                    "file, which the run can rebuild) evaluated on every representation"
+                )
+            (target,) = entries.resolve_entries(self.exp, [target], "Run.evaluate")
+            self._keep(target, replace)  # refused before any work
         if isinstance(target, SuiteEntry):
             spec = target
             task = self.target(spec)
@@ -299,14 +340,42 @@ class Run:
                 {"name": entry.pop("name", task.name or "target"), "protocol": protocol, **entry}
             )
         spec = spec.model_copy(update={"protocol": spec.protocol.resolved(PROTOCOLS, "protocol")})
-        ctx = self.context()
+        facts = stored.target_facts(self.source_stats, task, spec.name)
+        if "warning" in facts:
+            warnings.warn(facts["warning"], stacklevel=2)
+        ctx = dataclasses.replace(self.context(), info=facts)
         proto = protocol_of(spec)
         reps = (
             [self.representation(r) for r in representations]
             if representations
             else ctx.representations
         )
-        return [row for rep in reps for row in proto.evaluate(ctx, rep, task, spec)]
+        evaluated = (row for rep in reps for row in proto.evaluate(ctx, rep, task, spec))
+        if not save:
+            return list(evaluated)
+        with self.store.lock():
+            path = stored.entry_file(self.store.results_dir, self.exp, spec, reps, self.statuses())
+            rows = stored.kept_rows(path, spec, lambda: [*evaluated])
+            self._keep(spec, replace, write=True)
+            stored.put_rows(self.store.results, spec.name, path, rows)
+        return rows
+
+    def _keep(self, entry: SuiteEntry, replace: bool, write: bool = False) -> None:
+        """Add ``entry`` to the run's extra entries (refused if it clashes: see
+        :func:`~richrep.config.entries.merge_extras`); ``write``: to ``extra_entries.yaml``."""
+        suite, extras = self.exp.evaluation.suite, self.extra_entries
+        kept = entries.merge_extras(
+            suite, extras, [entry], replace=replace, where=str(self.store.root)
+        )
+        if write and kept != extras:
+            self.extras.write(kept)
+
+    def results(self, entry: str | Sequence[str] | None = None) -> Any:
+        """The run's result rows (``results.jsonl``, checked against its sha256) as a pandas
+        DataFrame, one row per measurement: the :class:`~richrep.results.Row` fields, then the
+        keys of ``extra``; ``entry``: only this entry (or these). Needs pandas
+        (``pip install 'richrep[data]'``)."""
+        return results_frame(self.store.results, entry)
 
     def advise(
         self,
@@ -318,7 +387,7 @@ class Run:
         """What to use, per target, from this run's rows and ledger: what more seeds would buy
         (fitted against K, with intervals) and the cheapest representation within noise of the
         best (:mod:`richrep.analysis.advise`)."""
-        order = [e.name for e in self.exp.evaluation.suite]
+        order = [e.name for e in self.suite]
         return advise_store(
             self.store, target=target, budget=budget, max_k=max_k, metric=metric, order=order
         )

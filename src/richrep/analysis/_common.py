@@ -1,6 +1,6 @@
 """Shared plumbing: input validation and float64 accumulation of row sums over chunks.
 
-Every measure sees its inputs through :func:`as_features` / :func:`check_pair` (numpy arrays
+Every measure sees its inputs through :func:`feature_matrix` / :func:`check_pair` (numpy arrays
 or torch tensors, on any device; a 1-d array is one unit) and computes on the device of ``X``.
 Sums over the rows (the samples) are accumulated in float64 chunk by chunk: the d×d products
 of one chunk (at most ``CHUNK_ELEMENTS`` values per matrix) run in the inputs' precision —
@@ -31,7 +31,7 @@ def chunk_rows(*widths: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // max(widths))
 
 
-def as_features(a: Array, name: str = "X") -> torch.Tensor:
+def feature_matrix(a: Array, name: str = "X") -> torch.Tensor:
     """``a`` as a finite floating 2-d tensor (rows = samples); raise :class:`DataError` if not."""
     if isinstance(a, torch.Tensor):
         t = a.detach()
@@ -74,7 +74,7 @@ def check_pair(
     X: Array, Y: Array, min_rows: int = 2, what: str = "this measure"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate two feature matrices on the same samples; return them on ``X``'s device."""
-    x, y = as_features(X, "X"), as_features(Y, "Y")
+    x, y = feature_matrix(X, "X"), feature_matrix(Y, "Y")
     if x.shape[0] != y.shape[0]:
         raise DataError(
             f"X has {x.shape[0]} rows but Y has {y.shape[0]}; "

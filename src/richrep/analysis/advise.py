@@ -28,7 +28,14 @@ import numpy as np
 
 from richrep.analysis.advise_targets import SEED_KINDS, select_targets, target_key, target_label
 from richrep.analysis.budget import Budget, check_budget, parse_budget
-from richrep.analysis.saturation import RESAMPLES, Estimate, curve, fit, interval, resample_fits
+from richrep.analysis.saturation import (
+    RESAMPLES,
+    Estimate,
+    curve,
+    fit_curve,
+    interval,
+    resample_fits,
+)
 from richrep.errors import ConfigError
 from richrep.results import Row
 
@@ -299,7 +306,7 @@ def _curve_part(adv: Advice, k: np.ndarray, y: np.ndarray, resamples: int) -> Fi
             else "no single or catK result for this target"
         )
         return None
-    a, b, c = fit(k, y)
+    a, b, c = fit_curve(k, y)
     fits = resample_fits(k, y, resamples)
     resid = y - curve(a, b, c, k)
     sd = float(np.sqrt((resid**2).sum() / max(len(y) - 3, 1)))

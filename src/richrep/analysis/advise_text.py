@@ -6,13 +6,7 @@ from __future__ import annotations
 
 from richrep.analysis.advise import Advice, Option
 from richrep.analysis.saturation import C_RANGE, Estimate
-
-
-def count(n: int | None) -> str:
-    """A parameter count, short: 0, 12k, 1.25M (as the tables show it)."""
-    if not n:
-        return "0"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
+from richrep.results.rows import count
 
 
 def _gain(e: Estimate | None, scale: float) -> str:

@@ -23,10 +23,10 @@ from pydantic import Field
 from richrep.analysis._common import (
     Array,
     Moments,
-    as_features,
     centered_moments,
     check_pair,
     chunk_rows,
+    feature_matrix,
 )
 from richrep.analysis.measures import register_measure
 from richrep.errors import ConfigError, DataError
@@ -181,7 +181,7 @@ class StreamingCKA:
 
 def gram_linear(X: Array) -> torch.Tensor:
     """The n×n linear kernel XXᵀ in float64 (reference form; O(n²) memory)."""
-    x = as_features(X, "X").to(torch.float64)
+    x = feature_matrix(X, "X").to(torch.float64)
     return x @ x.T
 
 
@@ -234,7 +234,7 @@ def gram_rbf(X: Array, sigma_frac: float = 1.0, median: RBFMedian = "reference")
         raise ConfigError(
             f"rbf kernel: median must be 'reference' or 'distinct_pairs'; got {median!r}"
         )
-    x = as_features(X, "X").to(torch.float64)
+    x = feature_matrix(X, "X").to(torch.float64)
     x = x - x.mean(0)
     sq_norm = x.square().sum(1)
     sq = (sq_norm[:, None] + sq_norm[None, :] - 2.0 * (x @ x.T)).clamp_(min=0.0)

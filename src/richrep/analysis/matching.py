@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from richrep.analysis._common import Array, as_features, centered_moments, check_pair, dead_mask
+from richrep.analysis._common import Array, centered_moments, check_pair, dead_mask, feature_matrix
 from richrep.errors import ConfigError, DataError
 
 
@@ -52,7 +52,7 @@ def _corr(x: torch.Tensor, y: torch.Tensor | None) -> tuple[np.ndarray, np.ndarr
 
 def dead_units(X: Array) -> np.ndarray:
     """Indices of the units of X that are constant over the rows (std ≤ 16·eps·|mean|)."""
-    x = as_features(X, "X")
+    x = feature_matrix(X, "X")
     m = centered_moments(x, full_self=False)
     assert m.shift_x is not None
     return np.flatnonzero(dead_mask(m.cxx() / m.n, m.shift_x + m.sx / m.n, x.dtype).cpu().numpy())
@@ -65,7 +65,7 @@ def correlation_matrix(X: Array, Y: Array | None = None) -> np.ndarray:
     every unit, itself included.
     """
     if Y is None:
-        x = as_features(X, "X")
+        x = feature_matrix(X, "X")
         if x.shape[0] < 2:
             raise DataError(f"correlation_matrix needs at least 2 rows (samples); got {x.shape[0]}")
         return _corr(x, None)[0]
@@ -167,6 +167,21 @@ def _nanmean0(a: np.ndarray, size: int) -> np.ndarray:
     return a[ok].mean(0) if ok.any() else np.zeros(size)
 
 
+def _alpha_grid(
+    alphas: Sequence[float] | None, abs_xy: np.ndarray, n: int, n_alphas: int, eps: float
+) -> np.ndarray:
+    """The λ path, largest first: ``alphas`` as given, or ``n_alphas`` values log-spaced from
+    the smallest λ that zeroes every weight (``max |XᵀY| / n``) down to ``eps`` times it."""
+    if alphas is None:
+        top = float(abs_xy.max()) / n if abs_xy.size else 1.0
+        top = top if top > 0 else 1.0
+        return top * np.logspace(0.0, np.log10(eps), n_alphas)
+    grid = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
+    if grid.size == 0 or not np.all(grid > 0):
+        raise ConfigError(f"sparse_prediction: alphas must be positive; got {list(alphas)}")
+    return grid
+
+
 def sparse_prediction(
     X: Array,
     Y: Array,
@@ -203,14 +218,7 @@ def sparse_prediction(
     units = np.flatnonzero(~dead_y)
     gram = zx.T @ zx
     xy = zx.T @ zy
-    if alphas is None:
-        top = float(np.abs(xy[:, units]).max()) / n if units.size else 1.0
-        top = top if top > 0 else 1.0
-        grid = top * np.logspace(0.0, np.log10(eps), n_alphas)
-    else:
-        grid = np.sort(np.asarray(alphas, dtype=np.float64))[::-1]
-        if grid.size == 0 or not np.all(grid > 0):
-            raise ConfigError(f"sparse_prediction: alphas must be positive; got {list(alphas)}")
+    grid = _alpha_grid(alphas, np.abs(xy[:, units]), n, n_alphas, eps)
     if (X_eval is None) != (Y_eval is None):
         raise ConfigError("sparse_prediction: give both X_eval and Y_eval, or neither")
     ev = None

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from richrep.analysis._common import Array, as_features, check_pair
+from richrep.analysis._common import Array, check_pair, feature_matrix
 from richrep.analysis.measures import is_similarity, resolve
 from richrep.errors import ConfigError, DataError
 
@@ -72,7 +72,7 @@ def pairwise(
     fn = resolve(measure, params)
     if len(features) == 0:
         raise DataError("pairwise needs at least one feature matrix; got none")
-    fs = [as_features(f, f"features[{i}]") for i, f in enumerate(features)]
+    fs = [feature_matrix(f, f"features[{i}]") for i, f in enumerate(features)]
     n = fs[0].shape[0]
     for i, f in enumerate(fs):
         if f.shape[0] != n:

@@ -65,7 +65,7 @@ def profile_fit(k: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray
     return a, -slope, GRID[j]
 
 
-def fit(k: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+def fit_curve(k: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """``(a, b, c)`` of ``y ≈ a − b·k^(−c)``: the grid's best, refined by bounded least
     squares (scipy)."""
     start = [float(v[0]) for v in profile_fit(k, y, np.ones((1, len(k))))]

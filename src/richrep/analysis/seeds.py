@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from richrep.analysis._common import Array, as_features
+from richrep.analysis._common import Array, feature_matrix
 from richrep.analysis.matching import match_units, sparse_prediction, spectral_clusters
 from richrep.analysis.measures import MEASURES
 from richrep.analysis.permutation import pairwise, permutation_test
@@ -75,45 +75,62 @@ def compare_seeds(
         if rnd is not None:
             summary["random_measures"][name] = pairwise(rnd, name).tolist()
         summary["self"][name] = float(MEASURES.entry(name).fn(tr[0], tr[0]))
-    a, b = tr[0], tr[1]
-    summary["matching"] = {
-        "pair": list(names[:2]),
+    pair = list(names[:2])
+    summary |= _pair_analyses(tr[0], tr[1], rnd, pair, n_clusters, n_permutations, seed)
+    summary["warnings"] = _warnings(names, checkpoint_sha256 or {}, summary)
+    return summary
+
+
+def _pair_analyses(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    rnd: list[torch.Tensor] | None,
+    pair: list[str],
+    n_clusters: int,
+    n_permutations: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The unit-level analyses of the first two seeds (``pair``): unit matching, sparse
+    prediction, spectral clusters and the permutation test of linear CKA."""
+    n = int(a.shape[0])
+    out: dict[str, Any] = {}
+    out["matching"] = {
+        "pair": list(pair),
         "one_to_one": match_units(a, b, method="one_to_one").correlations.tolist(),
         "semi": match_units(a, b, method="semi").correlations.tolist(),
     }
     if rnd is not None:
-        summary["matching"]["random_one_to_one"] = match_units(rnd[0], rnd[1]).correlations.tolist()
+        out["matching"]["random_one_to_one"] = match_units(rnd[0], rnd[1]).correlations.tolist()
     from sklearn.exceptions import ConvergenceWarning
 
     half = n // 2
     with warnings.catch_warnings():  # the weakest λ of the path may stop short; still reported
         warnings.simplefilter("ignore", ConvergenceWarning)
         sp = sparse_prediction(a[:half], b[:half], X_eval=a[half:], Y_eval=b[half:], n_alphas=12)
-    summary["sparse_prediction"] = {
-        "pair": list(names[:2]),
+    out["sparse_prediction"] = {
+        "pair": list(pair),
         "alphas": sp.alphas.tolist(),
         "nse": sp.nse.tolist(),
         "nonzero": sp.nonzero.tolist(),
     }
     k = int(min(n_clusters, a.shape[1] // 2))
     cl = spectral_clusters(a, b, n_clusters=k, seed=seed)
-    summary["spectral"] = {
-        "pair": list(names[:2]),
+    out["spectral"] = {
+        "pair": list(pair),
         "n_clusters": k,
         "n_mixed": int(cl.n_mixed),
         "sizes": np.asarray(cl.sizes).tolist(),
     }
     pt = permutation_test("linear_cka", a, b, n_permutations=n_permutations, seed=seed)
-    summary["permutation_test"] = {
-        "pair": list(names[:2]),
+    out["permutation_test"] = {
+        "pair": list(pair),
         "measure": "linear_cka",
         "observed": float(pt.observed),
         "p_value": float(pt.p_value),
         "null_mean": float(pt.null.mean()),
         "n_permutations": int(n_permutations),
     }
-    summary["warnings"] = _warnings(names, checkpoint_sha256 or {}, summary)
-    return summary
+    return out
 
 
 def _check(
@@ -157,8 +174,12 @@ def _check(
         raise ConfigError(f"compare_seeds: n_permutations must be >= 1; got {n_permutations!r}")
     if not _is_int(n_clusters) or n_clusters < 2:
         raise ConfigError(f"compare_seeds: n_clusters must be >= 2; got {n_clusters!r}")
-    tr = [as_features(t, f"trained[{i}]") for i, t in enumerate(trained)]
-    rnd = None if random is None else [as_features(t, f"random[{i}]") for i, t in enumerate(random)]
+    tr = [feature_matrix(t, f"trained[{i}]") for i, t in enumerate(trained)]
+    rnd = (
+        None
+        if random is None
+        else [feature_matrix(t, f"random[{i}]") for i, t in enumerate(random)]
+    )
     n = tr[0].shape[0]
     for what, group in (("trained", tr), ("random", rnd or [])):
         for i, t in enumerate(group):

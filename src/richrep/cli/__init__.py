@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -15,12 +16,14 @@ from richrep import __version__
 from richrep.cli.advise import advise, print_verdicts
 from richrep.cli.common import console, err, fail, guard, guarded, say
 from richrep.cli.data import data_app
+from richrep.cli.helptext import HelpGroup
 from richrep.cli.progress import progress_bar
 from richrep.cli.sweeps import OVERRIDES_HELP, SWEEP_HELP, print_sweeps, run_sweep
 from richrep.errors import RichrepError
 from richrep.report.text import show
 
 app = typer.Typer(
+    cls=HelpGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -55,9 +58,12 @@ class Stage(StrEnum):
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
     overrides: Annotated[
-        list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)
+        list[str] | None,
+        typer.Argument(help=OVERRIDES_HELP, show_default=False, metavar="KEY=VALUE"),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder holding run folders.")] = Path("runs"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder holding run folders.", metavar="DIR")
+    ] = Path("runs"),
     only: Annotated[Stage | None, typer.Option("--only", help="Rerun one stage.")] = None,
     engine: Annotated[
         str | None, typer.Option("--engine", help="local or ray (overrides runtime.engine).")
@@ -78,7 +84,9 @@ def run(
         ),
     ] = False,
     yes: Annotated[bool, YES] = False,
-    sweep: Annotated[list[str] | None, typer.Option("--sweep", help=SWEEP_HELP)] = None,
+    sweep: Annotated[
+        list[str] | None, typer.Option("--sweep", help=SWEEP_HELP, metavar="KEY=V1,V2")
+    ] = None,
 ) -> None:
     """Train the seeds and baselines, evaluate the suite and write the report, resuming any
     earlier work."""
@@ -138,6 +146,21 @@ class Format(StrEnum):
     csv = "csv"
 
 
+def _print_ood(rows: list[Any], run_dir: Path, metric: str | None) -> None:
+    """The ood entries as algorithm × initialization tables, one per selection rule."""
+    from richrep.report.ood_tables import MEANING, RULES, ood_entries, ood_markdown, ood_table
+
+    names = ood_entries(rows)
+    if not names:
+        raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
+    for e in names:
+        comp = ood_table(rows, e, metric or "worst_env_accuracy")
+        for rule in RULES:
+            print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
+            print(ood_markdown(comp, rule))
+            print(f"\n_{MEANING}_\n")
+
+
 @app.command()
 def results(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
@@ -145,9 +168,12 @@ def results(
         Format, typer.Option("--format", help="table, markdown or csv (the tidy rows).")
     ] = Format.table,
     entry: Annotated[
-        list[str] | None, typer.Option("--entry", help="Only these suite entries.")
+        list[str] | None,
+        typer.Option("--entry", help="Only this suite entry (repeatable).", metavar="NAME"),
     ] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="Only this metric.")] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="Only this metric.", metavar="NAME")
+    ] = None,
     ood: Annotated[
         bool,
         typer.Option(
@@ -157,73 +183,150 @@ def results(
             "worst_env_accuracy).",
         ),
     ] = False,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--columns",
+            help="Columns to show, comma-separated, as the table names them (a gain typed as "
+            "cat5-single); all, or default: single, catK and its baselines, the floors and "
+            "catK's gains.",
+        ),
+    ] = None,
+    transpose: Annotated[
+        bool | None,
+        typer.Option(
+            "--transpose/--no-transpose",
+            help="Rows = columns, or rows = targets; default: the layout of fewest lines that "
+            "fits the terminal.",
+        ),
+    ] = None,
 ) -> None:
-    """Print the comparison table: targets × representations, catK's gains.
+    """Print the comparison table: targets × representations, catK's gains, one line per
+    target, fitted to the terminal's width.
 
     Every cell is the mean ± the half-width of its 95% Student-t interval over what varied
     (n = seeds or seed subsets × draws; few-shot: episodes), clipped to [0, 1] for
     accuracy-like metrics; one value or equal values give no interval."""
-    from richrep.registry import did_you_mean
-    from richrep.report.ood_tables import (
-        MEANING,
-        RULES,
-        ood_entries,
-        ood_markdown,
-        ood_table,
-        table_rows,
-    )
-    from richrep.report.tables import build_comparison, derived_note, metrics, to_csv, to_markdown
-    from richrep.report.terminal import render_table
+    from richrep.evaluation.stored import left_out, left_out_message
+    from richrep.report.ood_tables import table_rows
+    from richrep.report.tables import derived_note, to_csv
     from richrep.run import Run
     from richrep.stages.evaluate import read_results
 
     with guard():
+        _layout_options(fmt, ood, columns, transpose)
         r = Run.open(run_dir)
-        rows = read_results(r)
-        if entry:
-            have = sorted({x.entry for x in rows})
-            unknown = sorted(set(entry) - set(have))
-            if unknown:
-                raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
-            rows = [x for x in rows if x.entry in entry]
-        have = sorted({x.metric for x in rows})
-        if metric is not None and metric not in have:
-            raise RichrepError(
-                f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
-                f"they have {', '.join(have) or 'none'}"
-            )
+        rows = _selected_rows(read_results(r), run_dir, entry, metric)
         if fmt == Format.csv:
             sys.stdout.write(to_csv(rows))
             return
         note = derived_note(rows)
         if note:
             say(note, style="yellow", to=err)
+        if left := left_out(r.store.results_dir, {e.name for e in r.suite}):
+            say(left_out_message(left, r.store.root), style="yellow", to=err)
         if ood:
-            names = ood_entries(rows)
-            if not names:
-                raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
-            for e in names:
-                comp = ood_table(rows, e, metric or "worst_env_accuracy")
-                for rule in RULES:
-                    print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
-                    print(ood_markdown(comp, rule))
-                    print(f"\n_{MEANING}_\n")
+            _print_ood(rows, run_dir, metric)
             return
-        order = [e.name for e in r.exp.evaluation.suite]
+        order = [e.name for e in r.suite]
         rows = table_rows(rows)  # an ood entry's accuracy: its worst test environment
-        for m in [metric] if metric else metrics(rows):
-            comp = build_comparison(rows, order, metric=m)
-            if fmt == Format.markdown:
-                print(to_markdown(comp))
-                print()
-            else:
-                console.print(render_table(comp, console.width, title=r.exp.name))
+        _print_tables(r.exp.name, rows, order, fmt, metric, columns, transpose)
         if metric in (None, "accuracy"):
             print_verdicts(r, rows, order, markdown=fmt == Format.markdown)
 
 
+def _print_tables(
+    title: str,
+    rows: list[Any],
+    order: list[str],
+    fmt: Format,
+    metric: str | None,
+    columns: list[str] | None,
+    transpose: bool | None,
+) -> None:
+    """Each metric's comparison table: markdown, or fitted to the terminal's width."""
+    from richrep.report.columns import chosen, resolve_columns
+    from richrep.report.tables import build_comparison, metrics, to_markdown
+    from richrep.report.terminal import render_tables
+
+    wanted = [metric] if metric else metrics(rows)
+    comps = [build_comparison(rows, order, metric=m) for m in wanted]
+    names = resolve_columns(comps, columns) if columns else None
+    if fmt == Format.markdown:
+        for comp in comps:
+            print(to_markdown(comp, columns=None if names is None else chosen(comp, names)))
+            print()
+        return
+    out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
+    out.print(render_tables(comps, out.width, title, columns=names, transpose=transpose))
+
+
+def _selected_rows(
+    rows: list[Any], run_dir: Path, entry: list[str] | None, metric: str | None
+) -> list[Any]:
+    """The rows of the entries asked for; an unknown entry or metric is named with what the
+    results have."""
+    from richrep.registry import did_you_mean
+
+    if entry:
+        have = sorted({x.entry for x in rows})
+        unknown = sorted(set(entry) - set(have))
+        if unknown:
+            raise RichrepError(f"no suite entry {unknown} in {run_dir}; it has {have}")
+        rows = [x for x in rows if x.entry in entry]
+    have = sorted({x.metric for x in rows})
+    if metric is not None and metric not in have:
+        raise RichrepError(
+            f"--metric: no metric {metric!r} in the results{did_you_mean(metric, have)}; "
+            f"they have {', '.join(have) or 'none'}"
+        )
+    return rows
+
+
+def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None) -> None:
+    """--columns and --transpose shape the table (--columns the markdown too): refused where
+    they would be ignored."""
+    if columns and (fmt == Format.csv or ood):
+        raise RichrepError("--columns applies to the table and markdown formats (not csv, --ood)")
+    if transpose is not None and (fmt != Format.table or ood):
+        raise RichrepError("--transpose applies to the table format (not markdown, csv, --ood)")
+
+
 app.command("advise")(guarded(advise))
 app.add_typer(data_app, name="data")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
+    entry: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A suite entry in YAML or JSON (repeatable): '{name: mine, dataset: "
+            "npz, params: {path: mine.npz}, sizes: [10, all]}'."
+        ),
+    ] = None,
+    suite: Annotated[
+        Path | None, typer.Option(help="A file of entries: a list, or suite: [...]")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Replace an extra entry of the same name.")] = False,
+    drop: Annotated[list[str] | None, typer.Option(help="Remove this extra entry.")] = None,
+    allow_missing: Annotated[bool, typer.Option(help="Evaluate without missing members.")] = False,
+    yes: Annotated[bool, YES] = False,
+) -> None:
+    """Evaluate a run on more targets: the entries become the run's own (extra_entries.yaml,
+    kept when the experiment runs again), in results.jsonl, the report and `richrep results`."""
+    from richrep.config.entries import gather_entries
+    from richrep.pipeline import evaluate_entries
+
+    with guard(), progress_bar() as tick:
+        new = gather_entries(entry or [], [suite] if suite else [])
+        kw = {"replace": replace, "drop": drop, "allow_missing": allow_missing, "yes": yes}
+        r, names = evaluate_entries(run_dir, new, log=tick.log, progress=tick, **kw)
+    if names:
+        results(run_dir, entry=names)
+    else:
+        say(f"extra entries of {run_dir}: {', '.join(e.name for e in r.extra_entries) or 'none'}")
 
 
 @app.command()
@@ -236,10 +339,13 @@ def analyze(
         list[str] | None, typer.Option("--measure", help="Measures (repeatable); default: all.")
     ] = None,
     max_samples: Annotated[
-        int, typer.Option("--max-samples", help="Subsample the split to this many examples.")
+        int,
+        typer.Option(
+            "--max-samples", help="Subsample the split to this many examples.", metavar="N"
+        ),
     ] = 5000,
     permutations: Annotated[
-        int, typer.Option("--permutations", help="Permutations of the CKA test.")
+        int, typer.Option("--permutations", help="Permutations of the CKA test.", metavar="N")
     ] = 200,
     yes: Annotated[bool, YES] = False,
 ) -> None:
@@ -286,7 +392,9 @@ def analyze(
 
 @app.command()
 def runs(
-    out: Annotated[Path, typer.Argument(help="Folder holding run folders.")] = Path("runs"),
+    out: Annotated[Path, typer.Argument(help="Folder holding run folders.", metavar="DIR")] = Path(
+        "runs"
+    ),
     target: Annotated[
         str | None, typer.Option("--target", help="Compare runs on targets containing this text.")
     ] = None,
@@ -297,9 +405,10 @@ def runs(
         ),
     ] = None,
 ) -> None:
-    """List the runs of a folder, with catK's gain over single and wide per target; then each
-    sweep's runs side by side."""
+    """List the runs of a folder: each run's full name, its state (complete, running, failed,
+    stopped, with the stage reached or why it failed), and catK's gains per target; then each sweep's runs side by side."""
     from richrep.index import list_runs
+    from richrep.report.runs_view import render_runs
 
     with guard():
         if not out.is_dir():
@@ -307,48 +416,7 @@ def runs(
         listed = list_runs(out)
         if sweep is not None:
             return print_sweeps(out, listed, sweep, target)
-    table = Table(title=Text(f"runs in {show(out)}"))
-    for c in (
-        "run",
-        "finished",
-        "data / encoder",
-        "seeds",
-        "epochs",
-        "target",
-        "catK",
-        "−single",
-        "−wide",
-    ):
-        table.add_column(c)
-    fmt = lambda v: "" if v is None else f"{v:+.3f}"  # noqa: E731
-    for r in listed:
-        if r.get("error"):
-            table.add_row(
-                Text(show(r.get("run_id", "?"))),
-                "",
-                "",
-                "",
-                "",
-                Text(show(f"broken: {r['error']}"), style="red"),
-            )
-            continue
-        first = True
-        for label, h in (r.get("headline") or {}).items():
-            if target and target not in label:
-                continue
-            table.add_row(
-                Text(show(r["run_id"])) if first else "",
-                Text(show(r.get("finished") or "")) if first else "",
-                Text(show(f"{r['dataset']} / {r['encoder']}")) if first else "",
-                str(r["seeds"]) if first else "",
-                str(r["epochs"]) if first else "",
-                Text(show(label)),
-                "" if h.get("cat") is None else f"{h['cat']:.3f}",
-                fmt(h.get("gain_single")),
-                fmt(h.get("gain_wide")),
-            )
-            first = False
-    console.print(table)
+    Console(highlight=False).print(render_runs(listed, f"runs in {out}", target))
     with guard():
         print_sweeps(out, listed, None, target)
 
@@ -369,7 +437,12 @@ class Kind(StrEnum):
 
 
 @app.command("list")
-def list_(kind: Annotated[Kind, typer.Argument(help="What to list.")], pattern: str = "*") -> None:
+def list_(
+    kind: Annotated[Kind, typer.Argument(help="What to list.")],
+    pattern: Annotated[
+        str, typer.Option("--pattern", help="Only the names this glob matches.", metavar="GLOB")
+    ] = "*",
+) -> None:
     """Show a registry: datasets, shifts, augmentations, encoders, objectives, members, probes,
     protocols, floors, engines, trackers or measures."""
     from richrep.plugins import registry_of

@@ -31,7 +31,8 @@ def advise(
         typer.Option("--budget", help="Training budget: 8members, 600s / 600cpu-s, 0.5gpu-h."),
     ] = None,
     max_k: Annotated[
-        int | None, typer.Option("--max-k", help="Use only the seed subsets of K ≤ this.")
+        int | None,
+        typer.Option("--max-k", help="Use only the seed subsets of K ≤ this.", metavar="K"),
     ] = None,
     metric: Annotated[str, typer.Option("--metric", help="The metric to advise on.")] = "accuracy",
 ) -> None:
@@ -72,6 +73,12 @@ def print_verdicts(run: Any, rows: list[Any], order: list[str], markdown: bool) 
         _say(f"no verdicts: {e}", style="yellow")
         return
     head = "What to use (`richrep advise RUN` for the reasons):"
-    _say(f"**{head}**\n" if markdown else head, style=None if markdown else "bold")
-    for a in answers:
-        _say(f"- {verdict(a)}" if markdown else f"  {verdict(a)}")
+    if markdown:
+        _say(f"**{head}**\n")
+        for a in answers:
+            _say(f"- {verdict(a)}")
+        return
+    out = Console(highlight=False)  # the width now: COLUMNS, else the terminal's, else 80
+    out.print(Text(head, style="bold"))
+    for a in answers:  # wrapped at the width
+        out.print(Text("  " + show(verdict(a))))

@@ -1,11 +1,12 @@
-"""What every command shares: the consoles, printing untrusted text, and one clean line for
-richrep's own errors and for an interrupt."""
+"""What every command shares: the consoles, printing untrusted text, one clean line for
+richrep's own errors and for an interrupt, and each warning once, on one line."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,16 +33,34 @@ def fail(e: BaseException, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+_shown: set[str] = set()  # the warnings printed by the current command
+_shown_lock = threading.Lock()
+
+
+def warning(message: object) -> None:
+    """Print ``message`` as one ``warning:`` line, unless this command printed it already."""
+    text = show(message, keep="\n")
+    with _shown_lock:
+        if text in _shown:
+            return
+        _shown.add(text)
+    err.print(Text("warning: ", style="yellow") + Text(text), soft_wrap=True)
+
+
 def _warn(message: Any, *args: Any, **kwargs: Any) -> None:
-    err.print(Text("warning: ", style="yellow") + Text(show(message, keep="\n")), soft_wrap=True)
+    """``warnings.showwarning`` within a command: the message alone (no file, line or source
+    line), once."""
+    warning(message)
 
 
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """richrep's own errors as one clean line (exit 2); Ctrl-C or SIGTERM as one line saying
-    how to resume (exit 130); warnings as one line each."""
+    how to resume (exit 130); warnings as one line each, each message once."""
     previous = signal.getsignal(signal.SIGTERM)
     shown, warnings.showwarning = warnings.showwarning, _warn
+    with _shown_lock:
+        _shown.clear()
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -8,19 +8,26 @@ from typing import Annotated
 import typer
 
 from richrep.cli.common import guard, say
+from richrep.cli.helptext import HelpGroup
 from richrep.cli.progress import progress_bar
 
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: export them as image folders.")
+data_app = typer.Typer(
+    cls=HelpGroup, no_args_is_help=True, help="Datasets: export them as image folders."
+)
 
 
 @data_app.command("export")
 def data_export(
     dataset: Annotated[str, typer.Argument(help="A registered image dataset (fashion_mnist).")],
     directory: Annotated[Path, typer.Argument(help="The image folder to write.")],
-    size: Annotated[int | None, typer.Option(min=4, help="Resize to size × size.")] = None,
-    channels: Annotated[int | None, typer.Option(min=1, max=3, help="1 (grey) or 3 (RGB).")] = None,
+    size: Annotated[
+        int | None, typer.Option(min=4, help="Resize to N × N pixels.", metavar="N")
+    ] = None,
+    channels: Annotated[
+        int | None, typer.Option(help="1 (grey) or 3 (RGB).", metavar="1|3")
+    ] = None,
     limit_per_class: Annotated[
-        int | None, typer.Option(min=1, help="At most N images per class and split.")
+        int | None, typer.Option(min=1, help="At most N images per class and split.", metavar="N")
     ] = None,
     force: Annotated[
         bool, typer.Option(help="Replace DIRECTORY if it holds an earlier export of richrep's.")

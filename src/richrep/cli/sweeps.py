@@ -123,8 +123,13 @@ def print_sweeps(
         for r in g.runs:
             values = [Text(show(format_value(r["values"].get(k, "")))) for k in g.keys]
             row, run_id = r["row"], Text(show(r["run_id"]))
-            if row is None or row.get("error"):
-                why = "not finished" if row is None else f"broken: {row['error']}"
+            if row is None or row.get("error") or not _headline(row, target):
+                if row is not None and row.get("error"):
+                    why = f"broken: {row['error']}"
+                else:  # no results yet: the run's live state where the index read it
+                    why = "not finished" + (
+                        f" ({row['state']})" if row and row.get("state") else ""
+                    )
                 table.add_row(*values, run_id, Text(show(why), style="yellow"))
                 continue
             first = True

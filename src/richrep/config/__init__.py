@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import pydantic
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from richrep.config.legacy import runtime_from_older_files
-from richrep.config.runtime import RuntimeConfig, resolve_runtime
+from richrep.config.runtime import RuntimeConfig
 from richrep.config.spec import Spec, Strict, _jsonable
 from richrep.errors import ConfigError
 from richrep.plugins import (
@@ -31,26 +31,70 @@ from richrep.plugins import (
     PROTOCOLS,
     load_plugins,
 )
+from richrep.registry import Registry
 from richrep.runtime.limits import check_subsets
 from richrep.store.weightfiles import Checkpoints, Pretrained, identities, resolve_files
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+# a field whose default is resolved too (its registry's defaults filled in, as a given value's)
+Params = Annotated[dict[str, Any], Field(validate_default=True)]
+
+
+def resolved_list(registry: Registry[Any], specs: list[Spec], where: str) -> list[Spec]:
+    """Every spec of a list checked against ``registry``, its defaults filled in."""
+    return [s.resolved(registry, f"{where}[{i}]") for i, s in enumerate(specs)]
 
 
 class DataConfig(Strict):
     dataset: str
-    params: dict[str, Any] = {}
+    params: Params = {}
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     max_train_per_class: Annotated[int, Field(ge=1)] | None = None
     source: list[Spec] = []
+
+    @field_validator("params")
+    @classmethod
+    def _dataset_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from richrep.data import DATASETS
+
+        if "dataset" not in info.data:  # its own error is reported
+            return v
+        return _jsonable(DATASETS.validate(info.data["dataset"], v, where="data.dataset/params"))
+
+    @field_validator("source")
+    @classmethod
+    def _shifts(cls, v: list[Spec]) -> list[Spec]:
+        from richrep.data import SHIFTS
+
+        return resolved_list(SHIFTS, v, "data.source")
 
 
 class ModelConfig(Strict):
     encoder: str
     width: Annotated[float, Field(gt=0, le=64)] = 1.0
-    params: dict[str, Any] = {}
+    params: Params = {}
     pretrained: Pretrained | None = None  # a local safetensors file the encoders start from
+
+    @field_validator("params")
+    @classmethod
+    def _encoder_params(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from richrep.models import ENCODERS
+
+        if "width" in v:
+            raise ConfigError(
+                "model.params.width: set the width multiplier as model.width, not in params"
+            )
+        if "encoder" not in info.data:
+            return v
+        params = ENCODERS.validate(info.data["encoder"], v, where="model.encoder/params")
+        params.pop("width", None)
+        return _jsonable(params)
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weight_file(cls, v: Pretrained | None) -> Pretrained | None:
+        return resolve_files(v)  # absolute path and sha256 recorded
 
 
 class Baseline(Strict):
@@ -78,6 +122,22 @@ class Baseline(Strict):
             return v
         return {**{key: v[key] for key in own if key in v}, "params": {**params, **extra}}
 
+    def resolved(self, where: str, seeds: int | None) -> Baseline:
+        """This baseline with its kind's arguments checked and completed, and its ``k`` in the
+        kind's range (and, for a kind standing for catK, at most the run's ``seeds``)."""
+        params = MEMBERS.validate(self.kind, self.params, where=where)
+        lo, hi = MEMBERS.meta(self.kind, "k_range", (2, None))
+        at = where.replace("[", ".").rstrip("]") + ".k"
+        if self.k < lo or (hi is not None and self.k > hi):
+            need = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise ConfigError(
+                f"{at}: {self.kind} takes k = {need} (it stands for catK); got {self.k}"
+            )
+        if MEMBERS.meta(self.kind, "k_seeds", False) and seeds is not None and self.k > seeds:
+            msg = f"{self.kind}{self.k} stands for cat{self.k}, but the run trains {seeds} seeds"
+            raise ConfigError(f"{at}: {msg}; lower k or raise training.seeds")
+        return self.model_copy(update={"params": _jsonable(params)})
+
 
 def _seed_count(v: Any) -> Any:
     if isinstance(v, bool):
@@ -85,6 +145,33 @@ def _seed_count(v: Any) -> Any:
     if isinstance(v, list) and any(isinstance(s, bool) for s in v):
         raise ValueError(f"seeds must be integers, not booleans: {v}")
     return v
+
+
+def seed_list_of(seeds: int | list[int] | Checkpoints) -> list[int]:
+    """The seeds of ``training.seeds``: 0..n-1 for a count or for n checkpoints, else the list."""
+    if isinstance(seeds, (int, Checkpoints)):
+        return list(range(getattr(seeds, "count", seeds)))
+    return list(seeds)
+
+
+def objective_for_seeds(spec: Spec) -> Spec:
+    """``training.objective`` checked and completed: one that trains the seeds, so neither a
+    member kind's own head nor targets besides the labels."""
+    objective = spec.resolved(OBJECTIVES, "training.objective")
+    built = OBJECTIVES.build(objective.name, where="training.objective", **objective.params)
+    head = built.reads_head_of()
+    if head:
+        raise ConfigError(
+            f"training.objective: {objective.name!r} reads the head of {head!r} members; "
+            f"add a {{kind: {head}}} baseline instead of training every seed with it"
+        )
+    needs = built.needs()
+    if needs:
+        raise ConfigError(
+            f"training.objective: {objective.name!r} needs {list(needs)} besides the labels; "
+            f"it trains member kinds that supply them (e.g. a distill baseline), not the seeds"
+        )
+    return objective
 
 
 class TrainingConfig(Strict):
@@ -98,7 +185,7 @@ class TrainingConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    objective: Spec = Spec(name="cross_entropy")
+    objective: Annotated[Spec, Field(validate_default=True)] = Spec(name="cross_entropy")
     baselines: list[Baseline] = []
     augment: list[Spec] = []  # train-time augmentations (AUGMENTATIONS), never in evaluation
 
@@ -118,13 +205,30 @@ class TrainingConfig(Strict):
             raise ValueError("seeds must not be an empty list")
         if isinstance(v, list) and len(set(v)) != len(v):
             raise ValueError(f"seeds {v} repeat a value: every seed must differ")
-        return v
+        return resolve_files(v)  # checkpoints: absolute paths and sha256 recorded
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, v: Spec) -> Spec:
+        return objective_for_seeds(v)
+
+    @field_validator("baselines")
+    @classmethod
+    def _baselines(cls, v: list[Baseline], info: ValidationInfo) -> list[Baseline]:
+        seeds = info.data.get("seeds")
+        n = None if seeds is None else len(seed_list_of(seeds))
+        return [b.resolved(f"training.baselines[{i}]", n) for i, b in enumerate(v)]
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: list[Spec]) -> list[Spec]:
+        from richrep.data.augment import AUGMENTATIONS
+
+        return resolved_list(AUGMENTATIONS, v, "training.augment")
 
     @property
     def seed_list(self) -> list[int]:
-        if isinstance(self.seeds, (int, Checkpoints)):
-            return list(range(getattr(self.seeds, "count", self.seeds)))
-        return list(self.seeds)
+        return seed_list_of(self.seeds)
 
 
 Size = Annotated[int, Field(ge=1)] | Literal["all"]
@@ -149,6 +253,24 @@ class SuiteEntry(Strict):
     def _probe_form(cls, v: Any) -> Any:
         return _probe_short_form(v)
 
+    def resolved(self, where: str) -> SuiteEntry:
+        """This entry with its shifts, protocol, probe and dataset arguments checked against
+        their registries and completed."""
+        from richrep.data import DATASETS, SHIFTS
+
+        update: dict[str, Any] = {
+            "shifts": resolved_list(SHIFTS, self.shifts, f"{where}.shifts"),
+            "protocol": self.protocol.resolved(PROTOCOLS, f"{where}.protocol"),
+        }
+        if self.probe is not None:
+            update["probe"] = self.probe.resolved(PROBES, f"{where}.probe")
+        if self.dataset is not None:
+            params = DATASETS.validate(self.dataset, self.params, where=f"{where}.dataset/params")
+            update["params"] = _jsonable(params)
+        elif self.params:
+            raise ConfigError(f"{where}.params: arguments given without a dataset")
+        return self.model_copy(update=update)
+
 
 def _probe_short_form(v: Any) -> Any:
     """``probe: {Cs: [...]}`` (arguments of the default linear probe) is read as
@@ -165,9 +287,12 @@ def _probe_short_form(v: Any) -> Any:
 
 class EvaluationConfig(Strict):
     suite: list[SuiteEntry] = []
-    probe: Spec = Spec(name="linear")
+    probe: Annotated[Spec, Field(validate_default=True)] = Spec(name="linear")
     subsets: Annotated[int, Field(ge=1)] = 3  # seed subsets per K for catK
-    floors: list[Spec] = [Spec(name="input"), Spec(name="random")]
+    floors: Annotated[list[Spec], Field(validate_default=True)] = [
+        Spec(name="input"),
+        Spec(name="random"),
+    ]
     cache_features: bool = True  # keep extracted features in the run folder
 
     @field_validator("probe", mode="before")
@@ -182,7 +307,17 @@ class EvaluationConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"suite entry names must be unique; repeated: {dup}")
-        return v
+        return [e.resolved(f"evaluation.suite[{i}]") for i, e in enumerate(v)]
+
+    @field_validator("probe")
+    @classmethod
+    def _probe(cls, v: Spec) -> Spec:
+        return v.resolved(PROBES, "evaluation.probe")
+
+    @field_validator("floors")
+    @classmethod
+    def _floors(cls, v: list[Spec]) -> list[Spec]:
+        return resolved_list(FLOORS, v, "evaluation.floors")
 
 
 class Experiment(Strict):
@@ -190,14 +325,20 @@ class Experiment(Strict):
     seed: Seed = 0  # data splits and subset draws
     data: DataConfig
     model: ModelConfig
-    training: TrainingConfig = TrainingConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    runtime: RuntimeConfig = RuntimeConfig()
+    # built when read (not at import): their defaults are resolved against the registries
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="before")
     @classmethod
     def _migrate(cls, raw: Any) -> Any:
         return runtime_from_older_files(raw)
+
+    @model_validator(mode="after")
+    def _subsets(self) -> Experiment:
+        check_subsets(self.evaluation.subsets, len(self.training.seed_list))
+        return self
 
     def identity(self) -> dict[str, Any]:
         """What determines the trained models: the run folder's hash covers exactly this."""
@@ -232,6 +373,10 @@ def stable_hash(obj: Any, n: int = 10) -> str:
 def format_errors(err: pydantic.ValidationError, source: str = "") -> str:
     lines = []
     for e in err.errors():
+        raised = e.get("ctx", {}).get("error")
+        if isinstance(raised, ConfigError):  # a validator's: its message names the field
+            lines.append(f"  {raised}")
+            continue
         loc = ".".join(
             str(p)
             for p in e["loc"]
@@ -274,7 +419,11 @@ def _model_in(annotation: Any) -> Any:
 
 
 def parse_experiment(raw: Any, source: str = "") -> Experiment:
-    """Validate a mapping (e.g. parsed YAML) into an :class:`Experiment`, registries included."""
+    """Validate a mapping (e.g. parsed YAML) into an :class:`Experiment`. Each section checks
+    its registry specs (names, arguments, types, values) in its own validators and fills their
+    defaults in, so the stored config is complete (all but those the run fills where a spec
+    leaves them unset, :attr:`Registry.filled`: a probe's seed and device); weight files get
+    their absolute paths and sha256."""
     if not isinstance(raw, dict):
         raise ConfigError(
             f"experiment{f' {source}' if source else ''} must be a mapping at the top level, "
@@ -282,114 +431,9 @@ def parse_experiment(raw: Any, source: str = "") -> Experiment:
         )
     load_plugins()
     try:
-        exp = Experiment.model_validate(raw)
+        return Experiment.model_validate(raw)
     except pydantic.ValidationError as e:
         raise ConfigError(format_errors(e, source)) from None
-    return resolve(exp)
-
-
-def resolve(exp: Experiment) -> Experiment:
-    """Check every registry name and argument; fill registry defaults so the stored config
-    is complete (all but those the run fills where a spec leaves them unset,
-    :attr:`Registry.filled`: a probe's seed and device)."""
-    load_plugins()
-    check_subsets(exp.evaluation.subsets, len(exp.training.seed_list))
-    from richrep.data import DATASETS, SHIFTS
-    from richrep.data.augment import AUGMENTATIONS
-    from richrep.models import ENCODERS
-
-    data_params = DATASETS.validate(exp.data.dataset, exp.data.params, where="data.dataset/params")
-    source = [s.resolved(SHIFTS, f"data.source[{i}]") for i, s in enumerate(exp.data.source)]
-    if "width" in exp.model.params:
-        raise ConfigError(
-            "model.params.width: set the width multiplier as model.width, not in params"
-        )
-    enc_params = ENCODERS.validate(
-        exp.model.encoder, exp.model.params, where="model.encoder/params"
-    )
-    enc_params.pop("width", None)
-    pre = exp.model.pretrained
-    baselines = []
-    for i, b in enumerate(exp.training.baselines):
-        params = MEMBERS.validate(b.kind, b.params, where=f"training.baselines[{i}]")
-        lo, hi = MEMBERS.meta(b.kind, "k_range", (2, None))
-        if b.k < lo or (hi is not None and b.k > hi):
-            need = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
-            raise ConfigError(
-                f"training.baselines.{i}.k: {b.kind} takes k = {need} (it stands for catK); "
-                f"got {b.k}"
-            )
-        if MEMBERS.meta(b.kind, "k_seeds", False) and b.k > (n := len(exp.training.seed_list)):
-            msg = f"{b.kind}{b.k} stands for cat{b.k}, but the run trains {n} seeds"
-            raise ConfigError(f"training.baselines.{i}.k: {msg}; lower k or raise training.seeds")
-        baselines.append(Baseline(kind=b.kind, k=b.k, seeds=b.seeds, params=_jsonable(params)))
-    objective = exp.training.objective.resolved(OBJECTIVES, "training.objective")
-    built = OBJECTIVES.build(objective.name, where="training.objective", **objective.params)
-    head = built.reads_head_of()
-    if head:
-        raise ConfigError(
-            f"training.objective: {objective.name!r} reads the head of {head!r} members; "
-            f"add a {{kind: {head}}} baseline instead of training every seed with it"
-        )
-    needs = built.needs()
-    if needs:
-        raise ConfigError(
-            f"training.objective: {objective.name!r} needs {list(needs)} besides the labels; "
-            f"it trains member kinds that supply them (e.g. a distill baseline), not the seeds"
-        )
-    training = exp.training.model_copy(
-        update={
-            "objective": objective,
-            "baselines": baselines,
-            "seeds": resolve_files(exp.training.seeds),
-            "augment": [
-                s.resolved(AUGMENTATIONS, f"training.augment[{i}]")
-                for i, s in enumerate(exp.training.augment)
-            ],
-        }
-    )
-    suite = []
-    for i, entry in enumerate(exp.evaluation.suite):
-        where = f"evaluation.suite[{i}]"
-        update: dict[str, Any] = {
-            "shifts": [
-                s.resolved(SHIFTS, f"{where}.shifts[{j}]") for j, s in enumerate(entry.shifts)
-            ],
-            "protocol": entry.protocol.resolved(PROTOCOLS, f"{where}.protocol"),
-        }
-        if entry.probe is not None:
-            update["probe"] = entry.probe.resolved(PROBES, f"{where}.probe")
-        if entry.dataset is not None:
-            update["params"] = _jsonable(
-                DATASETS.validate(entry.dataset, entry.params, where=f"{where}.dataset/params")
-            )
-        elif entry.params:
-            raise ConfigError(f"{where}.params: arguments given without a dataset")
-        suite.append(entry.model_copy(update=update))
-    evaluation = exp.evaluation.model_copy(
-        update={
-            "suite": suite,
-            "probe": exp.evaluation.probe.resolved(PROBES, "evaluation.probe"),
-            "floors": [
-                f.resolved(FLOORS, f"evaluation.floors[{i}]")
-                for i, f in enumerate(exp.evaluation.floors)
-            ],
-        }
-    )
-    runtime = resolve_runtime(exp.runtime)
-    return exp.model_copy(
-        update={
-            "data": exp.data.model_copy(
-                update={"params": _jsonable(data_params), "source": source}
-            ),
-            "model": exp.model.model_copy(
-                update={"params": _jsonable(enc_params), "pretrained": resolve_files(pre)}
-            ),
-            "training": training,
-            "evaluation": evaluation,
-            "runtime": runtime,
-        }
-    )
 
 
 def load_experiment(path: str | Path) -> Experiment:

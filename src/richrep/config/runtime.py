@@ -23,7 +23,7 @@ class RuntimeConfig(Strict):
     # memory a probe may hold (bytes, "8GB", "50%"; default half the machine's): above it, the
     # features are streamed from disk in chunks (runtime/memory.py)
     memory: int | str | None = None
-    engine: Spec = Spec(name="local")
+    engine: Annotated[Spec, Field(validate_default=True)] = Spec(name="local")
     track: Spec | None = None  # experiment tracking (TRACKERS): null, mlflow, {mlflow: {...}}
     strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
         "auto"
@@ -47,14 +47,16 @@ class RuntimeConfig(Strict):
         parse_memory(v)  # ConfigError (a ValueError) names what is wrong
         return v
 
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: Spec) -> Spec:
+        return v.resolved(ENGINES, "runtime.engine")
+
+    @field_validator("track")
+    @classmethod
+    def _tracker(cls, v: Spec | None) -> Spec | None:
+        return None if v is None else v.resolved(TRACKERS, "runtime.track")
+
     @property
     def evaluation_device(self) -> str:
         return self.eval_device or self.device
-
-
-def resolve_runtime(rt: RuntimeConfig) -> RuntimeConfig:
-    """``rt`` with the engine's and the tracker's arguments checked and defaults filled in."""
-    track = rt.track.resolved(TRACKERS, "runtime.track") if rt.track is not None else None
-    return rt.model_copy(
-        update={"engine": rt.engine.resolved(ENGINES, "runtime.engine"), "track": track}
-    )

@@ -1,5 +1,7 @@
 """Your own data: an ``.npz`` file with arrays ``x`` and ``y`` (and optionally ``x_test``,
-``y_test``, ``groups``, ``groups_test``).
+``y_test``, ``groups``, ``groups_test``, and environments ``env``, ``env_test``, for the OOD
+protocols; ``domains`` / ``domains_test`` are read as environments). Other arrays are ignored
+with a warning naming them.
 
 Members stored uncompressed (``np.savez``) are memory-mapped (:func:`memmap_npz`: the zip's
 local headers give each ``.npy`` member's offset, its header the dtype and shape), so the file
@@ -29,6 +31,8 @@ from richrep.errors import DataError
 
 HOW_TO_SAVE = "np.savez(path, x=x, y=y) (numeric x, integer y)"
 NDIM = {"vector": 2, "signal": 3, "image": 4}
+TRAIN, TEST = ("x", "y", "groups", "env"), ("x_test", "y_test", "groups_test", "env_test")
+ALIASES = {"domains": "env", "domains_test": "env_test"}  # Split has environments only
 
 
 @DATASETS.register("npz")
@@ -39,7 +43,14 @@ def npz(
     scale: Literal["auto", "none"] | Annotated[float, Field(gt=0)] = "auto",
     split_seed: Annotated[int, Field(ge=0)] | None = None,
 ) -> RawData:
-    """Arrays from an .npz: x (N, ...) and integer y (N,); x_test/y_test, groups optional.
+    """Arrays from an .npz: x (N, ...) and integer y (N,); x_test/y_test, groups, env optional.
+
+    ``env`` / ``env_test`` (integer environment ids, N,) become the splits' environments
+    (``Split.env``: the ``ood`` protocol's training and test environments); ``domains`` /
+    ``domains_test`` are the same arrays under another name (richrep's splits have environments,
+    not a separate notion of domain). ``kind: auto`` as a suite entry's target follows the run's
+    input shape when the arrays hold the same values per example but for singleton axes (an
+    MNIST-1D ``(N, 1, 40)`` or ``(N, 40)`` for a run on ``(1, 40)``).
 
     ``x`` may hold any real dtype (bool, int, uint, float); tasks hold float32. ``scale``:
     ``"auto"`` divides uint8 inputs by 255 (to [0, 1]) and keeps others as stored, ``"none"``
@@ -49,25 +60,8 @@ def npz(
     (default: the experiment's seed). ``info`` records ``scaled`` and ``test_split``.
     """
     p = Path(path).expanduser()
-    arrays = _read(p)
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise DataError(f"{p} lacks array(s) {missing}; it has {sorted(arrays)} (need x and y)")
-    if ("x_test" in arrays) != ("y_test" in arrays):
-        raise DataError(f"{p}: give both x_test and y_test, or neither")
-    if "groups_test" in arrays and "x_test" not in arrays:
-        raise DataError(f"{p}: groups_test without x_test; give x_test and y_test too")
-    sets = [("x", "y", "groups")] + [("x_test", "y_test", "groups_test")] * ("x_test" in arrays)
-    for xk, yk, gk in sets:
-        _check_set(p, arrays, xk, yk, gk)
-    need, free = 4 * sum(arrays[s[0]].size for s in sets), available_memory()
-    if free is not None and need > free:  # a mapped x is read whole into float32 tensors
-        names = " and ".join(s[0] for s in sets) + (" take" if len(sets) > 1 else " takes")
-        raise DataError(
-            f"{p}: {names} {human_bytes(need)} as float32 (the tasks' dtype), more than the "
-            f"{human_bytes(free)} of memory available"
-        )
-    x, y, g = arrays["x"], arrays["y"], arrays.get("groups")
+    arrays = _checked_arrays(p)
+    x, y, g, e = arrays["x"], arrays["y"], arrays.get("groups"), arrays.get("env")
     if x.ndim == 3 and kind in ("auto", "image"):
         x = x[:, None]
         if "x_test" in arrays:
@@ -84,14 +78,14 @@ def npz(
         info["scaled"] = f"{x.dtype}/{divisor:g}"
     # divided when the task cuts its splits (RawData.divide_by): a mapped file stays unread
     if "x_test" in arrays:
-        xt = arrays["x_test"]
-        yt, gt = arrays["y_test"], arrays.get("groups_test")
+        xt, yt, gt, et = (arrays.get(k) for k in TEST)
         info["test_split"] = {"from": "x_test"}
     else:
         seed = 0 if split_seed is None else split_seed
         train, test = stratified_split(y, test_fraction, seed, "npz-test")
-        xt, yt, gt = x[test], y[test], None if g is None else g[test]
-        x, y, g = x[train], y[train], None if g is None else g[train]
+        xt, yt, gt, et = (None if a is None else a[test] for a in (x, y, g, e))
+        x, y = x[train], y[train]
+        g, e = (None if a is None else a[train] for a in (g, e))
         info["test_split"] = {"from": "x", "fraction": test_fraction, "seed": seed}
     return RawData(
         x,
@@ -103,8 +97,53 @@ def npz(
         g_train=g,
         g_test=gt,
         info=info,
+        e_train=e,
+        e_test=et,
         divide_by=divisor,
     )
+
+
+def _checked_arrays(p: Path) -> dict[str, np.ndarray]:
+    """The arrays of ``p`` that richrep reads, checked: x and y (and x_test with y_test) present,
+    each set consistent, and all of them fitting in memory as float32."""
+    arrays = _known(p, _read(p))
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{p} lacks array(s) {missing}; it has {sorted(arrays)} (need x and y)")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{p}: give both x_test and y_test, or neither")
+    for k in ("groups_test", "env_test"):
+        if k in arrays and "x_test" not in arrays:
+            raise DataError(f"{p}: {k} without x_test; give x_test and y_test too")
+    sets = [TRAIN] + [TEST] * ("x_test" in arrays)
+    for keys in sets:
+        _check_set(p, arrays, *keys)
+    need, free = 4 * sum(arrays[s[0]].size for s in sets), available_memory()
+    if free is not None and need > free:  # a mapped x is read whole into float32 tensors
+        names = " and ".join(s[0] for s in sets) + (" take" if len(sets) > 1 else " takes")
+        raise DataError(
+            f"{p}: {names} {human_bytes(need)} as float32 (the tasks' dtype), more than the "
+            f"{human_bytes(free)} of memory available"
+        )
+    return arrays
+
+
+def _known(p: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` with ``domains`` read as ``env``; a warning names the arrays richrep ignores."""
+    for alias, name in ALIASES.items():
+        if alias in arrays:
+            if name in arrays:
+                raise DataError(f"{p}: give {name} or {alias} (the same thing), not both")
+            arrays[name] = arrays.pop(alias)
+    unknown = sorted(set(arrays) - set(TRAIN) - set(TEST))
+    if unknown:
+        warnings.warn(
+            f"{p}: ignored array(s) {unknown}; an npz is read for {list(TRAIN + TEST)} "
+            f"({', '.join(ALIASES)} as environments)",
+            stacklevel=3,
+        )
+        arrays = {k: v for k, v in arrays.items() if k not in unknown}
+    return arrays
 
 
 def _read(p: Path) -> dict[str, np.ndarray]:
@@ -219,8 +258,8 @@ def _pickled(p: Path) -> str:
     )
 
 
-def _check_set(p: Path, arrays: dict[str, np.ndarray], xk: str, yk: str, gk: str) -> None:
-    """Check one set (x, y, groups) in place: shapes, dtypes, integer labels and groups."""
+def _check_set(p: Path, arrays: dict[str, np.ndarray], xk: str, yk: str, *ids: str) -> None:
+    """Check one set (x, y, groups, env) in place: shapes, dtypes, integer labels and ids."""
     x, y = arrays[xk], arrays[yk]
     if x.ndim < 2:
         fix = "; for one feature per example use x[:, None]" if x.ndim == 1 else ""
@@ -234,12 +273,11 @@ def _check_set(p: Path, arrays: dict[str, np.ndarray], xk: str, yk: str, gk: str
     if y.shape != (n,):
         raise DataError(f"{p}: {yk} must have shape ({n},) to match {xk}, got {y.shape}")
     arrays[yk] = integer_ids(y, f"labels ({yk})", str(p))
-    if gk in arrays:
-        if arrays[gk].shape != (n,):
-            raise DataError(
-                f"{p}: {gk} must have shape ({n},) to match {xk}, got {arrays[gk].shape}"
-            )
-        arrays[gk] = integer_ids(arrays[gk], f"group ids ({gk})", str(p))
+    for k in (k for k in ids if k in arrays):
+        if arrays[k].shape != (n,):
+            raise DataError(f"{p}: {k} must have shape ({n},) to match {xk}, got {arrays[k].shape}")
+        what = "group ids" if k.startswith("groups") else "environment ids"
+        arrays[k] = integer_ids(arrays[k], f"{what} ({k})", str(p))
 
 
 def _divisor(

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from richrep.errors import ConfigError
 from richrep.registry import Registry
@@ -27,9 +27,10 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 Positive = Annotated[float, Field(gt=0)]
 
 
-def _range(name: str, arg: str, lo: float, hi: float) -> None:
-    if lo > hi:
-        raise ConfigError(f"augmentation {name!r}: {arg}=({lo}, {hi}) must be (low, high)")
+def _ordered(v: tuple[float, float]) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError(f"({v[0]}, {v[1]}) must be (low, high)")
+    return v
 
 
 def _need_images(x: torch.Tensor, name: str) -> None:
@@ -42,16 +43,14 @@ def _need_images(x: torch.Tensor, name: str) -> None:
 
 @AUGMENTATIONS.register("random_resized_crop")
 def random_resized_crop(
-    scale: tuple[Fraction, Fraction] = (0.08, 1.0),
-    ratio: tuple[Positive, Positive] = (3 / 4, 4 / 3),
+    scale: Annotated[tuple[Fraction, Fraction], AfterValidator(_ordered)] = (0.08, 1.0),
+    ratio: Annotated[tuple[Positive, Positive], AfterValidator(_ordered)] = (3 / 4, 4 / 3),
 ) -> Augment:
     """Crop a random box (area fraction in ``scale``, aspect ratio in ``ratio``, log-uniform)
     of each image and resize it back to the image's size (bilinear).
 
     The box is drawn once per image (no rejection loop: a box larger than the image is
     clipped to it), so a batch costs one ``grid_sample``."""
-    _range("random_resized_crop", "scale", *scale)
-    _range("random_resized_crop", "ratio", *ratio)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
 
     def apply(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

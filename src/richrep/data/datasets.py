@@ -60,9 +60,12 @@ def load_task(
     val_fraction: float = 0.1,
     max_train_per_class: int | None = None,
     seed: int = 0,
+    like: Task | None = None,
 ) -> Task:
     """Load ``dataset`` and split it: train / validation (stratified ``val_fraction`` of the
     training pool) / test. ``seed`` fixes the split; the task records how to rebuild it.
+    With ``like`` (a run's source task, for a suite entry's target), a dataset whose ``kind`` is
+    left at ``"auto"`` follows ``like``'s input shape (:func:`follow_shape`).
 
     A dataset with an argument ``split_seed`` (e.g. ``npz``, which may carve its test set) gets
     ``seed`` there unless the user set it. What the dataset reports about itself (``RawData.info``,
@@ -74,6 +77,8 @@ def load_task(
     if "split_seed" in call and call["split_seed"] is None:  # unset: follow ``seed``
         call["split_seed"] = seed
     raw = DATASETS.build(dataset, **call)
+    if like is not None and params.get("kind", "auto") == "auto":
+        raw = follow_shape(raw, like.input_shape, like.kind)
     recipe = {
         "dataset": dataset,
         "params": params,
@@ -84,6 +89,24 @@ def load_task(
         "info": raw.info,
     }
     return task_from_raw(raw, dataset, recipe)
+
+
+def follow_shape(raw: RawData, shape: tuple[int, ...], kind: str) -> RawData:
+    """``raw`` with its inputs reshaped to ``shape`` per example (and of ``kind``) when they hold
+    as many values in the same order, singleton axes aside: MNIST-1D's ``(N, 1, 40)`` (which
+    ``kind: auto`` reads as a grey image) or ``(N, 40)`` for a run on ``(1, 40)``."""
+    x, xt = raw.x_train, raw.x_test
+    if is_lazy(x) or is_lazy(xt) or tuple(x.shape[1:]) == tuple(shape):
+        return raw
+
+    def core(s: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(d for d in s if d != 1)
+
+    if not core(x.shape[1:]) == core(xt.shape[1:]) == core(shape):
+        return raw
+    info = {**raw.info, "reshaped": f"{tuple(x.shape[1:])} to the run's {tuple(shape)}"}
+    x, xt = np.reshape(x, (len(x), *shape)), np.reshape(xt, (len(xt), *shape))
+    return replace(raw, x_train=x, x_test=xt, kind=kind, info=info)
 
 
 def task_from_raw(raw: RawData, name: str, recipe: dict[str, Any]) -> Task:

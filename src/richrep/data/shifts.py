@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from richrep.data.images import is_lazy
 from richrep.data.splits import hash_str
@@ -91,11 +91,17 @@ def _need_images(task: Task, shift: str) -> None:
 # --- tasks -----------------------------------------------------------------------------------
 
 
-@SHIFTS.register("classes")
-def classes(task: Task, keep: Annotated[list[int], Field(min_length=1)]) -> Task:
-    """Keep only the classes ``keep`` (original class ids), relabelled 0..len(keep)-1 in that order."""
+def _distinct(keep: list[int]) -> list[int]:
     if len(set(keep)) != len(keep):
-        raise ConfigError(f"shift 'classes': keep={keep} lists a class twice")
+        raise ValueError("it lists a class twice")
+    return keep
+
+
+@SHIFTS.register("classes")
+def classes(
+    task: Task, keep: Annotated[list[int], Field(min_length=1), AfterValidator(_distinct)]
+) -> Task:
+    """Keep only the classes ``keep`` (original class ids), relabelled 0..len(keep)-1 in that order."""
     missing = [c for c in keep if c not in task.classes]
     if missing:
         raise ConfigError(

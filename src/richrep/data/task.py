@@ -159,7 +159,7 @@ class Task:
 
     def miniature(self, per_class: int = 2) -> Task:
         """The same task with at most ``per_class`` examples of each class per split, marked
-        ``preflight`` in its recipe: shifts run on it to find config errors in milliseconds."""
+        ``preflight`` in its recipe: shifts run on it to find config errors at once."""
         out = {}
         for name, s in self.splits().items():
             idx = torch.cat(

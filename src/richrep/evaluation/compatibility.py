@@ -161,16 +161,11 @@ class Compatibility:
     def __init__(
         self,
         old: str,
-        sequences: dict[str, list[str]] | None = None,
+        sequences: dict[str, Annotated[list[str], Field(min_length=2)]] | None = None,
         top: Annotated[int, Field(ge=1)] = 10,
         backend: Backend = "auto",
         columns: list[str] | None = None,
     ) -> None:
-        for name, seq in (sequences or {}).items():
-            if len(seq) < 2:
-                raise ConfigError(
-                    f"compatibility: sequence {name!r} needs at least two models, got {seq}"
-                )
         self.old, self.sequences, self.top = old, sequences or {}, top
         self.backend, self.columns = backend, columns
         self._encoded: dict[str, Encoded] = {}

@@ -46,7 +46,7 @@ from richrep.config import SuiteEntry
 from richrep.data import Task
 from richrep.data.splits import rng
 from richrep.errors import ConfigError
-from richrep.evaluation.inputs import resolve_device
+from richrep.evaluation.inputs import device_for
 from richrep.evaluation.protocols import Context
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
@@ -79,6 +79,11 @@ class FewShot:
         self.ways, self.queries, self.episodes = ways, queries, episodes
         self.shots = list(dict.fromkeys(shots))
         self.classifier, self.C = classifier, C
+
+    unit = "episodes"
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        return len(self.shots) * self.episodes
 
     def check(self, entry: SuiteEntry, source: Task, target: Task) -> None:
         """Enough classes, and (on real data, not the preflight miniature) enough test examples
@@ -124,7 +129,7 @@ class FewShot:
     ) -> list[Row]:
         self.check(entry, ctx.source, target)
         feats = ctx.featurizer(rep, target.test)
-        device = resolve_device(ctx.device, feats)
+        device = device_for(ctx.device, feats)
         feats = feats.to(device)
         rows = []
         extra = {"classifier": self.classifier, "ways": self.ways}
@@ -140,6 +145,7 @@ class FewShot:
                 else:
                     pred, conv = linear_predict(feats, support, query, self.C)
             acc = (pred == query_labels(support, query)).double().mean(1).cpu()
+            ctx.advance(self.episodes)
             common = {"size": shots, "draw": 0, "train_n": self.ways * shots}
             for i, a in enumerate(acc.tolist()):
                 ex = extra if conv is None else {**extra, "converged": bool(conv[i])}

@@ -42,16 +42,17 @@ items back instead of training them again. Fine-tuned weights are kept only with
 **Cost.** The per-seed fine-tunings of ``two_stage`` are cached per (seed, size, draw, lr,
 weight decay) within an entry with their features, so cat2, cat3, … reuse those the singles
 made and add only head phases; ``init`` trains each catK subset's towers anew. Training
-autocasts to the run's precision and uses channels_last for convolutions (1.7× faster for the
-CNN on one CPU thread; bf16 only where the CPU runs it fast, as ``training.precision: auto``
-decides). The size ``all`` dominates: on one CPU thread a 420k-parameter CNN fine-tunes at
-about 1,100 images/s, so one setting of 8 epochs on 24,000 images takes about 3 minutes.
+autocasts to the run's precision and uses channels_last for convolutions (faster for the CNN
+on a CPU; bf16 only where the CPU runs it fast, as ``training.precision: auto`` decides). The
+size ``all`` dominates the cost (timings: the README's Performance section).
 ``columns`` restricts the representations fine-tuned (e.g. ``[single, cat5, wide5]``).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -67,12 +68,12 @@ from richrep.errors import ConfigError, StoreError, TrainingError
 from richrep.evaluation.finetune_train import (
     Fitted,
     Tuned,
+    accuracy_and_loss,
     concat_heads,
-    fit,
+    fit_network,
     head_of,
     network,
     predict,
-    scores,
 )
 from richrep.evaluation.protocols import Context
 from richrep.evaluation.run_view import RunView
@@ -102,6 +103,7 @@ class Job:
     val: Split
     where: tuple[Any, ...]
     weights: Path
+    advance: Callable[[int], None]  # steps of training done
 
 
 @PROTOCOLS.register(
@@ -146,6 +148,9 @@ class FineTune:
         self.keep_weights = keep_weights
         self.columns = None if columns is None else set(columns)
         self._tuned: dict[tuple[Any, ...], Tuned] = {}  # two_stage: per (seed member, …)
+        self._planned: set[tuple[Any, ...]] = set()  # what work() counted of them
+
+    unit = "network steps"
 
     # -- the protocol -----------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -189,9 +194,9 @@ class FineTune:
         for size, d, idx in sets:
             key = self.item_key(run, rep, size, d)
             path = work / f"{file_stem(rep.id)}-{size}-{d}.json"
-            record = read_item(path, key)
-            weights = self.weights_path(run, entry, rep, size, d)
-            if record is None or (self.keep_weights and not verify(weights)):
+            record = self.finished(run, entry, rep, size, d, path)
+            if record is None:
+                weights = self.weights_path(run, entry, rep, size, d)
                 record = self.item(ctx, run, rep, target, entry, data, size, d, idx, weights)
                 write_json(path, {"key": key, **record})
             rows.append(
@@ -208,6 +213,54 @@ class FineTune:
                 )
             )
         return rows
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        """Steps of one network ``rep`` still needs fine-tuned (a step of catK's K towers is K):
+        none for items finished on disk; in ``two_stage`` none for a seed's fine-tuning an
+        earlier representation (asked before this one) makes, nor for the head phase (on
+        frozen features: cheap)."""
+        if not self.wanted(rep):
+            return 0
+        run = ctx.run_of(entry, "finetune trains the run's networks, so it")
+        data, sets = ctx.probe_sets(target, entry)
+        work = self.work_dir(run, ctx, target, entry)
+        total = 0
+        for size, d, idx in sets:
+            path = work / f"{file_stem(rep.id)}-{size}-{d}.json"
+            if self.finished(run, entry, rep, size, d, path) is not None:
+                continue
+            keep, _ = self.split(ctx, entry, data.subset(idx).y, size, d)
+            steps = math.ceil(len(keep) / self.batch_size)
+            if self.mode == "init":
+                total += len(self.grid) * self.max_epochs * steps * len(rep.parts)
+                continue
+            for lr, wd in self.grid:
+                for part in rep.parts:
+                    key = (target.hash, ctx.seed, entry.name, size, d, part, lr, wd)
+                    if key not in self._planned:
+                        self._planned.add(key)
+                        total += self.max_epochs * steps
+        return total
+
+    def finished(
+        self,
+        run: RunView,
+        entry: SuiteEntry,
+        rep: Representation,
+        size: int | str,
+        d: int,
+        path: Path,
+    ) -> dict[str, Any] | None:
+        """The item's finished result (None: it is to be computed)."""
+        record = read_item(path, self.item_key(run, rep, size, d))
+        weights = self.weights_path(run, entry, rep, size, d)
+        return None if self.keep_weights and not verify(weights) else record
+
+    def split(
+        self, ctx: Context, entry: SuiteEntry, y: torch.Tensor, size: int | str, d: int
+    ) -> tuple[Any, Any]:
+        """A draw's (fine-tuning, validation) positions."""
+        return stratified_split(y, self.val_fraction, ctx.seed, "finetune", entry.name, size, d)
 
     # -- work files -------------------------------------------------------------------------
     def work_dir(self, run: RunView, ctx: Context, target: Task, entry: SuiteEntry) -> Path:
@@ -255,16 +308,15 @@ class FineTune:
     ) -> dict[str, Any]:
         """Fine-tune ``rep`` on one draw, choose on validation, test the chosen model."""
         sub = data.subset(idx)
-        keep, held = stratified_split(
-            sub.y, self.val_fraction, ctx.seed, "finetune", entry.name, size, d
-        )
+        keep, held = self.split(ctx, entry, sub.y, size, d)
         if len(held) == 0 or len(keep) == 0:
             raise ConfigError(
                 f"suite entry {entry.name!r}: size {size} leaves no validation examples for "
                 f"finetune (val_fraction {self.val_fraction}); use sizes of at least 2 per class"
             )
         train, val = sub.subset(keep), sub.subset(held)
-        job = Job(run, rep, target, train, val, (ctx.seed, entry.name, size, d), weights)
+        where = (ctx.seed, entry.name, size, d)
+        job = Job(run, rep, target, train, val, where, weights, ctx.advance)
         out = self.init(job) if self.mode == "init" else self.two_stage(job)
         counts = torch.bincount(sub.y)
         out["extra"].update(
@@ -274,9 +326,11 @@ class FineTune:
         )
         return {"n": len(target.test), "train_n": len(train), **out}
 
-    def _fit(self, job: Job, model: nn.Module, lr: float, wd: float, name: str) -> Fitted:
+    def _fit(
+        self, job: Job, model: nn.Module, lr: float, wd: float, name: str, networks: int = 1
+    ) -> Fitted:
         run = job.run
-        return fit(
+        return fit_network(
             model.to(run.device),
             job.train,
             job.val,
@@ -287,6 +341,7 @@ class FineTune:
             seed=seed_hash("finetune-order", *job.where, name),
             device=run.device,
             dtype=run.dtype,
+            on_step=lambda: job.advance(networks),
         )
 
     def init(self, job: Job) -> dict[str, Any]:
@@ -296,7 +351,7 @@ class FineTune:
         failures = []
         for lr, wd in self.grid:
             model = network(run, rep.parts, target.num_classes, *job.where, rep.id)
-            f = self._fit(job, model, lr, wd, rep.id)
+            f = self._fit(job, model, lr, wd, rep.id, len(rep.parts))
             if f.state is None:
                 failures.append(f.failed)
             elif best is None or f.score() > best[2].score():
@@ -308,7 +363,9 @@ class FineTune:
         lr, wd, f = best
         model = network(run, rep.parts, target.num_classes, *job.where, rep.id)
         model.load_state_dict(f.state)
-        acc, _ = scores(predict(model, target.test.x, run.device, run.dtype), target.test.y)
+        acc, _ = accuracy_and_loss(
+            predict(model, target.test.x, run.device, run.dtype), target.test.y
+        )
         extra = {
             "lr": lr,
             "weight_decay": wd,
@@ -359,7 +416,7 @@ class FineTune:
                 for s in ("train", "val", "test")
             }
             if self.head_epochs:
-                fit(
+                fit_network(
                     head,
                     Split(feats["train"], train.y),
                     Split(feats["val"], val.y),
@@ -373,7 +430,7 @@ class FineTune:
                     select=False,
                 )
             with torch.no_grad():
-                score = scores(head.eval()(feats["val"]), val.y)
+                score = accuracy_and_loss(head.eval()(feats["val"]), val.y)
             if best is None or (score[0], -score[1]) > (best[4][0], -best[4][1]):
                 best = (lr, wd, tuned, head, score, feats["test"])
         if best is None:
@@ -382,7 +439,7 @@ class FineTune:
             )
         lr, wd, tuned, head, (val_acc, val_loss), test_feats = best
         with torch.no_grad():
-            acc, _ = scores(head(test_feats), target.test.y)
+            acc, _ = accuracy_and_loss(head(test_feats), target.test.y)
         extra = {
             "lr": lr,
             "weight_decay": wd,

@@ -2,7 +2,7 @@
 fine-tuning run with validation after every epoch, the head-only phase of [2ft], and the
 concatenated head that starts it (Zhang & Bottou, ICML 2023, § fine-tuning).
 
-:func:`fit` runs on the training loop of :mod:`richrep.training.loop` with a validation hook
+:func:`fit_network` runs on the training loop of :mod:`richrep.training.loop` with a validation hook
 (:class:`~richrep.training.hooks.BestEpoch`): SGD with momentum 0.9, the learning rate following
 a cosine from ``lr`` to 0 over ``epochs``, data order a function of the seed and epoch, and the
 model evaluated on the validation split after every epoch so the best epoch is chosen within
@@ -12,7 +12,7 @@ one run (the weights of that epoch are kept).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -29,7 +29,7 @@ from richrep.objectives import CrossEntropy
 from richrep.runtime.device import autocast
 from richrep.runtime.seeding import seeded
 from richrep.training.batches import EpochOrder
-from richrep.training.hooks import BestEpoch
+from richrep.training.hooks import BestEpoch, EachStep, Hook
 from richrep.training.loop import Loop
 from richrep.training.step import Step, lr_at, make_optimizer, uses_channels_last
 
@@ -38,7 +38,7 @@ EVAL_BATCH = 512
 
 @dataclass
 class Fitted:
-    """What :func:`fit` returns: the chosen epoch's weights (``None`` when the loss became
+    """What :func:`fit_network` returns: the chosen epoch's weights (``None`` when the loss became
     non-finite before any epoch finished) and its validation accuracy and loss."""
 
     state: dict[str, torch.Tensor] | None
@@ -96,7 +96,7 @@ def predict(
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def accuracy_and_loss(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``logits`` against labels ``y``."""
     if len(y) == 0:
         return float("nan"), float("nan")
@@ -104,7 +104,7 @@ def scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     return acc, float(F.cross_entropy(logits.double(), y))
 
 
-def fit(
+def fit_network(
     model: nn.Module,
     train: Split,
     val: Split,
@@ -117,12 +117,14 @@ def fit(
     device: torch.device,
     dtype: torch.dtype,
     select: bool = True,
+    on_step: Callable[[], None] | None = None,
 ) -> Fitted:
     """Train every parameter of ``model`` in place on ``train`` (cross-entropy, SGD momentum
     0.9, cosine schedule over ``epochs``) and evaluate it on ``val`` after each epoch. With
     ``select`` the weights of the best epoch (validation accuracy, ties to the lower
     validation loss, then the earlier epoch) are loaded back and returned; without, those of
-    the last epoch. A non-finite loss stops the run: epochs finished before it still count."""
+    the last epoch. A non-finite loss stops the run: epochs finished before it still count.
+    ``on_step()`` after each step."""
     cfg = TrainingConfig(
         lr=lr,
         weight_decay=weight_decay,
@@ -142,10 +144,11 @@ def fit(
         dtype=dtype,
         channels_last=uses_channels_last(model, batches.x),
     )
-    best = BestEpoch(lambda m: scores(predict(m, val.x, device, dtype), val.y), select)
+    best = BestEpoch(lambda m: accuracy_and_loss(predict(m, val.x, device, dtype), val.y), select)
     y = train.y.to(device)
+    hooks: list[Hook] = [best, *([EachStep(on_step)] if on_step is not None else [])]
     loop = Loop(
-        step, batches, y, [{}], [seed], epochs=epochs, lr=partial(lr_at, cfg=cfg), hooks=[best]
+        step, batches, y, [{}], [seed], epochs=epochs, lr=partial(lr_at, cfg=cfg), hooks=hooks
     )
     loop.run()
     out = Fitted(best.state, best.epoch, best.acc, best.loss, best.history)

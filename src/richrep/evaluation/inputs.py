@@ -20,17 +20,17 @@ from sklearn.utils.validation import column_or_1d, validate_data
 from richrep.data.feature_rows import is_row_source
 from richrep.errors import DataError
 from richrep.evaluation.solver import CHUNK
-from richrep.runtime.device import resolve_device as resolve_named_device
+from richrep.runtime.device import resolve_device
 
 
-def resolve_device(device: str | torch.device, X: Any) -> torch.device:
+def device_for(device: str | torch.device, X: Any) -> torch.device:
     """The torch device for ``device``: ``"auto"`` is the tensor ``X``'s own device, else CUDA
     when available, else CPU; anything else must name a torch device (:class:`ConfigError`)."""
     if isinstance(device, torch.device):
         return device
     if device == "auto" and isinstance(X, torch.Tensor):
         return X.device
-    return resolve_named_device(device)
+    return resolve_device(device)
 
 
 def check_finite(X: torch.Tensor, name: str) -> None:

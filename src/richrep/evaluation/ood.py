@@ -116,6 +116,17 @@ class OOD:
         self.eval_every, self.restarts = eval_every, restarts
         self.oracle_fraction, self.batch_size, self.columns = oracle_fraction, batch_size, columns
 
+    unit = "steps"
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        """Steps of training: all heads of a representation train together in ``head`` mode;
+        each (algorithm, setting, restart) is a network of its own in ``network`` mode."""
+        if not self.wanted(rep):
+            return 0
+        if self.mode == "head":
+            return self.steps
+        return sum(len(s) for s in self.settings.values()) * self.restarts * self.steps
+
     # -- checks -----------------------------------------------------------------------------
     def check(self, entry: SuiteEntry, source: Task, target: Task) -> None:
         at = f"suite entry {entry.name!r}: ood"
@@ -192,6 +203,7 @@ class OOD:
                 lr=self.lr,
                 l2=self.l2,
                 eval_every=self.eval_every,
+                on_step=lambda: ctx.advance(1),
             )
         out: dict[str, list[list[dict]]] = {alg: [] for alg in self.algorithms}
         for alg, rec in zip(owners, records, strict=True):
@@ -225,6 +237,7 @@ class OOD:
                             batch_size=self.batch_size,
                             device=run.device,
                             dtype=run.dtype,
+                            on_step=lambda: ctx.advance(1),
                         )
                     )
         return out

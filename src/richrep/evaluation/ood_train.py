@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from richrep.objectives import Batch, Objective
 from richrep.runtime.device import autocast
 from richrep.runtime.seeding import generator
 from richrep.training.batches import Sampled
-from richrep.training.hooks import EveryNSteps, Hook
+from richrep.training.hooks import EachStep, EveryNSteps, Hook
 from richrep.training.loop import Loop
 from richrep.training.step import Step
 
@@ -114,12 +114,13 @@ def train_heads(
     lr: float,
     l2: float,
     eval_every: int,
+    on_step: Callable[[], None] | None = None,
 ) -> list[list[dict]]:
     """Train, for each objective ``s`` (one setting), one linear head per seed of ``seeds[s]``
     (each drawing its initialization as ``nn.Linear`` does) on the features ``train.x``; the
     objective sees the logits of its heads stacked, (R, N, C), and returns one loss per head.
     Returns each head's evaluation records (``step`` added), one per ``eval_every`` steps and
-    one after the last step, heads in order (setting-major)."""
+    one after the last step, heads in order (setting-major). ``on_step()`` after each step."""
     z, y = train.x.float(), train.y
     flat = [(s, seed) for s, group in enumerate(seeds) for seed in group]
     n_heads, d = len(flat), z.shape[1]
@@ -169,6 +170,8 @@ def train_heads(
                 tl = head_logits(test_x.float(), W, b)
             for h, rec in enumerate(score(vl, tl)):
                 records[h].append({"step": step, **rec})
+        if on_step is not None:
+            on_step()
     return records
 
 
@@ -258,11 +261,12 @@ def train_network(
     batch_size: int | None,
     device: torch.device,
     dtype: torch.dtype,
+    on_step: Callable[[], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` (a copy: encoder + head) end to end with ``objective`` (Adam, the same
     L2 and annealing as the heads; minibatches of ``batch_size`` drawn from ``seed``, or the
     full batch) on the training loop; return its evaluation records every ``eval_every``
-    steps."""
+    steps. ``on_step()`` after each step."""
     model = copy.deepcopy(model).to(device).train()
     objective.train()
     step = NetworkStep(model, objective, lr=lr, l2=l2, device=device, dtype=dtype)
@@ -275,6 +279,8 @@ def train_network(
 
     records = EveryNSteps(eval_every, evaluate)
     hooks = [ResetAdam(getattr(objective, "reset_optimizer_at", None), lr), StopNonFinite(seed)]
+    if on_step is not None:
+        hooks.append(EachStep(on_step))
     loop = Loop(
         step,
         batches,

@@ -35,36 +35,56 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, PlainValidator
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
 from richrep.data.feature_rows import is_row_source
-from richrep.errors import ConfigError, DataError
+from richrep.errors import DataError
 from richrep.evaluation.inputs import (
     as_features,
     as_labels,
     check_val_labels,
     class_indices,
+    device_for,
     fit_inputs,
-    resolve_device,
     standardize_stats,
     standardized_t,
     validation_rows,
 )
 from richrep.evaluation.solver import DTYPES, PathResult, solve_path
 from richrep.evaluation.stream import block_rows, fit_streamed, plan_inputs
+from richrep.plugins import PROBES
+from richrep.registry import check_arguments
 from richrep.runtime.cpu_policy import fast_matmul_active
+from richrep.runtime.device import check_device
 from richrep.runtime.memory import MemoryBudget
 
-__all__ = ["DEFAULT_CS", "LinearProbe", "NearestMeanProbe"]
+__all__ = ["DEFAULT_CS", "LinearProbe", "NearestMeanProbe", "make_probe", "probe_seed"]
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
+
+
+def _device_name(v: Any) -> Any:
+    if isinstance(v, torch.device):
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f"a device name like 'auto', 'cpu' or 'cuda' is expected, got {v!r}")
+    if v != "auto":
+        check_device(v, available=False)  # availability is checked where the probe runs
+    return v
+
+
+# The constraints of the probes' arguments, checked when an experiment is read (the registry
+# validates a spec's arguments from these annotations) and again by ``fit``.
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Device = Annotated[str, PlainValidator(_device_name)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _TorchLabels(ClassifierMixin):
@@ -76,6 +96,9 @@ class _TorchLabels(ClassifierMixin):
         return super().score(X, y, sample_weight)
 
 
+@PROBES.register(
+    "linear", description="L2 logistic regression, strength chosen on a validation split"
+)
 class LinearProbe(_TorchLabels, BaseEstimator):
     """L2-regularized multinomial logistic regression, strength chosen on validation data.
 
@@ -125,14 +148,14 @@ class LinearProbe(_TorchLabels, BaseEstimator):
 
     def __init__(
         self,
-        Cs: float | Sequence[float] = DEFAULT_CS,
-        val_fraction: float = 0.2,
-        max_iter: int = 100,
-        tol: float = 1e-4,
+        Cs: PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] = DEFAULT_CS,
+        val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2,
+        max_iter: Annotated[int, Field(ge=1)] = 100,
+        tol: PositiveFloat = 1e-4,
         refit: bool = True,
-        random_state: int | None = 0,
-        device: str = "auto",
-        dtype: str = "float32",
+        random_state: Seed | None = 0,
+        device: Device = "auto",
+        dtype: Literal["float32", "float64"] = "float32",
     ) -> None:
         self.Cs = Cs
         self.val_fraction = val_fraction
@@ -146,17 +169,8 @@ class LinearProbe(_TorchLabels, BaseEstimator):
     # -- parameters ------------------------------------------------------------------------------
 
     def _check_params(self) -> tuple[np.ndarray, torch.dtype]:
+        check_arguments(type(self), self.get_params(deep=False))  # the annotations' constraints
         Cs = np.atleast_1d(np.asarray(self.Cs, dtype=np.float64))
-        if Cs.ndim != 1 or Cs.size == 0 or not np.all(np.isfinite(Cs)) or np.any(Cs <= 0):
-            raise ConfigError(f"Cs must be positive finite numbers, got {self.Cs!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not (isinstance(self.max_iter, int | np.integer) and self.max_iter >= 1):
-            raise ConfigError(f"max_iter must be a positive integer, got {self.max_iter!r}")
-        if not (isinstance(self.tol, int | float) and self.tol > 0):
-            raise ConfigError(f"tol must be positive, got {self.tol!r}")
-        if not 0.0 < float(self.val_fraction) < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         return np.unique(Cs), DTYPES[self.dtype]
 
     # -- fitting ---------------------------------------------------------------------------------
@@ -173,7 +187,7 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         budget = MemoryBudget.here().bytes
         X, X_val, stream = plan_inputs(X, X_val, y, budget)  # reads a source that fits
         if stream:  # features (and the work) beyond runtime.memory: read in blocks each pass
-            device = resolve_device(self.device, X)
+            device = device_for(self.device, X)
             *fitted, streamed = fit_streamed(self, X, y, X_val, y_val, Cs, dtype, device, budget)
             self._keep(*fitted, device, dtype, t_start)
             self.solver_stats_["stream"] = streamed  # passes, bytes read, seconds
@@ -182,21 +196,11 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         classes, y_idx = class_indices(y)
         if (X_val is None) != (y_val is None):
             raise DataError("give both X_val and y_val, or neither")
-        device = resolve_device(self.device, X)
+        device = device_for(self.device, X)
 
         mean, scale, active = standardize_stats(Xt)
 
-        # rows of the training part first, then those of the validation part (if any)
-        if X_val is not None:
-            Xv = as_features(self, X_val, "X_val", reset=False)
-            yv = as_labels(y_val, Xv.shape[0], "y_val")
-            check_val_labels(yv, classes)
-            parts = [(Xt, None), (Xv, None)]
-            labels, n_train = np.concatenate([y_idx, np.searchsorted(classes, yv)]), Xt.shape[0]
-        else:
-            tr, va, Cs = validation_rows(y_idx, Cs, float(self.val_fraction), self.random_state)
-            parts = [(Xt, np.concatenate([tr, va]))]
-            labels, n_train = y_idx[np.concatenate([tr, va])], tr.size
+        parts, labels, n_train, Cs = self._training_rows(Xt, y_idx, classes, X_val, y_val, Cs)
         XT = standardized_t(parts, mean, scale, active, dtype, device)
         del parts
 
@@ -250,6 +254,28 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         }
         return self
 
+    def _training_rows(
+        self,
+        Xt: torch.Tensor,
+        y_idx: np.ndarray,
+        classes: np.ndarray,
+        X_val: Any,
+        y_val: Any,
+        Cs: np.ndarray,
+    ) -> tuple[list[tuple[torch.Tensor, np.ndarray | None]], np.ndarray, int, np.ndarray]:
+        """The rows to solve on, those of the training part first, then those of the validation
+        part (if any), their labels, the size of the training part, and the grid (one value
+        when nothing can be held out)."""
+        if X_val is not None:
+            Xv = as_features(self, X_val, "X_val", reset=False)
+            yv = as_labels(y_val, Xv.shape[0], "y_val")
+            check_val_labels(yv, classes)
+            labels = np.concatenate([y_idx, np.searchsorted(classes, yv)])
+            return [(Xt, None), (Xv, None)], labels, Xt.shape[0], Cs
+        tr, va, Cs = validation_rows(y_idx, Cs, float(self.val_fraction), self.random_state)
+        rows = np.concatenate([tr, va])
+        return [(Xt, rows)], y_idx[rows], tr.size, Cs
+
     # -- prediction ------------------------------------------------------------------------------
 
     def _scores(self, X: Any) -> torch.Tensor:
@@ -281,6 +307,7 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         return self.classes_[best]
 
 
+@PROBES.register("nearest_mean", description="nearest class mean on standardized features")
 class NearestMeanProbe(_TorchLabels, BaseEstimator):
     """Class-centroid classifier on standardized features.
 
@@ -298,16 +325,17 @@ class NearestMeanProbe(_TorchLabels, BaseEstimator):
     in the standardized space, n_features_in_.
     """
 
-    def __init__(self, metric: str = "cosine", device: str = "auto") -> None:
+    def __init__(
+        self, metric: Literal["cosine", "euclidean"] = "cosine", device: Device = "auto"
+    ) -> None:
         self.metric = metric
         self.device = device
 
     def fit(self, X: Any, y: Any) -> NearestMeanProbe:
-        if self.metric not in ("cosine", "euclidean"):
-            raise ConfigError(f"metric must be 'cosine' or 'euclidean', got {self.metric!r}")
+        check_arguments(type(self), self.get_params(deep=False))  # the annotations' constraints
         Xt, y = fit_inputs(self, X, y)
         classes, y_idx = class_indices(y)
-        device = resolve_device(self.device, X)
+        device = device_for(self.device, X)
         self.mean_, self.scale_, _ = standardize_stats(Xt)
         Z = self._standardize(Xt.to(device))
         idx = torch.as_tensor(y_idx, device=device)
@@ -338,3 +366,22 @@ class NearestMeanProbe(_TorchLabels, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         best = self._similarity(X).argmax(1).cpu().numpy()  # checks fitted-ness first
         return self.classes_[best]
+
+
+def probe_seed(seed: int, draw: int) -> int:
+    """The ``random_state`` (validation-split seed) of draw ``draw``'s probe in an experiment of
+    ``seed``: ``seed + draw``, so every draw holds out its own validation split, another
+    ``seed`` moves every draw's, and a single-draw probe (``all``, robustness) keeps the
+    experiment's seed."""
+    return seed + draw
+
+
+def make_probe(name: str, params: dict[str, Any], *, seed: int, device: str) -> Any:
+    """A fresh probe ``name`` with ``params``; ``seed`` and the run's ``device`` fill
+    ``random_state`` and ``device`` where the probe takes them and ``params`` leaves them unset
+    (:attr:`PROBES.filled`: a resolved spec never holds their defaults)."""
+    entry = PROBES.entry(name)
+    accepted = {p.name for p in entry.params()}
+    run = {"random_state": seed, "device": device}
+    extra = {k: run[k] for k in PROBES.filled if k in accepted}
+    return PROBES.build(name, **{**extra, **params})

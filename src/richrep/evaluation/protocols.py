@@ -5,6 +5,10 @@ and returns typed rows (:class:`~richrep.results.Row`) naming the protocol and t
   class (learned representations matter most when target labels are few), several draws each.
 - ``robustness``: the probe is fit on the source task and tested on the shifted test set.
 
+A protocol may say how much work a representation costs it (``work``, in its ``unit``: probe
+fits, episodes, steps) and advance the entry's progress as it goes (``Context.advance``);
+without ``work`` a representation counts as one unit.
+
 Regularization is always chosen on validation data carved from the training data the probe is
 given (the paper tuned on test; we do not): test data reaches a probe only through ``score``.
 """
@@ -25,8 +29,8 @@ from richrep.data import Split, Task
 from richrep.data.images import concat
 from richrep.data.splits import per_class_sample
 from richrep.errors import ConfigError
-from richrep.evaluation.inputs import resolve_device
-from richrep.evaluation.probe_entries import make_probe, probe_seed
+from richrep.evaluation.inputs import device_for
+from richrep.evaluation.probes import make_probe, probe_seed
 from richrep.evaluation.run_view import RunView
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
@@ -49,6 +53,7 @@ class Context:
     info: dict[str, Any] = field(default_factory=dict)  # target facts every row records
     fitted: dict[str, Any] = field(default_factory=dict)  # source probes, by representation id
     representations: list[Representation] = field(default_factory=list)  # all of the run's
+    advance: Callable[[int], None] = field(default=lambda n: None)  # n units of work done
     _pools: dict[str, Split] = field(default_factory=dict)
     _sets: dict[str, tuple[Split, list[tuple[Any, int, torch.Tensor]]]] = field(
         default_factory=dict
@@ -176,11 +181,11 @@ def pool(task: Task) -> Split:
     return Split(concat(a.x, b.x), torch.cat([a.y, b.y]), g, e, rows)
 
 
-def fit(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
+def fit_probe(probe: Any, X: torch.Tensor, y: torch.Tensor) -> Any:
     """Fit ``probe`` on training data only, under the probe compute policy
     (:mod:`richrep.runtime.cpu_policy`); a solver that stops at ``max_iter`` is recorded in the row
     (``converged``) rather than warned about once per probe."""
-    device = resolve_device(getattr(probe, "device", "cpu"), X)
+    device = device_for(getattr(probe, "device", "cpu"), X)
     with (
         warnings.catch_warnings(),
         probe_compute_policy(
@@ -214,6 +219,11 @@ class Transfer:
     """Fit the probe on the target's training data (n examples per class, several draws, and
     all), test on its test set."""
 
+    unit = "probe fits"
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        return len(ctx.probe_sets(target, entry)[1])
+
     def evaluate(
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
     ) -> list[Row]:
@@ -223,8 +233,9 @@ class Transfer:
         x_test = ctx.featurizer(rep, target.test, lazy=True)
         rows = []
         for size, d, idx in sets:
-            probe = fit(ctx.make_probe(entry, d), feats[idx], data.y[idx])
+            probe = fit_probe(ctx.make_probe(entry, d), feats[idx], data.y[idx])
             acc = probe.score(x_test, target.test.y)
+            ctx.advance(1)
             counts = torch.bincount(data.y[idx])
             per_class = int(counts[counts > 0].min()) if len(idx) else 0  # the real n per class
             rows.append(
@@ -273,7 +284,7 @@ class Robustness:
 
         def make() -> tuple[Any, int]:
             train = ctx.pool(ctx.source)
-            return fit(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
+            return fit_probe(ctx.make_probe(entry), ctx.featurizer(rep, train), train.y), len(train)
 
         probe, n_train = ctx.once(ctx.fitted, f"{rep.id}|{spec.label()}", make)
         acc = probe.score(ctx.featurizer(rep, target.test), target.test.y)
@@ -300,6 +311,18 @@ class EvaluationProtocol(Protocol):
     def evaluate(
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
     ) -> list[Row]: ...
+
+
+@runtime_checkable
+class EstimatesWork(Protocol):
+    """A protocol that says, before it starts, how many units of work (its ``unit``: probe
+    fits, episodes, steps) it will do on a representation, and reports them as it does them
+    (``ctx.advance(n)``), so progress is weighted by work. Optional: without it a
+    representation counts as one unit."""
+
+    unit: str
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int: ...
 
 
 @runtime_checkable

@@ -98,7 +98,7 @@ class Preconditioner:
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         r = torch.empty_like(q)
-        # (q^T M^-1)^T: MKL's float32 path for M^-1 @ q (d x d times d x k) measured 5-20x slower
+        # (q^T M^-1)^T: MKL's float32 path for M^-1 @ q (d x d times d x k) is much slower
         r[:-1] = (q[:-1].t() @ self.Minv).t()
         torch.mul(q[-1], self.inv_a, out=r[-1])
         return r
@@ -231,7 +231,7 @@ def minimize(
 def covariance(XT: torch.Tensor) -> torch.Tensor:
     """``X^T X / n`` (float64) from at most ``GRAM_ROWS`` evenly spaced examples (columns of
     ``XT``), with the diagonal from all of them: a rare feature that a subsample misses must not
-    look flat to the preconditioner (that made L-BFGS ~10x slower on real CNN features)."""
+    look flat to the preconditioner (that made L-BFGS far slower on real CNN features)."""
     step = max(1, math.ceil(XT.shape[1] / GRAM_ROWS))
     S = XT[:, ::step]
     sigma = (S @ S.t()).to(torch.float64) / S.shape[1]
@@ -245,7 +245,7 @@ def covariance(XT: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(XT: torch.Tensor, y: torch.Tensor, Wt: torch.Tensor) -> float:
+def _accuracy(XT: torch.Tensor, y: torch.Tensor, Wt: torch.Tensor) -> float:
     """Fraction of the columns of ``XT`` whose highest logit is their class in ``y``."""
     pred = torch.addmm(Wt[-1][:, None], Wt[:-1].t(), XT).argmax(0)
     return float((pred == y).to(torch.float64).mean())
@@ -297,7 +297,7 @@ class InMemory:
         return Multinomial(self.XT[:, : self.n_train], self.y[: self.n_train], self.k)
 
     def val_accuracy(self, Wt: torch.Tensor) -> float:
-        return accuracy(self.XT[:, self.n_train :], self.y[self.n_train :], Wt)
+        return _accuracy(self.XT[:, self.n_train :], self.y[self.n_train :], Wt)
 
     def statistics(self, kind: str) -> torch.Tensor | Spectrum:
         XT = self.XT[:, : self.n_train]

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from richrep.config import SuiteEntry
 from richrep.data import Task
-from richrep.evaluation.protocols import Context, fit, probe_facts
+from richrep.evaluation.protocols import Context, fit_probe, probe_facts
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation
 from richrep.results import Row
@@ -73,16 +73,24 @@ class Truncation:
     ) -> None:
         self.dims, self.blocks, self.probe, self.nearest = dims, blocks, probe, nearest
 
+    unit = "prefixes"
+
+    def work(self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry) -> int:
+        return len(self.prefixes(rep))
+
+    def prefixes(self, rep: Representation) -> list[int]:
+        return prefixes(rep.dim, rep.k if rep.kind == "cat" else 1, self.dims, self.blocks)
+
     def evaluate(
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
     ) -> list[Row]:
         train = ctx.pool(target)
         feats, test = ctx.featurizer(rep, train), ctx.featurizer(rep, target.test)
         rows = []
-        for m in prefixes(rep.dim, rep.k if rep.kind == "cat" else 1, self.dims, self.blocks):
+        for m in self.prefixes(rep):
             common = {"size": "all", "draw": 0, "train_n": len(train), "variant": f"first {m} dims"}
             if self.probe:
-                p = fit(ctx.make_probe(entry), feats[:, :m], train.y)
+                p = fit_probe(ctx.make_probe(entry), feats[:, :m], train.y)
                 acc = p.score(test[:, :m], target.test.y)
                 extra = {**probe_facts(p), "prefix": m}
                 rows.append(ctx.row(entry, rep, "accuracy", acc, len(test), **common, extra=extra))
@@ -93,4 +101,5 @@ class Truncation:
                         entry, rep, "nn_accuracy", acc, len(test), **common, extra={"prefix": m}
                     )
                 )
+            ctx.advance(1)
         return rows

@@ -23,9 +23,11 @@ the old member's, in order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
@@ -94,9 +96,7 @@ class BCT(MemberKind):
 
     kind_name = "bct"
 
-    def __init__(self, old: str | None = None, weight: float = 1.0) -> None:
-        if weight < 0:
-            raise ConfigError(f"{self.kind_name}: weight must be non-negative, got {weight}")
+    def __init__(self, old: str | None = None, weight: Annotated[float, Field(ge=0)] = 1.0) -> None:
         self.old, self.weight = old, float(weight)
 
     def old_member(self, ctx: PlanContext) -> Member:

@@ -23,7 +23,6 @@ from richrep.config import Baseline, Experiment
 from richrep.data import Split, Task
 from richrep.data.images import require_in_memory
 from richrep.data.splits import rng
-from richrep.errors import ConfigError
 from richrep.members.base import Member, MemberKind, PlanContext
 from richrep.objectives import Objective
 from richrep.objectives.divdis import DivDis
@@ -52,8 +51,6 @@ class Diverse(MemberKind):
         reg_weight: Annotated[float, Field(ge=0)] = 1.0,
         max_unlabeled: Annotated[int, Field(ge=2)] | None = None,
     ) -> None:
-        if unlabeled not in ("test", "train", "mix"):
-            raise ConfigError(f"diverse: unlabeled must be test, train or mix, got {unlabeled!r}")
         self.unlabeled, self.mi_weight, self.reg_weight = unlabeled, mi_weight, reg_weight
         self.max_unlabeled = max_unlabeled
 

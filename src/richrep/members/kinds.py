@@ -8,8 +8,10 @@ resolves."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from richrep.config import Baseline, Experiment
@@ -114,11 +116,11 @@ class Distill(MemberKind):
     ``temperature``), plus the label cross-entropy weighted by ``label_weight`` (Zhang & Bottou
     2023, distillation; Hinton et al. 2015)."""
 
-    def __init__(self, temperature: float = 4.0, label_weight: float = 0.5) -> None:
-        if temperature <= 0:
-            raise ConfigError(f"distill: temperature must be positive, got {temperature}")
-        if not 0.0 <= label_weight <= 1.0:
-            raise ConfigError(f"distill: label_weight must be in [0, 1], got {label_weight}")
+    def __init__(
+        self,
+        temperature: Annotated[float, Field(gt=0)] = 4.0,
+        label_weight: Annotated[float, Field(ge=0, le=1)] = 0.5,
+    ) -> None:
         self.temperature = float(temperature)
         self.label_weight = float(label_weight)
 

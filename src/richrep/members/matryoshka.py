@@ -6,6 +6,10 @@ truncation at equal feature dimension. ``shared: true`` is MRL-E (one head, slic
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from richrep.config import Baseline, Experiment
 from richrep.data import Task
 from richrep.errors import ConfigError
@@ -42,12 +46,10 @@ class MatryoshkaKind(MemberKind):
 
     def __init__(
         self,
-        dims: list[int] | None = None,
-        weights: list[float] | None = None,
+        dims: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)] | None = None,
+        weights: list[Annotated[float, Field(ge=0)]] | None = None,
         shared: bool = False,
     ) -> None:
-        if dims is not None and (not dims or any(m < 1 for m in dims)):
-            raise ConfigError(f"matryoshka: dims must be positive, got {dims}")
         self.dims, self.weights, self.shared = dims, weights, shared
 
     def member(self, spec: Baseline, seed: int, ctx: PlanContext) -> Member:

@@ -23,10 +23,11 @@ synthesis 501 — is e.g. ``batch_size: <N>`` with ``phases: {erm: {epochs: 51},
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import torch
+from pydantic import Field
 
 from richrep.config import Baseline, Experiment, TrainingConfig
 from richrep.data import Task
@@ -94,14 +95,10 @@ class RFCRound(MemberKind):
 
     def __init__(
         self,
-        round: int = 0,  # noqa: A002
-        eta: float = 0.01,
+        round: Annotated[int, Field(ge=0)] = 0,  # noqa: A002
+        eta: Annotated[float, Field(gt=0)] = 0.01,
         overrides: dict[str, Any] | None = None,
     ) -> None:
-        if round < 0:
-            raise ConfigError(f"rfc_round: round must be non-negative, got {round}")
-        if eta <= 0:
-            raise ConfigError(f"rfc: eta must be positive, got {eta}")
         self.round, self.eta, self.overrides = int(round), float(eta), overrides or {}
 
     def training(self, member: Member, exp: Experiment) -> TrainingConfig:
@@ -147,12 +144,10 @@ class RFC(MemberKind):
 
     def __init__(
         self,
-        eta: float = 0.01,
+        eta: Annotated[float, Field(gt=0)] = 0.01,
         balance: bool = True,
         phases: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        if eta <= 0:
-            raise ConfigError(f"rfc: eta must be positive, got {eta}")
         self.eta, self.balance = float(eta), bool(balance)
         self.phases = dict(phases or {})
         unknown = sorted(set(self.phases) - set(PHASES))

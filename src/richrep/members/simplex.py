@@ -68,10 +68,10 @@ class Simplex(MemberKind):
     overrides the encoder's (default: the run's)."""
 
     def __init__(
-        self, scale: float = 1.0, feature_dim: Annotated[int, Field(ge=2)] | None = None
+        self,
+        scale: Annotated[float, Field(gt=0)] = 1.0,
+        feature_dim: Annotated[int, Field(ge=2)] | None = None,
     ) -> None:
-        if scale <= 0:
-            raise ConfigError(f"simplex: scale must be positive, got {scale}")
         self.scale, self.feature_dim = float(scale), feature_dim
 
     def member(self, spec: Baseline, seed: int, ctx: PlanContext) -> Member:

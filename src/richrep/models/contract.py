@@ -17,8 +17,7 @@ An encoder entry is a function ``(input_shape, width=1.0, **params) -> Encoder``
 * its output on a batch of the entry's ``example_input`` (metadata, default ``(3, 32, 32)``)
   is ``(N, feature_dim)``.
 
-The checks run on the meta device (shapes only, no arithmetic): a few milliseconds for the
-small families, about half a second for ResNet-50, once per process.
+The checks run on the meta device (shapes only, no arithmetic), once per process.
 """
 
 from __future__ import annotations

@@ -66,11 +66,11 @@ def read_weights(path: str | Path, expected_sha256: str = "") -> WeightFile:
     if rest and not any(k.startswith(("body.", "standardize.")) for k in rest):
         layout = "body"  # e.g. torchvision's resnet18().state_dict() without fc.*
         rest = {f"body.{k}": v for k, v in rest.items()}
-    check_finite(p, {**rest, **head})
+    _check_finite(p, {**rest, **head})
     return WeightFile(p, digest, rest, head, layout)
 
 
-def check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse a weight file with NaN or infinite values, naming it and the tensors."""
     bad = sorted(
         k

@@ -6,10 +6,12 @@ head's ``C`` logits, then the old classifier's ``C``; predictions are the new he
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
 from richrep.plugins import OBJECTIVES
 
@@ -21,10 +23,8 @@ class BackwardCompatible(Objective):
     def reads_head_of(self) -> str:
         return "bct"
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: Annotated[float, Field(ge=0)] = 1.0) -> None:
         super().__init__()
-        if weight < 0:
-            raise ConfigError(f"bct: weight must be non-negative, got {weight}")
         self.weight = float(weight)
 
     @staticmethod

@@ -9,8 +9,11 @@ their size as T changes), and every head also fits the labels with cross-entropy
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
@@ -35,14 +38,13 @@ class MultiHeadDistillation(Objective):
     """K heads, head k distilled from teacher k's logits (KL at temperature T) plus the label
     cross-entropy of every head weighted by ``label_weight``."""
 
-    def __init__(self, heads: int = 1, temperature: float = 4.0, label_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        heads: Annotated[int, Field(ge=1)] = 1,
+        temperature: Annotated[float, Field(gt=0)] = 4.0,
+        label_weight: Annotated[float, Field(ge=0, le=1)] = 0.5,
+    ) -> None:
         super().__init__()
-        if heads < 1:
-            raise ConfigError(f"distillation: heads must be at least 1, got {heads}")
-        if temperature <= 0:
-            raise ConfigError(f"distillation: temperature must be positive, got {temperature}")
-        if not 0.0 <= label_weight <= 1.0:
-            raise ConfigError(f"distillation: label_weight must be in [0, 1], got {label_weight}")
         self.heads = int(heads)
         self.temperature = float(temperature)
         self.label_weight = float(label_weight)

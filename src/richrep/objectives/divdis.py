@@ -10,11 +10,12 @@ them to the training data)."""
 from __future__ import annotations
 
 import itertools
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
 from richrep.plugins import OBJECTIVES
 
@@ -38,12 +39,13 @@ class DivDis(Objective):
     """Σ_k CE(head k, y) on labelled rows + ``mi_weight`` · mean pairwise mutual information of
     the heads on unlabelled rows + ``reg_weight`` · mean KL(head's mean prediction ‖ uniform)."""
 
-    def __init__(self, heads: int = 2, mi_weight: float = 1.0, reg_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        heads: Annotated[int, Field(ge=2)] = 2,
+        mi_weight: Annotated[float, Field(ge=0)] = 1.0,
+        reg_weight: Annotated[float, Field(ge=0)] = 1.0,
+    ) -> None:
         super().__init__()
-        if heads < 2:
-            raise ConfigError(f"divdis: needs at least 2 heads, got {heads}")
-        if mi_weight < 0 or reg_weight < 0:
-            raise ConfigError("divdis: mi_weight and reg_weight must be non-negative")
         self.heads, self.mi_weight, self.reg_weight = (
             int(heads),
             float(mi_weight),

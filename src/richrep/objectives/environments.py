@@ -9,10 +9,11 @@ loop and the ``ood`` protocol supply from the data's ``Split.env``."""
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
@@ -95,12 +96,12 @@ class EnvironmentObjective(Objective):
     :meth:`penalty`. The step counts forward passes in training mode. Logits may carry leading
     dimensions (several heads trained at once): the loss then has them too."""
 
-    def __init__(self, penalty_weight: float = 1.0, anneal_steps: int = 0) -> None:
+    def __init__(
+        self,
+        penalty_weight: Annotated[float, Field(ge=0)] = 1.0,
+        anneal_steps: Annotated[int, Field(ge=0)] = 0,
+    ) -> None:
         super().__init__()
-        if penalty_weight < 0:
-            raise ConfigError(f"penalty_weight must be non-negative, got {penalty_weight}")
-        if anneal_steps < 0:
-            raise ConfigError(f"anneal_steps must be non-negative, got {anneal_steps}")
         self.penalty_weight = float(penalty_weight)
         self.anneal_steps = int(anneal_steps)
         self.register_buffer("step", torch.zeros((), dtype=torch.long), persistent=False)

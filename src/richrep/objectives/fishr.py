@@ -11,7 +11,10 @@ For a linear head ``logits = z W^T + b`` the per-example gradient of the cross-e
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch
@@ -89,11 +92,12 @@ class Fishr(EnvironmentObjective):
     """ERM + ``penalty_weight`` · Fishr penalty on the head's gradient variances."""
 
     def __init__(
-        self, penalty_weight: float = 1.0, anneal_steps: int = 0, ema: float = 0.0
+        self,
+        penalty_weight: Annotated[float, Field(ge=0)] = 1.0,
+        anneal_steps: Annotated[int, Field(ge=0)] = 0,
+        ema: Annotated[float, Field(ge=0, lt=1)] = 0.0,
     ) -> None:
         super().__init__(penalty_weight, anneal_steps)
-        if not 0 <= ema < 1:
-            raise ConfigError(f"fishr: ema must be in [0, 1), got {ema}")
         self.ema = float(ema)
         self.running: dict[int, torch.Tensor] = {}
 

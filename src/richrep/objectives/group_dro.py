@@ -5,9 +5,10 @@ weight moves to the worst group. Groups are the environments (DomainBed's choice
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
+from pydantic import Field
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
@@ -28,10 +29,10 @@ def dro_update(q: torch.Tensor, risks: torch.Tensor, eta: float) -> torch.Tensor
 class GroupDRO(Objective):
     """Σ_g q_g R_g with ``q_g ∝ q_g exp(eta R_g)`` updated at every training step."""
 
-    def __init__(self, eta: float = 0.01, by: Literal["env", "groups"] = "env") -> None:
+    def __init__(
+        self, eta: Annotated[float, Field(gt=0)] = 0.01, by: Literal["env", "groups"] = "env"
+    ) -> None:
         super().__init__()
-        if eta <= 0:
-            raise ConfigError(f"group_dro: eta must be positive, got {eta}")
         self.eta, self.by = float(eta), by
         self.q: dict[int, torch.Tensor] = {}  # group id -> weight (per head), groups seen so far
 
@@ -65,10 +66,8 @@ class GroupDROSets(Objective):
     def needs(self) -> tuple[str, ...]:
         return ("group_masks",)
 
-    def __init__(self, eta: float = 0.01) -> None:
+    def __init__(self, eta: Annotated[float, Field(gt=0)] = 0.01) -> None:
         super().__init__()
-        if eta <= 0:
-            raise ConfigError(f"group_dro_sets: eta must be positive, got {eta}")
         self.eta = float(eta)
         self.q: torch.Tensor | None = None
 

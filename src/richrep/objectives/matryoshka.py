@@ -5,8 +5,11 @@ those of :class:`~richrep.models.heads.NestedHeads`; predictions are the full-wi
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
@@ -17,13 +20,15 @@ from richrep.plugins import OBJECTIVES
 class Matryoshka(Objective):
     """Σ_i weights[i] · CE(head on the first dims[i] features); ``heads`` nested heads."""
 
-    def __init__(self, heads: int = 1, weights: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        heads: Annotated[int, Field(ge=1)] = 1,
+        weights: list[Annotated[float, Field(ge=0)]] | None = None,
+    ) -> None:
         super().__init__()
-        if heads < 1:
-            raise ConfigError(f"matryoshka: heads must be at least 1, got {heads}")
         w = [1.0] * heads if weights is None else [float(v) for v in weights]
-        if len(w) != heads or any(v < 0 for v in w):
-            raise ConfigError(f"matryoshka: weights must be {heads} non-negative numbers, got {w}")
+        if len(w) != heads:
+            raise ConfigError(f"matryoshka: weights must be {heads} numbers, one a head, got {w}")
         self.heads = int(heads)
         self.register_buffer("weights", torch.tensor(w), persistent=False)
 

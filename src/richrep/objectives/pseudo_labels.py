@@ -5,8 +5,11 @@ probabilities."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from richrep.errors import ConfigError
 from richrep.objectives.base import Batch, Objective
@@ -20,10 +23,8 @@ class PseudoLabelHeads(Objective):
     def needs(self) -> tuple[str, ...]:
         return ("pseudo",)
 
-    def __init__(self, heads: int = 1) -> None:
+    def __init__(self, heads: Annotated[int, Field(ge=1)] = 1) -> None:
         super().__init__()
-        if heads < 1:
-            raise ConfigError(f"pseudo_labels: heads must be at least 1, got {heads}")
         self.heads = int(heads)
 
     def _split(self, logits: torch.Tensor) -> torch.Tensor:

@@ -20,19 +20,19 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from richrep.plugins import PROTOCOLS
 from richrep.report import plots as P
 from richrep.report.figures.protocols import FIGURES
+from richrep.report.headline import EMPTY, cell_view, gain_view, headline_view, unit_of
 from richrep.report.ood_tables import (
     RULES,
     ood_entries,
-    ood_environments,
     ood_summary_lines,
     ood_table,
     ood_view,
+    save_ood_environments,
     table_rows,
 )
 from richrep.report.seed_figures import seed_context, seed_plots
 from richrep.report.summary import summary_lines
 from richrep.report.tables import (
-    UNIT,
     Comparison,
     bounds,
     build_comparison,
@@ -42,10 +42,12 @@ from richrep.report.tables import (
     kind_display,
     metrics,
 )
+from richrep.report.vs_k import lead, vs_k
 from richrep.results import Row
 from richrep.store import RunStore, write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
+CURVES_TEXT = "Training loss and accuracy (%) per epoch, one line per member."
 
 
 @dataclass
@@ -103,8 +105,10 @@ def slug(s: str) -> str:
     return f"{safe}-{hashlib.sha1(str(s).encode()).hexdigest()[:8]}"
 
 
-def table_view(comp: Comparison, digits: int = 3) -> dict[str, Any]:
-    """The comparison as plain strings and CSS classes for the template."""
+def table_view(comp: Comparison, percent: bool = False) -> dict[str, Any]:
+    """The comparison as plain strings and CSS classes for the template; ``percent``: a metric
+    bounded in [0, 1] in percent and its gains in points (the report's one unit)."""
+    scale, d, unit = unit_of(comp.metric) if percent else (1.0, 3, "")
     head = [
         {"text": c, "title": kind_display(comp.column_info[c].kind).description or ""}
         for c in comp.columns
@@ -122,35 +126,20 @@ def table_view(comp: Comparison, digits: int = 3) -> dict[str, Any]:
         cells = []
         for c in comp.columns:
             x = r.cells.get(c)
-            if x is None:
-                cells.append({"text": "", "sub": "", "title": "", "cls": ""})
-                continue
             cls = "best" if c in best else ("tie" if not best and c in tied else "")
-            title = (
-                f"mean {x.mean:.{digits + 1}f}, std {x.std:.{digits + 1}f}, "
-                f"n={x.n} {UNIT.get(x.unit, x.unit)}; {x.ci_text(digits)}"
-            )
-            if cls == "tie":
-                title += "; within noise of the highest mean"
-            sub = x.bracket(digits) if x.ci95 is not None else ""  # the text says "no interval"
-            cells.append({"text": x.text(digits), "sub": sub, "title": title, "cls": cls})
-        for g in comp.gain_columns:
-            x = r.gains.get(g.name)
-            if x is None:
-                cells.append({"text": "", "sub": "", "title": "", "cls": ""})
-                continue
-            cls = ("pos" if x.diff > 0 else "neg") if x.significant else "ns"
-            sub = f"[{x.low:+.{digits}f}, {x.high:+.{digits}f}]" if x.ci95 is not None else ""
-            cells.append(
-                {"text": x.text(digits), "sub": sub, "title": x.ci_text(digits), "cls": cls}
-            )
+            cells.append(dict(EMPTY) if x is None else cell_view(x, scale, d, cls))
+        cells += [gain_view(r.gains.get(g.name), scale, d) for g in comp.gain_columns]
         rows.append({"label": r.label, "cells": cells})
     dims = [
         f"{comp.column_info[c].dim} / {count(comp.column_info[c].params)}" for c in comp.columns
     ]
+    cap = caption(comp)
+    if unit:
+        cap = cap.replace("[0, 1]", "[0, 100]")
+        cap = f"{comp.metric} in %, gains in percentage points; {cap}"
     return {
         "metric": comp.metric,
-        "caption": caption(comp),
+        "caption": cap,
         "head": head,
         "rows": rows,
         "dims": dims + [""] * len(comp.gain_columns),
@@ -186,19 +175,22 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _figure(path: Path, caption_text: str) -> dict[str, str]:
-    return {"src": _data_uri(path), "alt": caption_text, "caption": caption_text}
+def _figure(path: Path, caption_text: str, root: Path | None = None) -> dict[str, Any]:
+    """A figure for the template: the PNG inline, links to its SVG and PDF beside it."""
+    links = []
+    if root is not None:
+        for fmt in P.FORMATS[1:]:
+            other = path.with_suffix(f".{fmt}")
+            if other.exists():
+                links.append({"fmt": fmt.upper(), "href": other.relative_to(root).as_posix()})
+    return {"src": _data_uri(path), "alt": caption_text, "caption": caption_text, "links": links}
 
 
-def render_html(data: ReportData, out_dir: Path) -> str:
-    """Draw the plots under ``out_dir/plots`` and return the page."""
-    plots_dir = RunStore(Path(out_dir)).plots
-    shown = table_rows(data.rows)  # an ood entry's accuracy: its worst environment
-    comps = [build_comparison(shown, data.entries, m) for m in metrics(shown)]
-    comps = [c for c in comps if c.rows]
-    entries = list(data.entries) + [
-        e for e in dict.fromkeys(r.entry for r in data.rows) if e not in data.entries
-    ]
+def _vs_k_figures(
+    data: ReportData, comps: list[Comparison], entries: list[str], out: Path
+) -> list[dict[str, Any]]:
+    """A metric against K per entry (each metric with a table), then each protocol's own."""
+    plots_dir = RunStore(out).plots
     figures = []
     for comp in comps:
         for e in entries:
@@ -207,21 +199,61 @@ def render_html(data: ReportData, out_dir: Path) -> str:
             if not PROTOCOLS.meta(data.entry_protocols.get(e, ""), "vs_k", True):
                 continue
             path = plots_dir / f"{slug(comp.metric)}_vs_k-{slug(e)}.png"
-            P.metric_vs_k(
+            ax = vs_k(
                 data.rows,
                 e,
-                path,
                 metric=comp.metric,
                 protocol=data.entry_protocols.get(e),
                 chance=_float(data.chance.get(e)),
             )
-            figures.append(_figure(path, f"{comp.metric} against K: {e} ({_bars(comp)})"))
+            P.save(ax.figure, path)
+            figures.append(_figure(path, f"{comp.metric} against K: {e} ({_bars(comp)})", out))
     for e in entries:  # a protocol's own figure (report.figures.protocols.FIGURES)
         protocol = data.entry_protocols.get(e, "")
         if protocol in FIGURES:
-            path = FIGURES.build(protocol, data.rows, e, plots_dir / f"{slug(e)}.png")
-            if path is not None:
-                figures.append(_figure(path, e))
+            fig = FIGURES.build(protocol, data.rows, e)
+            if fig is not None:
+                path = plots_dir / f"{slug(e)}.png"
+                P.save(fig, path)
+                figures.append(_figure(path, e, out))
+    return figures
+
+
+def _lead(data: ReportData, shown: list[Any], comps: list[Comparison], out: Path) -> Any:
+    """The lead figure and the headline table of the primary metric (None without one)."""
+    if not comps:
+        return None
+    comp = comps[0]
+    skip = ood_entries(data.rows)
+    table = headline_view(comp, data.entries, data.entry_protocols, skip=skip)
+    fig = lead(
+        [r for r in shown if r.get("entry") not in skip],
+        data.entries,
+        metric=comp.metric,
+        protocols=data.entry_protocols,
+    )
+    if fig is None and table is None:
+        return None
+    figure = None
+    if fig is not None:
+        path = RunStore(out).plots / f"lead-{slug(comp.metric)}.png"
+        P.save(fig, path)
+        figure = _figure(path, f"{comp.metric} against K per target", out)
+    return {"figure": figure, "table": table, "metric": comp.metric}
+
+
+def render_html(data: ReportData, out_dir: Path) -> str:
+    """Draw the plots under ``out_dir/plots`` and return the page."""
+    out_dir = Path(out_dir)
+    plots_dir = RunStore(out_dir).plots
+    shown = table_rows(data.rows)  # an ood entry's accuracy: its worst environment
+    comps = [build_comparison(shown, data.entries, m) for m in metrics(shown)]
+    comps = [c for c in comps if c.rows]
+    entries = list(data.entries) + [
+        e for e in dict.fromkeys(r.entry for r in data.rows) if e not in data.entries
+    ]
+    glance = _lead(data, shown, comps, out_dir)
+    figures = _vs_k_figures(data, comps, entries, out_dir)
     ood = []
     oods = ood_entries(data.rows)
     for e in oods:
@@ -229,22 +261,26 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         view["entry"] = e
         view["figures"] = []
         for rule in RULES:
-            path = ood_environments(data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule)
+            path = save_ood_environments(
+                data.rows, e, plots_dir / f"ood-{slug(e)}-{rule}.png", rule
+            )
             if path is not None:
                 view["figures"].append(
                     _figure(
                         path,
                         f"{e}: accuracy per test environment ({rule} selection; mean, bars: "
                         "95% interval over seeds × restarts, clipped to [0, 1])",
+                        out_dir,
                     )
                 )
         ood.append(view)
-    curves = P.training_curves(data.members, plots_dir / "training_curves.png")
+    curves = P.save_training_curves(data.members, plots_dir / "training_curves.png")
     seeds = None
     if data.analysis:
         seeds = seed_context(data.analysis)
         seeds["figures"] = [
-            _figure(p, p.stem.replace("_", " ")) for p in seed_plots(data.analysis, plots_dir)
+            _figure(p, p.stem.replace("_", " "), out_dir)
+            for p in seed_plots(data.analysis, plots_dir)
         ]
     kinds = list(
         dict.fromkeys(i.kind for c in comps for i in (c.column_info[x] for x in c.columns))
@@ -257,6 +293,7 @@ def render_html(data: ReportData, out_dir: Path) -> str:
         "data": data,
         "warnings": [*data.warnings, *([note] if note else [])],
         "written": dt.datetime.now().isoformat(timespec="seconds"),
+        "glance": glance,
         "summary": summary + ood_summary_lines(data.rows, data.entries),
         "summary_metric": comps[0].metric if comps else "",
         "intro": _intro_sentence(data.intro),
@@ -268,11 +305,12 @@ def render_html(data: ReportData, out_dir: Path) -> str:
             }
             for k in kinds
         ],
-        "tables": [table_view(c) for c in comps],
+        "tables": [table_view(c, percent=True) for c in comps],
+        "percent": any(unit_of(c.metric)[2] for c in comps) or bool(ood),
         "figures": figures,
         "ood": ood,
         "members": [_member_view(m) for m in data.members],
-        "curves": _figure(curves, "training curves") if curves else None,
+        "curves": _figure(curves, CURVES_TEXT, out_dir) if curves else None,
         "seeds": seeds,
         "env_text": json.dumps(data.env, indent=2, sort_keys=True, default=str),
     }
@@ -289,9 +327,8 @@ def write_report(data: ReportData, out_dir: Path) -> Path:
 
 
 def _bars(comp: Comparison) -> str:
-    b = bounds(comp.metric)
-    clip = f", clipped to [{b[0]:g}, {b[1]:g}]" if b else ""
-    return f"mean; bars: 95% interval{clip}; n in the {comp.metric} table"
+    clip = " in %, clipped to [0, 100]" if bounds(comp.metric) else ""
+    return f"mean; band and bars: 95% interval{clip}; n in the {comp.metric} table"
 
 
 def _float(v: Any) -> float | None:
@@ -317,7 +354,7 @@ def _member_view(m: dict[str, Any]) -> dict[str, Any]:
         "error": m.get("error") or "",
         "params": m.get("encoder_params"),
         "dim": m.get("feature_dim"),
-        "val_acc": m.get("val_acc"),
+        "val_acc": 100 * v if isinstance(v := m.get("val_acc"), int | float) else v,
         "seconds": m.get("train_seconds"),
         "where": " / ".join(str(x) for x in sd if x is not None),
         "epochs": len(m.get("history") or []) if isinstance(m.get("history"), list) else 0,

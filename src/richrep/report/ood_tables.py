@@ -147,12 +147,12 @@ def ood_summary_lines(rows: Sequence[Any], entries: Sequence[str] | None = None)
 
 
 def _clause(comp: Comparison, alg: str, row: TableRow) -> str:
-    cat = next((g.left for g in comp.gain_columns if g.left in row.cells), None)
+    cat = next((g.left for g in comp.headline_gains if g.left in row.cells), None)
     if cat is None:
         levels = [f"{c} {100 * x.mean:.1f} %" for c, x in row.cells.items()]
         return f"with {alg}, " + ", ".join(levels) if levels else ""
     phrases = []
-    for gc in comp.gain_columns:
+    for gc in comp.headline_gains:
         g = row.gains.get(gc.name)
         if g is not None:
             phrases.append(gain_phrase(g, gc.right, 100.0, " points"))
@@ -160,7 +160,7 @@ def _clause(comp: Comparison, alg: str, row: TableRow) -> str:
     return level + (" and " + ", ".join(phrases) if phrases else "")
 
 
-def ood_environments(
+def save_ood_environments(
     rows: Sequence[Any], entry: str, path: Path, rule: str = "train-domain"
 ) -> Path | None:
     """One panel per test environment (and the worst): per representation, a bar per algorithm

@@ -1,14 +1,18 @@
-"""Plots: a metric against K per target entry (catK line, baselines as markers, floors as lines
-in their group's colour, chance), and training curves per member. PNGs written atomically.
+"""Figures shared by the report: writing a figure (PNG for the page, SVG and PDF beside it),
+training curves per member, and one line per table column against a number (a protocol's own
+figure). The against-K figures are :mod:`richrep.report.vs_k`.
 
 Error bars are the tables' intervals (95% Student-t, clipped to [0, 1] for accuracy-like
-metrics); a point without an interval (one value, or equal values) has no bar."""
+metrics); a point without an interval (one value, or equal values) has no bar. A metric bounded
+in [0, 1] is drawn in percent, like the report's tables."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,134 +20,47 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from richrep.report.tables import (  # noqa: E402
-    Cell,
-    bounds,
-    build_comparison,
-    clean,
-    kind_display,
-)
+from richrep.report.tables import Cell, bounds, table_text  # noqa: E402
 from richrep.results.stats import summarize  # noqa: E402
 
-FLOOR_STYLES = {"input": "--", "random": ":"}  # other floors: dash-dot
+FORMATS = ("png", "svg", "pdf")  # every figure: PNG (embedded in the page), SVG and PDF
+_METADATA = {"png": None, "svg": {"Date": None}, "pdf": {"CreationDate": None}}
+_KEEP: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("keep", default=None)
 
 
 def mpl_text(s: Any) -> str:
     """Untrusted text made literal for matplotlib (no mathtext, no control characters)."""
-    return clean(s).replace("\\", "\\\\").replace("$", r"\$")
+    return table_text(s).replace("\\", "\\\\").replace("$", r"\$")
 
 
-def metric_vs_k(
-    rows: Sequence[Any],
-    entry: str,
-    path: Path,
-    *,
-    metric: str = "accuracy",
-    protocol: str | None = None,
-    chance: float | None = None,
-) -> Path:
-    """One panel per entry: per (protocol, size) group a colour; its single/catK line over K with
-    95% intervals as error bars, the baselines as markers at their K (marker from the kind's
-    display), its floors as horizontal lines of the same colour; chance as a grey line."""
-    mine = [r for r in rows if r.get("entry") == entry]
-    comp = build_comparison(mine, [entry], metric)
-    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    kinds_seen: dict[str, Any] = {}
-    ks: set[int] = set()
-    protos = list(dict.fromkeys(r.target.protocol for r in comp.rows))
-    for i, row in enumerate(comp.rows):
-        color = colors[i % len(colors)]
-        t = row.target
-        group = " · ".join(t.parts[1:] if len(protos) > 1 else t.parts[2:])
-        by_kind: dict[str, list[tuple[int, Any]]] = {}
-        for col, cell in row.cells.items():
-            info = comp.column_info[col]
-            by_kind.setdefault(info.kind, []).append((info.k, cell))
-        line = sorted(
-            (kc for kind, v in by_kind.items() if kind_display(kind).line for kc in v),
-            key=lambda kc: kc[0],
-        )
-        if line:
-            ks.update(k for k, _ in line)
-            ax.errorbar(
-                [k for k, _ in line],
-                [c.mean for _, c in line],
-                yerr=_err([c for _, c in line]),
-                marker="o",
-                color=color,
-                capsize=3,
-                label=mpl_text(f"single/catK · {group}"),
-            )
-        for kind, v in by_kind.items():
-            d = kind_display(kind)
-            if d.line:
-                continue
-            v.sort(key=lambda kc: kc[0])
-            if d.floor:
-                style = FLOOR_STYLES.get(kind, "-.")
-                kinds_seen[kind] = ("floor", style)
-                if len(v) == 1:
-                    ax.axhline(v[0][1].mean, color=color, lw=1.1, linestyle=style)
-                else:
-                    ax.plot([k for k, _ in v], [c.mean for _, c in v], style, color=color, lw=1.1)
-                continue
-            kinds_seen[kind] = ("marker", d.marker)
-            ks.update(k for k, _ in v)
-            ax.errorbar(
-                [k for k, _ in v],
-                [c.mean for _, c in v],
-                yerr=_err([c for _, c in v]),
-                marker=d.marker,
-                color=color,
-                ms=8,
-                mfc="white",
-                capsize=2,
-                linestyle="none",
-            )
-    for kind, (how, style) in kinds_seen.items():
-        label = mpl_text(kind_display(kind).label.replace("{k}", "K"))
-        if how == "marker":
-            ax.plot([], [], marker=style, mfc="white", color="0.3", ls="none", label=label)
-        else:
-            ax.plot([], [], style, color="0.3", label=f"{label} (floor)")
-    if chance is not None and math.isfinite(chance) and "accuracy" in metric:
-        ax.axhline(chance, color="0.5", lw=1, linestyle=(0, (1, 3)))
-        ax.plot([], [], color="0.5", lw=1, linestyle=(0, (1, 3)), label=f"chance ({chance:.3g})")
-    ax.set_xlabel("K (seeds concatenated; baselines at the K they match)")
-    units = dict.fromkeys(c.unit for r in comp.rows for c in r.cells.values())
-    over = " / ".join("episodes" if u == "episodes" else "seeds × draws" for u in units)
-    ax.set_ylabel(mpl_text(f"test {metric} (mean, bars: 95% CI over {over or 'values'})"))
-    ax.set_title(mpl_text(f"{entry} — {protocol or ', '.join(protos)}"), fontsize=10)
-    ax.grid(alpha=0.3)
-    if ks:
-        ax.set_xticks(sorted(ks))
-    if (
-        metric == "accuracy"
-    ):  # an interval of a few draws can reach past [0, 1]: keep the axis there
-        lo, hi = ax.get_ylim()
-        ax.set_ylim(max(lo, 0.0), min(hi, 1.0))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    save(fig, path)
-    return path
-
-
-accuracy_vs_k = metric_vs_k
-
-
-def _err(cells: Sequence[Cell]) -> list[list[float]]:
+def _err(cells: Sequence[Cell], scale: float = 1.0) -> list[list[float]]:
     """Error bars (below, above) of cells: their clipped 95% interval, 0 without one."""
-    return [[c.mean - c.low for c in cells], [c.high - c.mean for c in cells]]
+    return [[scale * (c.mean - c.low) for c in cells], [scale * (c.high - c.mean) for c in cells]]
+
+
+def percent(metric: str) -> float:
+    """100 for a metric bounded in [0, 1] (drawn in percent, like the report's tables), else 1."""
+    return 100.0 if bounds(metric) else 1.0
 
 
 CURVES = (("loss", "training loss"), ("train_acc", "training accuracy"))
 
 
-def training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
-    """Loss and training accuracy per epoch, one line per member (and any ``val_*`` metric of the
-    history); None when no member has a history."""
+def save_training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
+    """Write :func:`curves_figure` to ``path`` (and its SVG and PDF); None when no member has a
+    history."""
+    fig = curves_figure(members)
+    if fig is None:
+        return None
+    save(fig, path)
+    return path
+
+
+def curves_figure(members: Sequence[Mapping[str, Any]]) -> Any:
+    """Loss and training accuracy (%) per epoch, one line per member (and any ``val_*`` metric
+    of the history); None when no member has a history."""
     withh = [m for m in members if isinstance(m.get("history"), list) and m["history"]]
     if not withh:
         return None
@@ -163,9 +80,10 @@ def training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | 
     for j, m in enumerate(withh):
         hist = [h for h in m["history"] if isinstance(h, Mapping)]
         for ax, key in zip(axes[0], keys, strict=True):
+            scale = 100.0 if "acc" in str(key) else 1.0
             pts = [(_num(h, "epoch"), _num(h, key)) for h in hist]
             pts = [(e if e is not None else i + 1, v) for i, (e, v) in enumerate(pts)]
-            pts = [(e, v) for e, v in pts if v is not None]
+            pts = [(e, scale * v) for e, v in pts if v is not None]
             if pts:
                 ax.plot(
                     [e for e, _ in pts],
@@ -176,14 +94,15 @@ def training_curves(members: Sequence[Mapping[str, Any]], path: Path) -> Path | 
                 )
     for ax, key in zip(axes[0], keys, strict=True):
         ax.set_xlabel("epoch")
-        ax.set_title(mpl_text(titles.get(key, key)), fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        pct = " (%)" if "acc" in str(key) else ""
+        ax.set_title(mpl_text(titles.get(key, key)) + pct, fontsize=10)
         ax.grid(alpha=0.3)
         if key == "loss" and _positive(withh, key):
             ax.set_yscale("log")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle("training curves (one line per member)", fontsize=10)
-    save(fig, path)
-    return path
+    return fig
 
 
 def _num(h: Mapping[str, Any], key: str) -> float | None:
@@ -199,29 +118,59 @@ def _positive(members: Sequence[Mapping[str, Any]], key: str) -> bool:
     return bool(vals) and min(vals) > 0 and max(vals) / min(vals) > 20
 
 
-def png_bytes(fig: Any) -> bytes:
-    """A figure as PNG bytes (legends outside the axes kept in the frame); the figure is closed."""
+def figure_bytes(fig: Any, fmt: str = "png") -> bytes:
+    """A figure in ``fmt`` (png, svg or pdf), legends outside the axes kept in the frame, without
+    a date (the same figure gives the same bytes)."""
     buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    with matplotlib.rc_context({"svg.hashsalt": "richrep"}):
+        fig.savefig(buf, format=fmt, bbox_inches="tight", metadata=_METADATA[fmt])
     return buf.getvalue()
 
 
+def png_bytes(fig: Any) -> bytes:
+    """A figure as PNG bytes; the figure is closed."""
+    try:
+        return figure_bytes(fig)
+    finally:
+        plt.close(fig)
+
+
 def save(fig: Any, path: Path) -> bytes:
-    """Write a figure as PNG atomically, close it, and return the bytes written."""
+    """Write a figure as PNG to ``path`` and as SVG and PDF beside it (same name), each
+    atomically; close it and return the PNG bytes. Inside :func:`kept`, keep the figure open
+    and write nothing."""
     from richrep.store import write_atomic
 
-    data = png_bytes(fig)
-    write_atomic(Path(path), data)
-    return data
+    keep = _KEEP.get()
+    if keep is not None:
+        keep.append(fig)
+        return b""
+    try:
+        data = {fmt: figure_bytes(fig, fmt) for fmt in FORMATS}
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    write_atomic(path, data["png"])
+    for fmt in FORMATS[1:]:
+        write_atomic(path.with_suffix(f".{fmt}"), data[fmt])
+    return data["png"]
+
+
+@contextlib.contextmanager
+def kept() -> Iterator[list[Any]]:
+    """The figures drawn inside, kept open: :func:`save` writes nothing there (so a function
+    that draws to a path can hand its figure to :mod:`richrep.report.figures`)."""
+    figs: list[Any] = []
+    token = _KEEP.set(figs)
+    try:
+        yield figs
+    finally:
+        _KEEP.reset(token)
 
 
 def lines_by_column(
     rows: Sequence[Any],
     entry: str,
-    path: Path,
     *,
     x_of: Any,
     xlabel: str,
@@ -230,11 +179,15 @@ def lines_by_column(
     metric: str = "accuracy",
     log2: bool = False,
     log10: bool = False,
-) -> Path | None:
-    """One line per table column: the mean of ``metric`` against ``x_of(row)`` (a number), with
-    the 95% interval of its values (seeds or seed subsets × draws, clipped to [0, 1] for a rate)
-    as bars and n in the legend, for the rows of ``entry``; a protocol's own report figure
-    (continual, truncation, retrieval)."""
+    integer: bool = False,
+    ax: Any = None,
+) -> Any:
+    """One line per table column: the mean of ``metric`` (in percent for a rate) against
+    ``x_of(row)`` (a number), with the 95% interval of its values (seeds or seed subsets ×
+    draws, clipped to the bounds) as bars and n in the legend, for the rows of ``entry``; a
+    protocol's own figure (continual, truncation, retrieval). ``integer``: an axis that counts,
+    with integer ticks and the columns' points side by side at each. Returns the axes (a new
+    figure's without ``ax``); None without rows."""
     mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == metric]
     if not mine:
         return None
@@ -242,9 +195,12 @@ def lines_by_column(
     for r in mine:
         x = float(x_of(r))
         by.setdefault(str(r.get("column")), {}).setdefault(x, []).append(r.get("value"))
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for col, pts in by.items():
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    scale = percent(metric)
+    for i, (col, pts) in enumerate(by.items()):
         xs = sorted(pts)
+        dodge = 0.5 * (i - (len(by) - 1) / 2) / max(len(by) - 1, 1) if integer else 0.0
         cells = []
         for x in xs:
             s = summarize(pts[x])
@@ -253,20 +209,21 @@ def lines_by_column(
         ns = sorted({c.n for c in cells})
         n = f"n={ns[0]}" if len(ns) == 1 else f"n={ns[0]}–{ns[-1]}"
         ax.errorbar(
-            xs,
-            [c.mean for c in cells],
-            yerr=_err(cells),
+            [x + dodge for x in xs],  # columns side by side at each integer x
+            [scale * c.mean for c in cells],
+            yerr=_err(cells, scale),
             marker="o",
             capsize=3,
             label=mpl_text(f"{col} ({n})"),
         )
     if log2 or log10:
         ax.set_xscale("log", base=2 if log2 else 10)
+    if integer:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(mpl_text(xlabel))
-    ax.set_ylabel(mpl_text(ylabel))
+    ax.set_ylabel(mpl_text(ylabel) + (" (%)" if scale != 1.0 else ""))
     note = "(mean; bars: 95% interval, none from equal values)"
     ax.set_title(mpl_text(f"{entry}: {title}") + "\n" + note, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    save(fig, path)
-    return path
+    return ax

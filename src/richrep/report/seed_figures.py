@@ -16,7 +16,7 @@ from richrep.report.plots import mpl_text, plt, save
 DISTANCES = ("procrustes",)  # distances when the measure registry cannot say
 
 
-def is_similarity(summary: Mapping[str, Any], name: str) -> bool:
+def _is_similarity(summary: Mapping[str, Any], name: str) -> bool:
     """Whether higher values of measure ``name`` mean more similar (False for distances)."""
     given = summary.get("similarity")
     if isinstance(given, Mapping) and name in given:
@@ -63,8 +63,8 @@ def similarity_heatmaps(summary: Mapping[str, Any], path: Path) -> Path | None:
     if not mats:
         return None
     groups = [
-        ("similarity (1 = identical)", [k for k in mats if is_similarity(summary, k)], "viridis"),
-        ("distance (0 = identical)", [k for k in mats if not is_similarity(summary, k)], "magma"),
+        ("similarity (1 = identical)", [k for k in mats if _is_similarity(summary, k)], "viridis"),
+        ("distance (0 = identical)", [k for k in mats if not _is_similarity(summary, k)], "magma"),
     ]
     groups = [g for g in groups if g[1]]
     most = max(len(g[1]) for g in groups)
@@ -184,7 +184,7 @@ def seed_context(summary: Mapping[str, Any]) -> dict[str, Any]:
         rows.append(
             {
                 "measure": str(name),
-                "kind": "similarity" if is_similarity(summary, str(name)) else "distance",
+                "kind": "similarity" if _is_similarity(summary, str(name)) else "distance",
                 "self": _f(self_.get(name)) if isinstance(self_, Mapping) else None,
                 "mean": float(np.mean(off)) if off else None,
                 "std": float(np.std(off)) if off else None,

@@ -56,7 +56,7 @@ def summary_lines(
 ) -> list[str]:
     """One sentence per entry (suite order) on catK's gains in ``comp``'s metric, but for the
     entries in ``skip``."""
-    if not comp.gain_columns:
+    if not comp.headline_gains:
         return []
     scale, unit = _scale(comp)
     order = list(entries or []) + [
@@ -71,7 +71,7 @@ def summary_lines(
             continue
         phrases = []
         cat = None
-        for gc in comp.gain_columns:
+        for gc in comp.headline_gains:
             g = row.gains.get(gc.name)
             if g is None:
                 continue

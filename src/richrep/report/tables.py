@@ -5,8 +5,8 @@ A cell is the mean of its values (seeds or seed subsets × draws of the probe's 
 examples; few-shot: episodes, each averaged over seeds) with its n and "±" the half-width of its
 95% Student-t interval. One value, or values all equal, give no interval (never "± 0"). The
 interval of a metric bounded in [0, 1] (accuracy-like) is clipped to [0, 1] where it is shown
-as bounds. Gains (catK − single, catK − wideK, catK − distillK, always of the same K) carry a
-95% interval: paired over draws (or episodes) when both sides share several, else Welch. Nothing
+as bounds. Gains (catK − single for every K, catK − wideK and catK − distillK wherever that
+baseline has the same K) carry a 95% interval: paired over draws (or episodes) when both sides share several, else Welch. Nothing
 is called best, and no gain is coloured, without an interval that clears the others or 0.
 
 Intervals and differences are views computed here from the rows, never rows themselves: the
@@ -28,11 +28,12 @@ from typing import Any
 from richrep.report.cells import UNIT, Cell, Gain, bounds
 from richrep.report.display import Display, kind_display
 from richrep.report.text import strip_control
+from richrep.results.rows import count
 from richrep.results.stats import aggregate, paired_difference, welch_interval
 
 TARGET_KEYS = ("entry", "protocol", "shift", "size", "group", "environment", "variant")
 CELL_KEYS = (*TARGET_KEYS, "column", "representation", "k")
-GAIN_AGAINST = ("single", "wide", "distill")  # catK − these, of the same K
+GAIN_AGAINST = ("single", "wide", "distill")  # catK − these (the baselines of the same K)
 PRIMARY_METRIC = "accuracy"
 DERIVED = ("accuracy_ci95", "diff_vs_single")  # views older few-shot runs stored as metrics
 
@@ -86,6 +87,7 @@ class GainColumn:
     name: str  # e.g. "cat5 − wide5"
     left: str  # column
     right: str  # column
+    k: int = 0  # the K of its catK
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,13 @@ class Comparison:
     columns: list[str]
     column_info: dict[str, Column]
     rows: list[TableRow]
-    gain_columns: list[GainColumn]
-    k: int | None  # the K of the gain columns (largest K with both cat and wide)
+    gain_columns: list[GainColumn]  # every K's, K ascending
+    k: int | None  # the headline K: the largest with both cat and wide (else the largest cat)
+
+    @property
+    def headline_gains(self) -> list[GainColumn]:
+        """The gain columns of the headline K (catK − single / wideK / distillK)."""
+        return [g for g in self.gain_columns if g.k == self.k]
 
     def top(self, row: TableRow) -> str | None:
         """The column of the highest mean in ``row``."""
@@ -150,17 +157,18 @@ class Comparison:
         return {top} if self.tied(row) == {top} else set()
 
     def headline(self) -> dict[str, dict[str, Any]]:
-        """Plain, JSON-ready summary per target: catK, single and every gain with its interval."""
+        """Plain, JSON-ready summary per target: the headline catK, single and its gains with
+        their intervals."""
         out = {}
         for r in self.rows:
             d: dict[str, Any] = {"metric": self.metric, "k": self.k}
-            for g in self.gain_columns:
+            for g in self.headline_gains:
                 cell = r.cells.get(g.left)
                 d.setdefault("cat", cell.mean if cell else None)
                 base = r.cells.get(g.right)
                 d[g.right] = base.mean if base else None
                 gain = r.gains.get(g.name)
-                d[f"gain_{kind_of(self, g.right)}"] = (
+                d[f"gain_{column_kind(self, g.right)}"] = (
                     None
                     if gain is None
                     else {
@@ -175,7 +183,7 @@ class Comparison:
         return out
 
 
-def kind_of(comp: Comparison, column: str) -> str:
+def column_kind(comp: Comparison, column: str) -> str:
     info = comp.column_info.get(column)
     return info.kind if info else column
 
@@ -265,8 +273,9 @@ def build_comparison(
 
 
 def _gain_columns(info: dict[str, Column]) -> tuple[int | None, list[GainColumn]]:
-    """catK − single / wideK / distillK for the largest K with both cat and wide (else the
-    largest cat K)."""
+    """catK − single for every K of cat, catK − wideK and catK − distillK wherever that
+    baseline has the same K (K ascending); and the headline K: the largest with both cat and
+    wide, else the largest cat K."""
 
     def find(kind: str, k: int | None) -> str | None:
         hits = [c for c in info.values() if c.kind == kind and (k is None or c.k == k)]
@@ -276,15 +285,15 @@ def _gain_columns(info: dict[str, Column]) -> tuple[int | None, list[GainColumn]
     if not cat_ks:
         return None, []
     both = [k for k in cat_ks if find("wide", k)]
-    k = both[-1] if both else cat_ks[-1]
-    cat = find("cat", k)
-    assert cat is not None
     out = []
-    for kind in GAIN_AGAINST:
-        other = find(kind, None if kind == "single" else k)
-        if other is not None:
-            out.append(GainColumn(f"{cat} − {other}", cat, other))
-    return k, out
+    for k in cat_ks:
+        cat = find("cat", k)
+        assert cat is not None
+        for kind in GAIN_AGAINST:
+            other = find(kind, None if kind == "single" else k)
+            if other is not None:
+                out.append(GainColumn(f"{cat} − {other}", cat, other, k))
+    return (both or cat_ks)[-1], out
 
 
 def gain(a: Cell | None, b: Cell | None, g: GainColumn) -> Gain | None:
@@ -309,7 +318,7 @@ def gain(a: Cell | None, b: Cell | None, g: GainColumn) -> Gain | None:
 # ---------------------------------------------------------------------------- plain text
 
 
-def clean(s: Any) -> str:
+def table_text(s: Any) -> str:
     """Text of an untrusted value on one line, without terminal escape sequences, control
     characters or bidirectional overrides."""
     return strip_control(re.sub(r"[\t\n\r]+", " ", str(s)))
@@ -332,23 +341,21 @@ def caption(comp: Comparison) -> str:
     )
 
 
-def count(n: int | None) -> str:
-    """A parameter count, short: 0, 12k, 1.25M."""
-    if not n:
-        return "0"
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
-
-
 def _md(s: Any) -> str:
-    return clean(s).replace("\\", "\\\\").replace("|", "\\|")
+    return table_text(s).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def to_markdown(comp: Comparison, digits: int = 3) -> str:
+def to_markdown(comp: Comparison, digits: int = 3, columns: Sequence[str] | None = None) -> str:
     """The table in GitHub markdown: **bold** a best standing clear of noise and a gain whose
-    interval excludes 0."""
+    interval excludes 0. ``columns`` (names of columns and gain columns) narrows it."""
     if not comp.rows:
         return f"_no {_md(comp.metric)} result rows_"
-    head = ["target", *comp.columns, *(g.name for g in comp.gain_columns)]
+    shown, gains = list(comp.columns), list(comp.gain_columns)
+    if columns is not None:
+        by_name = {g.name: g for g in comp.gain_columns}
+        shown = [c for c in columns if c in comp.column_info]
+        gains = [by_name[c] for c in columns if c in by_name]
+    head = ["target", *shown, *(g.name for g in gains)]
     lines = [
         f"_{_md(caption(comp))}_",
         "",
@@ -358,20 +365,20 @@ def to_markdown(comp: Comparison, digits: int = 3) -> str:
     for r in comp.rows:
         best = comp.best(r)
         vals = []
-        for c in comp.columns:
+        for c in shown:
             cell = r.cells.get(c)
             text = cell.text(digits) if cell else ""
             vals.append(f"**{text}**" if c in best else text)
-        for g in comp.gain_columns:
+        for g in gains:
             x = r.gains.get(g.name)
             text = "" if x is None else x.text(digits)
             vals.append(f"**{text}**" if x is not None and x.significant else text)
         lines.append("| " + " | ".join([_md(r.label), *vals]) + " |")
     dims = ["dim / params"]
-    for c in comp.columns:
+    for c in shown:
         i = comp.column_info[c]
         dims.append(f"{i.dim} / {count(i.params)}")
-    dims += [""] * len(comp.gain_columns)
+    dims += [""] * len(gains)
     lines.append("| " + " | ".join(dims) + " |")
     return "\n".join(lines)
 
@@ -400,7 +407,7 @@ def _csv_safe(v: Any) -> Any:
     if isinstance(v, dict | list | tuple):
         v = json.dumps(v, sort_keys=True, default=str)
     if isinstance(v, str):
-        v = clean(v)
+        v = table_text(v)
     if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _isnum(v):
         return "'" + v
     return v

@@ -165,8 +165,8 @@ def _compact(x: torch.Tensor) -> torch.Tensor:
 
 def batch_size_for(encoder: nn.Module, x: torch.Tensor, device: torch.device) -> int:
     """Extraction batch size: on CPU, as many examples as keep the largest activation within
-    ~24 MB (cache-sized; batches of 4,096 CNN images ran 2.4× slower than 128 here, see
-    ``benchmarks/extract.py``), a power of two in [64, 4096]; 2,048 on accelerators."""
+    ~24 MB (cache-sized: far larger CPU batches run slower, see ``benchmarks/extract.py``), a
+    power of two in [64, 4096]; 2,048 on accelerators."""
     if device.type != "cpu":
         return 2048
     largest = [0]

@@ -17,7 +17,6 @@ accuracy ``p``."""
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import torch
 
 from richrep.data import Split
 from richrep.data.splits import rng
+from richrep.errors import warn
 from richrep.representations import Representation, Trained
 
 Featurize = Callable[[Representation, Split], torch.Tensor]
@@ -86,11 +86,9 @@ def check_seeds(
 
 
 def warn_below_floor(
-    checks: Sequence[FloorCheck],
-    log: Callable[[str], None] = print,
-    sources: Mapping[str, str | None] | None = None,
+    checks: Sequence[FloorCheck], sources: Mapping[str, str | None] | None = None
 ) -> list[str]:
-    """Warn (``RandomFloorWarning`` and a log line) about each seed not clearly above its
+    """Warn (``RandomFloorWarning``, once per seed) about each seed not clearly above its
     untrained encoder; return the messages."""
     messages = []
     for c in checks:
@@ -105,7 +103,6 @@ def warn_below_floor(
             f"{100 * c.margin:.1f} points, n = {c.n}); its weights may not have loaded or "
             f"trained as intended"
         )
-        warnings.warn(msg, RandomFloorWarning, stacklevel=2)
-        log(f"WARNING: {msg}")
+        warn(msg, RandomFloorWarning)
         messages.append(msg)
     return messages

@@ -79,3 +79,11 @@ _REQUIRED = [
     for f in dataclasses.fields(Row)
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 ]
+
+
+def count(n: int | None) -> str:
+    """A row's parameter count (``Row.params``) short, as the tables and the advice show it:
+    0, 12k, 1.25M."""
+    if not n:
+        return "0"
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)

@@ -9,12 +9,11 @@ block:
   feature values), else the caller's thread budget (:mod:`richrep.runtime.threads`: the
   ``budget`` passed in, or the one the calling thread's edge applied). A small solve's matmuls
   gain nothing from threads, while idle OpenMP workers spinning between its many small
-  operations made it up to 40x slower on a busy 2-core machine (6.5 s instead of 0.15 s for
-  scikit-learn's digits).
+  operations made it many times slower on a busy machine.
 * **float32 matmul precision** -- ``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``
   (oneDNN's bf16 "fpmath" mode) for a float32 solve, if a one-off accuracy check on this
-  machine (:func:`fast_matmul_ok`) passes. On an AMX CPU this measured 2-3x faster for the
-  probe's skinny products and as accurate as IEEE float32 (relative error ~2e-7: the operands
+  machine (:func:`fast_matmul_ok`) passes. On an AMX CPU this is faster for the probe's
+  skinny products and as accurate as IEEE float32 (relative error ~2e-7: the operands
   are not simply rounded to bfloat16). While it is set, torch's legacy
   ``torch.get_float32_matmul_precision()`` raises (torch refuses to summarize a mix of the
   legacy and per-backend settings).

@@ -5,6 +5,7 @@ file is moved to quarantine and recomputed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,55 +15,40 @@ from typing import Any
 
 import torch
 
-from richrep.config import Experiment, SuiteEntry, stable_hash
+from richrep.config import SuiteEntry
+from richrep.config.entries import merge_suite
 from richrep.data import Task, apply_shifts
-from richrep.data.checks import value_range_warning
 from richrep.errors import StoreError
-from richrep.evaluation.protocols import Context, check_entries, protocol_of
+from richrep.evaluation import stored
+from richrep.evaluation.protocols import Context, EstimatesWork, check_entries, protocol_of
 from richrep.plugins import PROTOCOLS
 from richrep.representations import Representation, build_floors
 from richrep.representations.floor_check import check_seeds, warn_below_floor
-from richrep.results import ROW_VERSION, Row
+from richrep.results import Row
 from richrep.run import Run
 from richrep.runtime.cpu_policy import threads_share_fast_matmul
 from richrep.runtime.memory import MemoryBudget
+from richrep.runtime.progress import Progress, plan
 from richrep.runtime.threads import ThreadBudget
 from richrep.store import quarantine, read_jsonl, write_jsonl
 from richrep.store.ledger import State, Status
 
 Log = Callable[[str], None]
-EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (representations done / total)
-Progress = Callable[[str, int, int], None]
+EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (its work done / total)
+Work = tuple[list[int], str]  # an entry's units of work per representation, and the unit
 
 
-def preflight(run: Run) -> None:
-    """Build every target on a miniature of the data (and check each protocol's needs) and
-    every floor, so a bad class list, a shift that does not fit, a dataset whose inputs do not
-    fit the encoders, a robustness target with other classes or a protocol or floor plug-in
-    without its method fails before any training starts."""
+def preflight(run: Run, entries: Sequence[SuiteEntry] | None = None) -> None:
+    """Build every target (default: of the run's entries) on a miniature of the data (and check
+    each protocol's needs) and every floor, so a bad class list, a shift that does not fit, a
+    dataset whose inputs do not fit the encoders, a robustness target with other classes or a
+    protocol or floor plug-in without its method fails before any training starts."""
+    entries = run.suite if entries is None else entries
     mini = run.base_task.miniature()
     source = apply_shifts(mini, [s.as_tuple() for s in run.exp.data.source], where="data.source")
-    targets = [run.target(e, base=mini) for e in run.exp.evaluation.suite]
-    check_entries(run.exp.evaluation.suite, source, targets)
+    targets = [run.target(e, base=mini) for e in entries]
+    check_entries(entries, source, targets)
     build_floors(run.exp.evaluation.floors)
-
-
-def entry_hash(
-    exp: Experiment, entry: SuiteEntry, reps: Sequence[Representation], status: dict[str, Status]
-) -> str:
-    return stable_hash(
-        {
-            "entry": entry.model_dump(mode="json"),
-            "probe": exp.evaluation.probe.model_dump(mode="json"),
-            "reps": [r.id for r in reps],
-            "checkpoints": {
-                k: v.meta.get("sha256") if v.ok else v.state.value
-                for k, v in sorted(status.items())
-            },
-            "run": exp.run_id(),
-            "rows": ROW_VERSION,
-        }
-    )
 
 
 def check_members(run: Run, allow_missing: bool = False) -> dict[str, Status]:
@@ -94,22 +80,29 @@ def evaluate(
     log: Log = print,
     progress: Progress | None = None,
     allow_missing: bool = False,
+    extras: Sequence[SuiteEntry] | None = None,
 ) -> list[Row]:
-    """Evaluate every suite entry not yet evaluated; gather all rows into ``results.jsonl``.
+    """Evaluate every entry of the run (the experiment's suite, then its extra entries, or
+    ``extras`` in their place) not yet evaluated; gather all rows into ``results.jsonl``.
 
     Entries whose protocol works on features alone (registry meta ``parallel``: transfer,
     robustness, continual) are evaluated several at a time in threads (``runtime.eval_workers``),
     each with its share of the thread budget, sharing one feature cache and one context: a
     probe solve's many small operations gain little from a second core, two solves side by side
-    gain nearly 2x. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
+    gain nearly twice as much. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
     The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
     with budget.applied(), MemoryBudget.resolve(run.exp.runtime.memory).applied():
-        return _evaluate(run, budget, log, progress, allow_missing)
+        return _evaluate(run, budget, log, progress, allow_missing, extras)
 
 
 def _evaluate(
-    run: Run, budget: ThreadBudget, log: Log, progress: Progress | None, allow_missing: bool
+    run: Run,
+    budget: ThreadBudget,
+    log: Log,
+    progress: Progress | None,
+    allow_missing: bool,
+    extras: Sequence[SuiteEntry] | None,
 ) -> list[Row]:
     exp, store = run.exp, run.store
     status = check_members(run, allow_missing)
@@ -121,9 +114,18 @@ def _evaluate(
         )
     reps = run.representations()
     cache = run.featurizer.cache
+    entries, shadowed = merge_suite(
+        exp.evaluation.suite, run.extra_entries if extras is None else extras
+    )
+    for e in shadowed:
+        log(
+            f"NOTE: the experiment's suite entry {e.name} differs from the run's extra entry of "
+            f"that name ({store.extra_entries}): the experiment's counts, the extra's rows are "
+            f"left out (add it again under another name: richrep evaluate {store.root} --entry …)"
+        )
     files, pending = [], []
-    for entry in exp.evaluation.suite:
-        path = store.results_dir / f"{entry.name}-{entry_hash(exp, entry, reps, status)}.jsonl"
+    for entry in entries:
+        path = stored.entry_file(store.results_dir, exp, entry, reps, status)
         files.append(path)
         if path.exists():
             try:
@@ -135,9 +137,13 @@ def _evaluate(
         pending.append((entry, path))
     if pending:
         ctx = run.context(reps)
+        work = {e.name: entry_work(run, ctx, reps, e) for e, _ in pending}
+        for e, _ in pending:  # the whole stage's work, known before it starts
+            plan(progress, f"{EVAL_PREFIX}{e.name}", sum(work[e.name][0]), work[e.name][1])
 
         def one(item: tuple[SuiteEntry, Path]) -> None:
-            evaluate_entry(run, ctx, reps, *item, log=log, progress=progress)
+            w = work[item[0].name]
+            evaluate_entry(run, ctx, reps, *item, log=log, progress=progress, work=w)
 
         together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
         workers = eval_workers(exp.runtime.eval_workers, budget, len(together), run.device)
@@ -152,11 +158,14 @@ def _evaluate(
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
     sources = {"sources": [f.name for f in files]}  # what a finished run's done vouches for
     write_jsonl(store.results, [r.to_dict() for r in all_rows], sources)
+    left = stored.left_out(store.results_dir, {e.name for e in entries})
+    if left:
+        log(f"NOTE: {stored.left_out_message(left, store.root)}")
     if any(f.name == "random" for f in exp.evaluation.floors):  # each seed vs untrained
         singles = [t for t in run.trained() if t.kind == "single"]
         checks = check_seeds(run.featurizer, singles, run.source_task.train, exp.seed)
         sources = {t.name: status[t.name].meta.get("imported_from") for t in singles}
-        warn_below_floor(checks, log, sources)
+        warn_below_floor(checks, sources)
     log(
         f"features: extracted {cache.misses}, read {cache.disk_hits} from the run folder's cache"
         if exp.evaluation.cache_features
@@ -174,22 +183,74 @@ def evaluate_entry(
     *,
     log: Log = print,
     progress: Progress | None = None,
+    work: Work | None = None,
 ) -> None:
-    """One suite entry's rows on every representation, written to ``path`` (atomically)."""
+    """One suite entry's rows on every representation, written to ``path`` (atomically).
+    ``progress`` counts the protocol's units of work (``work``: per representation, and the
+    unit; default :func:`entry_work`)."""
     t0 = time.perf_counter()
     target = run.target(entry)
-    info = target_facts(run, target, log, entry.name)
+    info = entry_facts(run, target, log, entry.name)
     protocol = protocol_of(entry)
+    weights, _ = work or entry_work(run, ctx, reps, entry, protocol, target)
     rows: list[Row] = []
-    task = f"{EVAL_PREFIX}{entry.name}"
-    if progress:
-        progress(task, 0, len(reps))
-    for i, rep in enumerate(reps):
-        rows += protocol.evaluate(replace(ctx, info=info), rep, target, entry)
-        if progress:
-            progress(task, i + 1, len(reps))
-    write_jsonl(path, [r.to_dict() for r in rows])
+    counter = Counter(progress, f"{EVAL_PREFIX}{entry.name}", sum(weights))
+    for rep, units in zip(reps, weights, strict=True):
+        counter.expect(units)
+        rows += protocol.evaluate(replace(ctx, info=info, advance=counter), rep, target, entry)
+        counter.settle()
+    stored.write_entry(path, entry, rows)
     log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
+
+
+def entry_work(
+    run: Run,
+    ctx: Context,
+    reps: Sequence[Representation],
+    entry: SuiteEntry,
+    protocol: Any = None,
+    target: Task | None = None,
+) -> Work:
+    """The units of work of ``entry`` on each representation and their name: the protocol's
+    own estimate (:class:`~richrep.evaluation.protocols.EstimatesWork`: probe fits,
+    episodes, steps), or one per representation."""
+    protocol = protocol or protocol_of(entry)
+    if not isinstance(protocol, EstimatesWork):
+        return [1] * len(reps), "representations"
+    target = target or run.target(entry)
+    return [max(0, int(protocol.work(ctx, r, target, entry))) for r in reps], protocol.unit
+
+
+class Counter:
+    """An entry's progress in units of work: the protocol advances it as it works
+    (``Context.advance``); each representation's units are capped at its estimate and made
+    up after it, so the count never passes the total, whatever a protocol reports."""
+
+    def __init__(self, progress: Progress | None, task: str, total: int) -> None:
+        self.progress, self.task, self.total = progress, task, total
+        self.done = self.cap = 0
+        self.lock = threading.Lock()
+        self.report()
+
+    def report(self) -> None:
+        if self.progress:
+            self.progress(self.task, self.done, self.total)
+
+    def expect(self, units: int) -> None:
+        self.cap = self.done + units
+
+    def __call__(self, n: int = 1) -> None:
+        with self.lock:
+            done = min(self.done + n, self.cap)
+            if done == self.done:
+                return
+            self.done = done
+        self.report()
+
+    def settle(self) -> None:
+        if self.done != self.cap:
+            self.done = self.cap
+            self.report()
 
 
 def eval_workers(asked: int, budget: ThreadBudget, entries: int, device: torch.device) -> int:
@@ -222,18 +283,12 @@ def in_threads(
         budget.apply()  # the workers moved the default that threads started later begin with
 
 
-def target_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
+def entry_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
     """What every row of a target records about it (how its test split was made), and a
     warning when its inputs' range differs grossly from the source's."""
-    facts: dict[str, Any] = {}
-    info = target.recipe.get("info") or {}
-    for key in ("test_split", "scaled"):
-        if key in info:
-            facts[key] = info[key]
-    warn = value_range_warning(run.source_stats, target.test.x, name)
-    if warn:
-        log(f"WARNING: {warn}")
-        facts["warning"] = warn
+    facts = stored.target_facts(run.source_stats, target, name)
+    if "warning" in facts:
+        log(f"WARNING: {facts['warning']}")
     return facts
 
 

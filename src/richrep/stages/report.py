@@ -10,6 +10,7 @@ from typing import Any
 from richrep.analysis.advise import advise
 from richrep.analysis.advise_text import advice_lines, verdict
 from richrep.errors import RichrepError, StoreError
+from richrep.evaluation import stored
 from richrep.report.html import ReportData, write_report
 from richrep.run import Run, member_costs
 from richrep.stages.evaluate import read_results
@@ -20,7 +21,7 @@ def report_data(run: Run) -> ReportData:
     """Everything the report shows, as plain data."""
     exp = run.exp
     rows = read_results(run)
-    suite = exp.evaluation.suite
+    suite = run.suite  # the experiment's entries, then the run's extra entries
     chance = {}
     warnings = []
     for e in suite:
@@ -28,6 +29,8 @@ def report_data(run: Run) -> ReportData:
         if mine:
             chance[e.name] = _chance(run, e)
         warnings += sorted({str(r.extra["warning"]) for r in mine if r.extra.get("warning")})
+    if left := stored.left_out(run.store.results_dir, {e.name for e in suite}):
+        warnings.append(stored.left_out_message(left, run.store.root))
     analysis = None
     if run.store.analysis.exists():
         try:

@@ -11,7 +11,8 @@ Layout::
     features/            cached features, one safetensors file per (representation, data)
     results/             <suite entry>-<hash>.jsonl, one file per evaluated suite entry
                          (written by write_jsonl: sidecar <...>.json holds sha256, bytes, rows)
-    results.jsonl        the tidy rows of the current suite, gathered from results/
+    results.jsonl        the tidy rows of the run's entries, gathered from results/
+    extra_entries.yaml   suite entries added after the experiment (richrep evaluate), kept
     analysis/            summary.json: the seed analysis
     finetune_work/       resume files of the finetune protocol, one folder per suite entry
     finetuned/           fine-tuned weights kept on request (keep_weights)

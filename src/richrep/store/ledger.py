@@ -104,6 +104,33 @@ class Ledger:
             return Status(member, State.PARTIAL)
         return Status(member, State.MISSING)
 
+    def scan(self) -> list[Status]:
+        """The members ``checkpoints/`` holds files of, by file name alone (no plan, no sha256
+        check, nothing moved): finished (a checkpoint with its sidecar), failed (with why),
+        partial; sorted by name."""
+        try:
+            names = sorted(p.name for p in self.store.checkpoints.iterdir())
+        except OSError:
+            return []
+        have = set(names)
+        out: dict[str, Status] = {}
+        for n in names:
+            if n.endswith(".failed.json"):
+                m = n.removesuffix(".failed.json")
+                try:
+                    why = str(read_json(self.failure(m)).get("error", "failed"))
+                except (StoreError, AttributeError) as e:
+                    why = str(e) or "failed"
+                out[m] = Status(m, State.FAILED, error=why)
+            elif n.endswith(".partial.safetensors"):
+                m = n.removesuffix(".partial.safetensors")
+                out.setdefault(m, Status(m, State.PARTIAL))
+            elif n.endswith(".safetensors"):
+                m = n.removesuffix(".safetensors")
+                if sidecar(self.final(m)).name in have:
+                    out[m] = Status(m, State.FINISHED)
+        return [out[m] for m in sorted(out)]
+
     def statuses(self, members: Iterable[str]) -> dict[str, Status]:
         return {m: self.status(m) for m in members}
 

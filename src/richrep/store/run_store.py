@@ -90,6 +90,10 @@ class RunStore:
         return self.root / "report.html"
 
     @property
+    def extra_entries(self) -> Path:  # suite entries added by richrep evaluate, kept
+        return self.root / "extra_entries.yaml"
+
+    @property
     def done(self) -> Path:
         return self.root / "done"
 

@@ -10,10 +10,9 @@ def tune_cpu_allocator() -> bool:
 
     A training step allocates and frees activations of several MB. With glibc's defaults the
     main thread's arena hands them back (``mmap``/``munmap``, heap trimming), and every step
-    page-faults them in again: :func:`train_member` on the CNN of ``benchmarks/train_seeds.py``
-    in the main thread, one thread, bf16, took 60 ms a step with 5,900-7,600 page faults, and
-    41-45 ms with none once tuned. (Worker threads' arenas do not trim, so ``threads`` hardly
-    faults either way.) This turns ``mmap`` off for allocations and heap trimming off; the
+    page-faults them in again (thousands of faults a step for the CNN of
+    ``benchmarks/train_seeds.py`` in the main thread; none once tuned, and faster steps).
+    (Worker threads' arenas do not trim, so ``threads`` hardly faults either way.) This turns ``mmap`` off for allocations and heap trimming off; the
     process then keeps its peak footprint (a few hundred MB here), which a training process
     holds anyway. Process-wide and permanent; glibc only (returns whether it was applied).
     """

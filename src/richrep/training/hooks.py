@@ -1,7 +1,8 @@
 """Hooks of the training loop (:mod:`richrep.training.loop`): what runs around its steps and
 after each epoch of each model, beside the training itself.
 
-:class:`Progress` reports steps done; :class:`Checkpoints` writes each model's epoch
+:class:`Progress` reports steps done (and each epoch's loss); :class:`EachStep` calls a
+function after every step; :class:`Checkpoints` writes each model's epoch
 checkpoint (the resume point); :class:`BestEpoch` scores the model on a validation split after
 every epoch and keeps the best epoch's weights (fine-tuning); :class:`EveryNSteps` records an
 evaluation every N steps and after the last (the ``ood`` protocol's networks).
@@ -20,6 +21,7 @@ from richrep.training.checkpoint import save_checkpoint
 from richrep.training.step import Step
 
 UnitProgress = Callable[[int, int, int], None]  # (model index, steps done, steps total)
+EpochReport = Callable[[int, int, int, float], None]  # (model index, epoch, epochs, mean loss)
 
 
 class Loop(Protocol):
@@ -29,6 +31,7 @@ class Loop(Protocol):
     starts: list[int]  # the first epoch each model trains (after its checkpoint)
     histories: list[list[dict[str, Any]]]
     steps: int  # per epoch
+    epochs: int
     total: int  # steps of the whole training
 
 
@@ -51,18 +54,39 @@ class Hook:
 
 
 class Progress(Hook):
-    """``on_step(k, done, total)`` for every model at the start, then after each step."""
+    """``on_step(k, done, total)`` for every model at the start, then after each step;
+    ``on_epoch(k, epoch, epochs, loss)`` after each epoch a model finished. The last step is
+    reported after the last epoch's record (and checkpoint): a model is done once its
+    training is recorded, and a model whose loss failed never reports it."""
 
-    def __init__(self, on_step: UnitProgress) -> None:
-        self.on_step = on_step
+    def __init__(self, on_step: UnitProgress | None, on_epoch: EpochReport | None = None) -> None:
+        self.on_step, self.on_epoch = on_step, on_epoch
 
     def begin(self, loop: Loop) -> None:
-        for j, start in enumerate(loop.starts):
-            self.on_step(j, start * loop.steps, loop.total)
+        if self.on_step is not None:
+            for j, start in enumerate(loop.starts):
+                self.on_step(j, start * loop.steps, loop.total)
 
     def after_step(self, loop: Loop, at: int, losses: torch.Tensor) -> None:
-        for j in loop.step.active:
-            self.on_step(j, at + 1, loop.total)
+        if self.on_step is not None and at + 1 < loop.total:
+            for j in loop.step.active:
+                self.on_step(j, at + 1, loop.total)
+
+    def end_epoch(self, loop: Loop, j: int, record: dict[str, Any]) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(j, record["epoch"], loop.epochs, record["loss"])
+        if self.on_step is not None and record["epoch"] == loop.epochs:
+            self.on_step(j, loop.total, loop.total)
+
+
+class EachStep(Hook):
+    """``fn()`` after every step (a protocol counting its work)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+
+    def after_step(self, loop: Loop, at: int, losses: torch.Tensor) -> None:
+        self.fn()
 
 
 class Checkpoints(Hook):

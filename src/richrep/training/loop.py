@@ -36,10 +36,11 @@ from richrep.objectives.base import Augment, accuracy
 from richrep.store import remove
 from richrep.training.batches import Batches, EpochOrder, Rows, augment_batches, epoch_order
 from richrep.training.checkpoint import load_checkpoint
-from richrep.training.hooks import Checkpoints, Hook, Progress, UnitProgress
+from richrep.training.hooks import Checkpoints, EpochReport, Hook, Progress, UnitProgress
 from richrep.training.step import Step, lr_at, make_optimizer, uses_channels_last
 
 __all__ = [
+    "EpochReport",
     "Loop",
     "UnitProgress",
     "accuracy",
@@ -236,6 +237,7 @@ def train_unit(
     partial_paths: Sequence[Path | None] | None = None,
     names: Sequence[str] | None = None,
     on_step: UnitProgress | None = None,
+    on_epoch: EpochReport | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``models[k]`` in place with ``seeds[k]``; one result per model:
     ``{"history": [...]}`` plus ``"failed": message`` for a model whose loss became non-finite.
@@ -243,7 +245,8 @@ def train_unit(
     Without ``fused`` the unit is a single model. ``objectives[k]`` (default cross-entropy)
     gives model ``k``'s loss from its logits and the batch; ``targets[k]`` are its per-example
     training targets beside the labels; ``partial_paths[k]`` its epoch checkpoint (resumed from
-    if present); ``names[k]`` its name in messages; ``on_step(k, done, total)`` its progress.
+    if present); ``names[k]`` its name in messages; ``on_step(k, done, total)`` its progress and
+    ``on_epoch(k, epoch, epochs, loss)`` each epoch's mean loss.
     """
     k = len(models)
     if not fused and k != 1:
@@ -278,7 +281,7 @@ def train_unit(
         seeds,
         epochs=cfg.epochs,
         lr=partial(lr_at, cfg=cfg),
-        hooks=[Checkpoints(paths), *([Progress(on_step)] if on_step else [])],
+        hooks=[Checkpoints(paths), *([Progress(on_step, on_epoch)] if on_step or on_epoch else [])],
         augment=augment,
         starts=starts,
         histories=histories,

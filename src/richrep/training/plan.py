@@ -27,20 +27,15 @@ def choose_strategy(
     """The strategy ``auto`` uses, by device and model family (no timed probe: on a shared
     machine a few seconds of probing measure the neighbours as much as the strategies).
 
-    CPU, two or more models and a ``budget`` of two or more intra-op threads: ``threads`` for convolutional
-    networks, ``fused-threads`` for the others (MLPs); else ``sequential``. Measured on 2 cores
-    (AMD EPYC with AVX512-BF16, no AMX), bf16 autocast, 5 seeds, batch 256, Fashion-MNIST, on
-    an idle machine; seconds for the same work, best of 2 interleaved rounds:
+    CPU, two or more models and a ``budget`` of two or more intra-op threads: ``threads`` for
+    convolutional networks, ``fused-threads`` for the others (MLPs); else ``sequential``
+    (``benchmarks/train_seeds.py``; timings: the README's Performance section):
 
-    * 225k-parameter CNN, 60 steps per seed: ``sequential`` (channels_last + bf16, 2 threads)
-      7.9, ``threads`` 7.3, ``processes`` 11.3 (3-4 s of it process start-up), ``fused`` 15.8:
-      oneDNN's grouped convolutions are much slower per FLOP than K plain ones, so folding the
-      seeds loses on a CPU. A full epoch of 54,000 images: ``sequential`` 25.5, ``threads``
-      25.7, ``processes`` 26.7. With a neighbour process busy on the same cores, two-thread
-      kernels stall at every OpenMP barrier while one-thread workers only slow down in
-      proportion (one such run: ``sequential`` 59 s, ``threads`` 14 s), hence ``threads``.
-    * 784-512-512-128 MLP, 120 steps per seed: ``sequential`` 3.3, ``threads`` 3.1, ``fused``
-      3.0, ``fused-threads`` 3.2 (a batched matmul per layer keeps the bf16 kernels busier).
+    * CNN: oneDNN's grouped convolutions are much slower per FLOP than K plain ones, so folding
+      the seeds loses on a CPU; ``processes`` pays its start-up. With a neighbour process busy
+      on the same cores, two-thread kernels stall at every OpenMP barrier while one-thread
+      workers only slow down in proportion, hence ``threads``.
+    * MLP: the strategies are close; a batched matmul per layer keeps the bf16 kernels busier.
 
     GPU: ``fused`` when the models can be folded (a small network leaves the device idle; one
     K-times wider kernel fills it), else ``sequential``.

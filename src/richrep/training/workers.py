@@ -13,7 +13,7 @@ Strategies (``strategy=``):
     after the full rounds (K mod P) then share all cores. Nothing is copied or pickled.
 ``processes``
     (CPU) the same split over spawned worker processes, the training tensors handed over once
-    through shared memory; each worker costs a process start and ``import torch`` (2-4 s), and,
+    through shared memory; each worker costs a process start and ``import torch`` (seconds), and,
     as any spawn, needs the caller's script to be import-safe.
 ``fused``
     the K models folded into one module (:mod:`richrep.training.fused`), when their objectives
@@ -48,7 +48,7 @@ from richrep.objectives import CrossEntropy, Objective
 from richrep.runtime.threads import ThreadBudget
 from richrep.training.allocator import tune_cpu_allocator
 from richrep.training.fused import fusable
-from richrep.training.loop import UnitProgress, train_unit
+from richrep.training.loop import EpochReport, UnitProgress, train_unit
 from richrep.training.plan import STRATEGIES, Unit, choose_strategy, plan_units
 
 # Per-example training targets of a model, or a function computing them inside its unit.
@@ -70,10 +70,13 @@ class _Group:
     paths: list[Path | None]
     names: list[str]
 
-    def run(self, unit: Unit, on_step: UnitProgress | None) -> list[dict[str, Any]]:
+    def run(
+        self, unit: Unit, on_step: UnitProgress | None, on_epoch: EpochReport | None = None
+    ) -> list[dict[str, Any]]:
         """Train one unit; progress is reported with indices into the group."""
         idx = list(unit.indices)
         hook = (lambda j, d, t: on_step(idx[j], d, t)) if on_step else None
+        epoch = (lambda j, e, n, loss: on_epoch(idx[j], e, n, loss)) if on_epoch else None
         # Targets given as callables are computed here, on this unit's threads, so their
         # arithmetic is the unit's wherever it runs (a thread here, a Ray task elsewhere).
         targets = [self.targets[i]() if callable(self.targets[i]) else self.targets[i] for i in idx]
@@ -90,6 +93,7 @@ class _Group:
             partial_paths=[self.paths[i] for i in idx],
             names=[self.names[i] for i in idx],
             on_step=hook,
+            on_epoch=epoch,
         )
 
 
@@ -104,6 +108,7 @@ def train_group(
     budget: ThreadBudget,
     partial_paths: Sequence[Path | None] | None = None,
     on_step: UnitProgress | None = None,
+    on_epoch: EpochReport | None = None,
     members: Sequence[str] | None = None,
     strategy: str = "auto",
     objectives: Sequence[Objective] | None = None,
@@ -116,8 +121,9 @@ def train_group(
     ``{"history": [...], "strategy": name}`` plus ``"failed": message`` for a seed whose loss
     became non-finite (the others go on). ``partial_paths[k]`` is model ``k``'s epoch
     checkpoint, ``members[k]`` its name in messages, ``objectives[k]`` / ``targets[k]`` its
-    loss and per-example targets, ``on_step(k, done, total)`` its progress (serialized by a
-    lock under ``threads``). ``budget``: the threads of this call, planned for and applied for
+    loss and per-example targets, ``on_step(k, done, total)`` its progress and
+    ``on_epoch(k, epoch, epochs, loss)`` each epoch's mean loss (serialized by a lock under
+    ``threads``). ``budget``: the threads of this call, planned for and applied for
     its duration (restored after). ``workers`` sets the worker count of ``threads``/``processes``.
     Other exceptions stop every worker and propagate; the epoch checkpoints written so far
     stay. ``tune_allocator`` applies :func:`tune_cpu_allocator` on a CPU (a process policy).
@@ -159,12 +165,12 @@ def train_group(
         if strategy in ("sequential", "fused"):
             out: dict[int, dict[str, Any]] = {}
             for u in units:
-                out.update(zip(u.indices, group.run(u, on_step), strict=True))
+                out.update(zip(u.indices, group.run(u, on_step, on_epoch), strict=True))
             results = [out[i] for i in range(k)]
         elif strategy == "processes":
-            results = _train_processes(group, on_step, workers, budget)
+            results = _train_processes(group, (on_step, on_epoch), workers, budget)
         else:
-            results = _train_threads(group, units, budget, on_step)
+            results = _train_threads(group, units, budget, (on_step, on_epoch))
     for r in results:
         r["strategy"] = strategy
     return results
@@ -196,7 +202,10 @@ class _Stop(Exception):
 
 
 def _train_threads(
-    group: _Group, units: list[Unit], budget: ThreadBudget, on_step: UnitProgress | None
+    group: _Group,
+    units: list[Unit],
+    budget: ThreadBudget,
+    report: tuple[UnitProgress | None, EpochReport | None],
 ) -> list[dict[str, Any]]:
     """Run ``units`` in waves of equal thread counts, each wave on ``budget // threads``
     Python threads that each apply their unit's budget at their start. The caller applies
@@ -206,6 +215,7 @@ def _train_threads(
     out: dict[int, dict[str, Any]] = {}
     errors: list[BaseException] = []
     stop = threading.Event()
+    on_step, on_epoch = report
 
     def hook(i: int, done: int, total: int) -> None:
         if stop.is_set():
@@ -213,6 +223,11 @@ def _train_threads(
         if on_step:
             with lock:
                 on_step(i, done, total)
+
+    def epoch(i: int, e: int, epochs: int, loss: float) -> None:
+        if on_epoch:
+            with lock:
+                on_epoch(i, e, epochs, loss)
 
     def work(todo: list[Unit], threads: ThreadBudget) -> None:
         threads.apply()  # this thread's edge: its OpenMP and MKL budget
@@ -222,7 +237,7 @@ def _train_threads(
                     return
                 unit = todo.pop(0)
             try:
-                results = group.run(unit, hook)
+                results = group.run(unit, hook, epoch)
             except _Stop:
                 return
             except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
@@ -299,6 +314,9 @@ def _worker(
                 last[0] = now
                 results.put(("progress", i, done, total))
 
+        def epoch(_j: int, e: int, epochs: int, loss: float, i: int = i) -> None:
+            results.put(("epoch", i, (e, epochs), loss))
+
         try:
             (res,) = train_unit(
                 [model],
@@ -312,6 +330,7 @@ def _worker(
                 partial_paths=[path],
                 names=[member],
                 on_step=progress,
+                on_epoch=epoch,
             )
         except BaseException:  # noqa: BLE001 - reported to the parent
             results.put(("error", i, traceback.format_exc(), None))
@@ -325,10 +344,14 @@ def _worker(
 
 
 def _train_processes(
-    group: _Group, on_step: UnitProgress | None, workers: int | None, budget: ThreadBudget
+    group: _Group,
+    report: tuple[UnitProgress | None, EpochReport | None],
+    workers: int | None,
+    budget: ThreadBudget,
 ) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
+    on_step, on_epoch = report
     k = len(group.models)
     nproc = max(1, min(k, workers or budget.threads))
     ctx = mp.get_context("spawn")
@@ -379,6 +402,9 @@ def _train_processes(
             if kind == "progress":
                 if on_step:
                     on_step(i, a, b)
+            elif kind == "epoch":
+                if on_epoch:
+                    on_epoch(i, *a, b)
             elif kind == "error":
                 raise TrainingError(f"train_group: the worker training model {i} failed:\n{a}")
             else:

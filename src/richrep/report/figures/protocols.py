@@ -1,27 +1,27 @@
 """The figures of protocols that have their own (registry ``FIGURES``, keyed by protocol
-name): the report draws ``FIGURES[protocol](rows, entry, path)`` for each entry of that
-protocol. A protocol plug-in that wants a figure registers one here by its name. Matplotlib
+name): ``FIGURES[protocol](rows, entry)`` draws the figure of one entry of that protocol from its
+result rows and returns it (a matplotlib figure; None when there is nothing to draw); the report
+writes it. A protocol plug-in that wants a figure registers one here by its name. Matplotlib
 loads when a figure is drawn, not when the figures are registered."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from richrep.registry import Registry
 
-FIGURES: Registry[Any] = Registry("protocol figure", skip=3, plural="figures")
+FIGURES: Registry[Any] = Registry("protocol figure", skip=2, plural="figures")
 
 
 @FIGURES.register("compatibility")
-def compatibility_matrices(rows: list[Any], entry: str, path: Path) -> Path | None:
+def compatibility_matrices(rows: list[Any], entry: str) -> Any:
     """The report's figure of a compatibility entry: each sequence's cross-model top-1 matrix
     (queries by the newer model, gallery by the older), one panel per sequence."""
     import matplotlib.pyplot as plt
 
-    from richrep.report.plots import mpl_text, save
+    from richrep.report.plots import mpl_text
 
     mine = [r for r in rows if r.get("entry") == entry and r.get("metric") == "cross_top1"]
     seqs = list(dict.fromkeys(str(r.get("sequence")) for r in mine))
@@ -56,55 +56,54 @@ def compatibility_matrices(rows: list[Any], entry: str, path: Path) -> Path | No
         ax.set_title(mpl_text(name), fontsize=9)
     fig.colorbar(im, ax=list(axes[0]), fraction=0.03, label="top-1")
     fig.suptitle(mpl_text(f"{entry}: cross-model top-1"), fontsize=10)
-    save(fig, path)
-    return path
+    return fig
 
 
 @FIGURES.register("continual")
-def accuracy_after_tasks(rows: list[Any], entry: str, path: Path) -> Path | None:
+def accuracy_after_tasks(rows: list[Any], entry: str) -> Any:
     """The report's figure of a continual entry: accuracy after each task, one line per
     representation column (mean over orders and seeds)."""
     from richrep.report.plots import lines_by_column
 
-    return lines_by_column(
+    ax = lines_by_column(
         rows,
         entry,
-        path,
         x_of=lambda r: str(r.get("variant")).split()[2].split("/")[0],
         xlabel="tasks seen",
         ylabel="test accuracy on the classes seen",
         title="nearest class mean, class-incremental",
+        integer=True,
     )
+    return None if ax is None else ax.figure
 
 
 @FIGURES.register("truncation")
-def accuracy_against_dims(rows: list[Any], entry: str, path: Path) -> Path | None:
+def accuracy_against_dims(rows: list[Any], entry: str) -> Any:
     """The report's figure of a truncation entry: probe accuracy against the prefix length,
     one line per column (mean over seeds and subsets), log-scaled dimensions."""
     from richrep.report.plots import lines_by_column
 
-    return lines_by_column(
+    ax = lines_by_column(
         rows,
         entry,
-        path,
         x_of=lambda r: r.get("prefix"),
         xlabel="first m features",
         ylabel="probe test accuracy",
         title="accuracy under truncation",
         log2=True,
     )
+    return None if ax is None else ax.figure
 
 
 @FIGURES.register("retrieval")
-def cost_vs_accuracy(rows: list[Any], entry: str, path: Path) -> Path | None:
+def cost_vs_accuracy(rows: list[Any], entry: str) -> Any:
     """The report's figure of a retrieval entry: top-1 against the cost (features touched per
     query relative to full search), one line per column."""
     from richrep.report.plots import lines_by_column
 
-    return lines_by_column(
+    ax = lines_by_column(
         rows,
         entry,
-        path,
         x_of=lambda r: r.get("cost"),
         xlabel="features touched per query (fraction of full search)",
         ylabel="top-1 retrieval accuracy",
@@ -112,3 +111,4 @@ def cost_vs_accuracy(rows: list[Any], entry: str, path: Path) -> Path | None:
         metric="top1",
         log10=True,
     )
+    return None if ax is None else ax.figure

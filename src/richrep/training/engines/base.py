@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from richrep.config import Experiment
 from richrep.data import Task
 from richrep.members import Member
+from richrep.runtime.progress import Progress  # (member, done, total)
 from richrep.store import RunStore
 from richrep.store.ledger import Status
 
-Progress = Callable[[str, int, int], None]  # (member, done, total)
+__all__ = ["Engine", "Progress"]
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from richrep.members import Member, MemberKind, kind_of, waves
 from richrep.models import Classifier, count_params
 from richrep.plugins import ENGINES
 from richrep.runtime.device import resolve_device, resolve_precision
+from richrep.runtime.progress import note
 from richrep.runtime.threads import ThreadBudget
 from richrep.store import RunStore
 from richrep.store.ledger import Ledger, State, Status
@@ -244,6 +245,11 @@ def train_members(
         targets=[targets_of(m) if m.requires else {} for m in group],
         units=None if strategy == "processes" else units,
         on_step=(lambda k, d, t: progress(group[k].name, d, t)) if progress else None,
+        on_epoch=(
+            (lambda k, e, n, loss: note(progress, group[k].name, epoch=e, epochs=n, loss=loss))
+            if progress
+            else None
+        ),
     )
     status = {}
     for m, model, out in zip(group, models, outs, strict=True):
