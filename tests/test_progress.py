@@ -27,7 +27,7 @@ from richrep.models import Classifier, build_encoder
 from richrep.pipeline import run_experiment
 from richrep.representations.floor_check import RandomFloorWarning
 from richrep.runtime.threads import ThreadBudget
-from richrep.stages.evaluate import Counter, entry_work, evaluate_entry
+from richrep.stages.entry import Counter, entry_work, evaluate_entry
 from richrep.training.workers import train_group
 
 FLOOR = "its features are not clearly better than its untrained encoder's"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +17,11 @@ import torch
 from richrep.config import parse_experiment
 from richrep.errors import ConfigError
 from richrep.members import plan_members
+from richrep.pipeline import run_experiment
 from richrep.plugins import ENGINES
 from richrep.run import source_task
 from richrep.runtime.threads import ThreadBudget
+from richrep.stages.evaluate import read_results
 from richrep.store import RunStore, load_tensors
 from richrep.store.ledger import Ledger, State
 from richrep.training.engines import train_local, work_units
@@ -148,3 +154,81 @@ def test_task_bigger_than_any_node_is_a_clear_error(tiny, tmp_path, ray_session,
 
     with pytest.raises(ConfigError, match="largest Ray node has 2"):
         train_ray(exp, task, plan_members(exp, task.input_shape), RunStore(tmp_path / "r"))
+
+
+# -- evaluation on Ray ---------------------------------------------------------------------------
+
+SUITE = [
+    {"name": "new", "shifts": [{"classes": {"keep": [5, 6, 7, 8, 9]}}], "sizes": [20, "all"]},
+    {"name": "same", "shifts": [{"classes": {"keep": [0, 1, 2, 3, 4]}}], "sizes": ["all"]},
+    {
+        "name": "shots",
+        "shifts": [{"classes": {"keep": [5, 6, 7, 8, 9]}}],
+        "protocol": {"few_shot": {"shots": [1], "queries": 5, "episodes": 3}},
+    },
+]
+
+
+def _rows(rows):
+    """Rows without what differs between any two evaluations (wall-clock seconds)."""
+    drop = {"seconds", "fit_seconds", "time_s"}
+    return sorted(
+        (json.dumps({k: v for k, v in r.to_dict().items() if k not in drop}, sort_keys=True))
+        for r in rows
+    )
+
+
+def _eval_exp(tiny, engine):
+    tiny["evaluation"] = {"suite": SUITE, "floors": []}
+    tiny["runtime"] = {"threads": 2, "engine": engine}
+    return parse_experiment(tiny)
+
+
+def test_ray_evaluation_rows_equal_local_ones(tiny, tmp_path, ray_session):
+    """Suite entries as Ray tasks (two transfer entries side by side on a thread each, the
+    few-shot entry on both): the same rows as the local evaluate stage."""
+    local = _eval_exp(copy.deepcopy(tiny), "local")
+    remote = _eval_exp(copy.deepcopy(tiny), {"ray": {}})
+    run_experiment(local, tmp_path / "a", only="train", log=lambda m: None)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the same members for both
+    logs: list[str] = []
+    rows_local = read_results(run_experiment(local, tmp_path / "a", only="evaluate", log=print))
+    rows_ray = read_results(
+        run_experiment(remote, tmp_path / "b", only="evaluate", log=logs.append)
+    )
+    assert any("as tasks of runtime.engine ray" in m for m in logs), logs
+    assert len(rows_ray) == len(rows_local) > 0
+    assert _rows(rows_ray) == _rows(rows_local)
+
+
+def _kill_first_task(name: str, killed: list[int], stop: threading.Event) -> None:
+    """SIGKILL the first process whose title is Ray's for a running task ``name``."""
+    title = f"ray::{name}".encode()
+    while not stop.is_set() and not killed:
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(title):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+                    return
+            except OSError:
+                continue
+        time.sleep(0.01)
+
+
+def test_ray_evaluation_retries_a_killed_worker(tiny, tmp_path, ray_session):
+    """A worker killed while it evaluates an entry: Ray runs the task again, every entry's
+    rows are written, nothing is lost."""
+    exp = _eval_exp(tiny, {"ray": {"max_retries": 2}})
+    run_experiment(exp, tmp_path, only="train", log=lambda m: None)
+    killed: list[int] = []
+    stop = threading.Event()
+    t = threading.Thread(target=_kill_first_task, args=("entry_task", killed, stop))
+    t.start()
+    try:
+        rows = read_results(run_experiment(exp, tmp_path, only="evaluate", log=lambda m: None))
+    finally:
+        stop.set()
+        t.join()
+    assert killed, "no worker was seen evaluating"
+    assert {r.entry for r in rows} == {"new", "same", "shots"}

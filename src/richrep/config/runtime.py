@@ -20,6 +20,9 @@ class RuntimeConfig(Strict):
     # suite entries evaluated at once, in threads sharing the feature cache, each with its own
     # share of `threads` (0: one per core on a CPU, 1 on an accelerator; 1: one at a time)
     eval_workers: Annotated[int, Field(ge=0)] = 0
+    # memory a probe may hold (bytes, "8GB", "50%"; default half the machine's): above it, the
+    # features are streamed from disk in chunks (runtime/memory.py)
+    memory: int | str | None = None
     engine: Annotated[Spec, Field(validate_default=True)] = Spec(name="local")
     track: Spec | None = None  # experiment tracking (TRACKERS): null, mlflow, {mlflow: {...}}
     strategy: Literal["auto", "sequential", "threads", "processes", "fused", "fused-threads"] = (
@@ -34,6 +37,14 @@ class RuntimeConfig(Strict):
         from richrep.runtime.device import check_device
 
         check_device(v, available=False)  # availability is checked where it is used
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: object) -> object:
+        from richrep.runtime.memory import parse_memory
+
+        parse_memory(v)  # ConfigError (a ValueError) names what is wrong
         return v
 
     @field_validator("engine")

@@ -8,6 +8,7 @@ scikit-learn. NaN and inf raise :class:`~richrep.errors.DataError` either way.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d, validate_data
 
+from richrep.data.feature_rows import is_row_source
 from richrep.errors import DataError
 from richrep.evaluation.solver import CHUNK
 from richrep.runtime.device import resolve_device
@@ -46,7 +48,9 @@ def check_finite(X: torch.Tensor, name: str) -> None:
 def as_features(est: BaseEstimator, X: Any, name: str, *, reset: bool) -> torch.Tensor:
     """Validate features as a 2-D real tensor of at least float32 (a tensor keeps its device; an
     array becomes a CPU tensor); ``reset`` sets ``est.n_features_in_``, otherwise it is
-    checked."""
+    checked. A row source (features on disk) is read whole."""
+    if is_row_source(X):
+        X = X.to_tensor()
     if isinstance(X, torch.Tensor):
         if X.ndim != 2:
             raise DataError(f"{name} must be 2-D (n_samples, n_features), got {tuple(X.shape)}")
@@ -99,6 +103,8 @@ def as_labels(y: Any, n: int, name: str) -> np.ndarray:
 
 def fit_inputs(est: BaseEstimator, X: Any, y: Any) -> tuple[torch.Tensor, np.ndarray]:
     """``(features, labels)`` of a ``fit`` call, validated (and ``n_features_in_`` set)."""
+    if is_row_source(X):
+        X = X.to_tensor()
     if not isinstance(X, torch.Tensor) and y is None:
         # let scikit-learn phrase the "y is required" error
         validate_data(est, X, y, dtype=[np.float64, np.float32], ensure_all_finite=False)
@@ -116,6 +122,38 @@ def class_indices(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"least 2 classes"
         )
     return classes, y_idx
+
+
+def check_val_labels(y_val: np.ndarray, classes: np.ndarray) -> None:
+    """:class:`DataError` when ``y_val`` holds a label that is not one of ``classes``."""
+    unknown = np.setdiff1d(np.unique(y_val), classes)
+    if unknown.size:
+        raise DataError(
+            f"y_val holds labels absent from y: {unknown[:5].tolist()}; a probe cannot "
+            f"predict classes it was not trained on"
+        )
+
+
+def validation_rows(
+    y_idx: np.ndarray, Cs: np.ndarray, val_fraction: float, seed: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train rows, validation rows, Cs)`` of a fit without given validation data: a
+    stratified split (:func:`stratified_val_split`) when there is a grid to choose from. If no
+    class has two examples nothing can be held out: the grid value closest to C = 1
+    (scikit-learn's default) is used, with a warning."""
+    tr = np.arange(y_idx.size)
+    va = tr[:0]
+    if Cs.size > 1:
+        tr, va = stratified_val_split(y_idx, val_fraction, seed)
+        if va.size == 0:
+            warnings.warn(
+                "no class has two examples, so no validation data can be held out to "
+                "choose C; using the grid value closest to C=1 (scikit-learn's default)",
+                UserWarning,
+                stacklevel=3,
+            )
+            Cs = Cs[[int(np.argmin(np.abs(np.log(Cs))))]]
+    return tr, va, Cs
 
 
 def standardize_stats(X: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,6 +16,11 @@ on validation data, solved full-batch with torch (CPU or GPU) by
 * the solver is L-BFGS preconditioned by ``a * Sigma + lam * I`` (``Sigma`` the feature
   covariance, ``lam = 1 / (C n)``): cat-K features of K networks are strongly correlated, and
   this preconditioner removes most of that ill-conditioning for the price of a d x d Cholesky;
+  with many features (where that d^3 work would not pay, :func:`.solver.choose_preconditioner`)
+  ``Sigma`` is approximated by its top eigenpairs plus diagonal blocks (:mod:`.lowrank`), so
+  the cost grows with n d k, not d^3;
+* features (and the solver's work) beyond ``runtime.memory`` are not copied into memory: every
+  pass streams them from their source, e.g. the feature cache on disk (:mod:`.stream`);
 * the C with the best validation accuracy is kept (ties go to the stronger regularization),
   then the model is refit on train + validation with that C, warm-started.
 
@@ -39,22 +44,26 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from richrep.data.feature_rows import is_row_source
 from richrep.errors import DataError
 from richrep.evaluation.inputs import (
     as_features,
     as_labels,
+    check_val_labels,
     class_indices,
     device_for,
     fit_inputs,
     standardize_stats,
     standardized_t,
-    stratified_val_split,
+    validation_rows,
 )
-from richrep.evaluation.solver import DTYPES, solve_path
+from richrep.evaluation.solver import DTYPES, PathResult, solve_path
+from richrep.evaluation.stream import block_rows, fit_streamed, plan_inputs
 from richrep.plugins import PROBES
 from richrep.registry import check_arguments
 from richrep.runtime.cpu_policy import fast_matmul_active
 from richrep.runtime.device import check_device
+from richrep.runtime.memory import MemoryBudget
 
 __all__ = ["DEFAULT_CS", "LinearProbe", "NearestMeanProbe", "make_probe", "probe_seed"]
 
@@ -130,7 +139,9 @@ class LinearProbe(_TorchLabels, BaseEstimator):
     n_iter_ : ndarray (len(Cs_) + 1,), L-BFGS iterations for each C then for the refit (0 if none)
     solver_stats_ : dict, function evaluations, matmul flops (4 n d k per evaluation), seconds
         of the whole fit, whether every solve converged, and whether float32 CPU matmuls ran in
-        oneDNN's bf16 fpmath mode (``fast_matmul``: set by the caller's policy, never by fit)
+        oneDNN's bf16 fpmath mode (``fast_matmul``: set by the caller's policy, never by fit);
+        for features streamed beyond ``runtime.memory`` (:mod:`.stream`), ``stream``: passes,
+        bytes read, seconds reading and waiting for blocks
     device_ : str
     n_features_in_, feature_names_in_ : as in scikit-learn
     """
@@ -173,37 +184,59 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         on CPU, call it inside :func:`richrep.runtime.cpu_policy.probe_compute_policy`."""
         Cs, dtype = self._check_params()
         t_start = time.perf_counter()
+        budget = MemoryBudget.here().bytes
+        X, X_val, stream = plan_inputs(X, X_val, y, budget)  # reads a source that fits
+        if stream:  # features (and the work) beyond runtime.memory: read in blocks each pass
+            device = device_for(self.device, X)
+            *fitted, streamed = fit_streamed(self, X, y, X_val, y_val, Cs, dtype, device, budget)
+            self._keep(*fitted, device, dtype, t_start)
+            self.solver_stats_["stream"] = streamed  # passes, bytes read, seconds
+            return self
         Xt, y = fit_inputs(self, X, y)
         classes, y_idx = class_indices(y)
         if (X_val is None) != (y_val is None):
             raise DataError("give both X_val and y_val, or neither")
         device = device_for(self.device, X)
-        self.classes_ = classes
-        self.device_ = str(device)
 
         mean, scale, active = standardize_stats(Xt)
-        self.mean_, self.scale_ = mean, scale
 
         parts, labels, n_train, Cs = self._training_rows(Xt, y_idx, classes, X_val, y_val, Cs)
         XT = standardized_t(parts, mean, scale, active, dtype, device)
         del parts
 
         k = classes.size
-        fast = fast_matmul_active(device, dtype)  # read only: set by the caller's policy, if any
-        path = solve_path(XT, labels, n_train, Cs, k, self.max_iter, self.tol, self.refit)
+        args = (Cs, k, self.max_iter, self.tol, self.refit)
+        path = solve_path(XT, labels, n_train, *args, precond="auto")
+        return self._keep(classes, mean, scale, active, Cs, path, device, dtype, t_start)
+
+    def _keep(
+        self,
+        classes: np.ndarray,
+        mean: np.ndarray,
+        scale: np.ndarray,
+        active: np.ndarray,
+        Cs: np.ndarray,
+        path: PathResult,
+        device: torch.device,
+        dtype: torch.dtype,
+        t_start: float,
+    ) -> LinearProbe:
+        """Keep a solved path as the fitted attributes (back in the original feature space)."""
         Wt, n_iter, scores, C_best, converged, evals, flops = path
         if not converged:
             warnings.warn(
                 f"LinearProbe: L-BFGS did not reach tol={self.tol:g} within max_iter="
                 f"{self.max_iter} for every C (iterations: {n_iter}); increase max_iter",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-
-        # back to the original feature space
+        k = classes.size
+        self.classes_ = classes
+        self.device_ = str(device)
+        self.mean_, self.scale_ = mean, scale
         W = Wt[:-1].to(torch.float64).cpu().numpy()
         b = Wt[-1].to(torch.float64).cpu().numpy()
-        coef = np.zeros((k, Xt.shape[1]))
+        coef = np.zeros((k, mean.size))
         coef[:, active] = (W / scale[active, None]).T
         self.coef_ = coef
         self.intercept_ = b - coef @ mean
@@ -212,7 +245,8 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         self.C_ = C_best
         self.n_iter_ = np.asarray(n_iter, dtype=np.int64)
         self.solver_stats_ = {
-            "fast_matmul": fast,  # oneDNN's bf16 fpmath for float32 matmuls (see cpu_policy)
+            # oneDNN's bf16 fpmath for float32 matmuls (see cpu_policy); read only here
+            "fast_matmul": fast_matmul_active(device, dtype),
             "evals": evals,
             "flops": flops,
             "seconds": time.perf_counter() - t_start,
@@ -235,26 +269,10 @@ class LinearProbe(_TorchLabels, BaseEstimator):
         if X_val is not None:
             Xv = as_features(self, X_val, "X_val", reset=False)
             yv = as_labels(y_val, Xv.shape[0], "y_val")
-            unknown = np.setdiff1d(np.unique(yv), classes)
-            if unknown.size:
-                raise DataError(
-                    f"y_val holds labels absent from y: {unknown[:5].tolist()}; a probe cannot "
-                    f"predict classes it was not trained on"
-                )
+            check_val_labels(yv, classes)
             labels = np.concatenate([y_idx, np.searchsorted(classes, yv)])
             return [(Xt, None), (Xv, None)], labels, Xt.shape[0], Cs
-        tr = np.arange(y_idx.size)
-        va = tr[:0]
-        if Cs.size > 1:
-            tr, va = stratified_val_split(y_idx, float(self.val_fraction), self.random_state)
-            if va.size == 0:
-                warnings.warn(
-                    "no class has two examples, so no validation data can be held out to "
-                    "choose C; using the grid value closest to C=1 (scikit-learn's default)",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                Cs = Cs[[int(np.argmin(np.abs(np.log(Cs))))]]
+        tr, va, Cs = validation_rows(y_idx, Cs, float(self.val_fraction), self.random_state)
         rows = np.concatenate([tr, va])
         return [(Xt, rows)], y_idx[rows], tr.size, Cs
 
@@ -262,6 +280,9 @@ class LinearProbe(_TorchLabels, BaseEstimator):
 
     def _scores(self, X: Any) -> torch.Tensor:
         check_is_fitted(self)
+        if is_row_source(X):  # features on disk: scored block by block
+            rows = block_rows(X.shape[1], MemoryBudget.here().bytes)
+            return torch.cat([self._scores(block) for _, block in X.blocks(rows)])
         Xt = as_features(self, X, "X", reset=False)
         coef = torch.as_tensor(self.coef_, device=Xt.device)
         b = torch.as_tensor(self.intercept_, device=Xt.device)

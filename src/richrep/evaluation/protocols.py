@@ -228,8 +228,9 @@ class Transfer:
         self, ctx: Context, rep: Representation, target: Task, entry: SuiteEntry
     ) -> list[Row]:
         data, sets = ctx.probe_sets(target, entry)
-        feats = ctx.featurizer(rep, data)
-        x_test = ctx.featurizer(rep, target.test)
+        # features beyond runtime.memory stay on disk, streamed by the linear probe
+        feats = ctx.featurizer(rep, data, lazy=True)
+        x_test = ctx.featurizer(rep, target.test, lazy=True)
         rows = []
         for size, d, idx in sets:
             probe = fit_probe(ctx.make_probe(entry, d), feats[idx], data.y[idx])

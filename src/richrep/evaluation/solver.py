@@ -23,10 +23,12 @@ caller's policy (:mod:`richrep.runtime.cpu_policy`).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from richrep.evaluation.lowrank import LowRankPreconditioner, Spectrum
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHUNK = 8192  # rows per block when streaming over the features
@@ -35,6 +37,8 @@ CHUNK = 8192  # rows per block when streaming over the features
 # features (1.0 took ~35% more evaluations).
 PRECOND_A = 0.2
 GRAM_ROWS = 16384
+FULL_MIN_D = 1024  # up to here always the full preconditioner (choose_preconditioner)
+FULL_MAX_D = 4096  # above: always the block + low-rank one (docs/scale.md)
 MEMORY = 20  # L-BFGS curvature pairs (10 took ~20% more evaluations on cat-K features)
 
 
@@ -259,6 +263,64 @@ class PathResult(NamedTuple):
     flops: int  # matmul flops, 4 n d k per evaluation
 
 
+def choose_preconditioner(d: int, n: int = 1, k: int = 2, budget: int | None = None) -> str:
+    """``"full"`` (a d x d Cholesky per C) or ``"lowrank"`` (:mod:`.lowrank`) for ``n``
+    training examples of ``d`` features and ``k`` classes. Full up to :data:`FULL_MIN_D`
+    features; up to :data:`FULL_MAX_D` while its work -- the covariance, ``2 d^2 n_s``, and a
+    float64 Cholesky and inverse per C, ``~2 d^3`` float32-equivalent -- stays below a quarter
+    of the solves' (~15 evaluations of ``4 n d k`` per C, measured on cat-K features: at
+    d = 4,096, n = 18,000, k = 100 the full one took 3x the time of d = 2,048) and its three
+    d x d float64 matrices within a quarter of ``budget`` bytes; above, low-rank."""
+    if budget is not None and 3 * 8 * d * d > budget // 4:
+        return "lowrank"
+    if d <= FULL_MIN_D:
+        return "full"
+    full_work = 18 * d * d + 2 * d * min(n, GRAM_ROWS)  # (9 x 2 d^3 + 2 d^2 n_s) / d
+    if d <= FULL_MAX_D and full_work <= 135 * n * k:  # a quarter of 9 x 15 x 4 n d k, / d
+        return "full"
+    return "lowrank"
+
+
+class InMemory:
+    """The problem :func:`solve_grid` solves, on the standardized ``XT`` (d, n) in memory: the
+    first ``n_train`` columns train, the rest (if any) validate."""
+
+    def __init__(self, XT: torch.Tensor, labels: np.ndarray, n_train: int, k: int) -> None:
+        self.XT, self.n_train, self.k = XT, n_train, k
+        self.y = torch.as_tensor(labels, device=XT.device)
+        self.has_val = n_train < XT.shape[1]
+        self.d, self.dtype, self.device = XT.shape[0], XT.dtype, XT.device
+
+    def objective(self, everything: bool) -> Multinomial:
+        if everything:
+            return Multinomial(self.XT, self.y, self.k)
+        return Multinomial(self.XT[:, : self.n_train], self.y[: self.n_train], self.k)
+
+    def val_accuracy(self, Wt: torch.Tensor) -> float:
+        return _accuracy(self.XT[:, self.n_train :], self.y[self.n_train :], Wt)
+
+    def statistics(self, kind: str) -> torch.Tensor | Spectrum:
+        XT = self.XT[:, : self.n_train]
+        if kind == "full":
+            return covariance(XT)
+        step = max(1, math.ceil(XT.shape[1] / GRAM_ROWS))
+        diag = torch.zeros(XT.shape[0], dtype=torch.float64, device=XT.device)
+        for i in range(0, XT.shape[1], CHUNK):
+            block = XT[:, i : i + CHUNK]
+            diag += (block * block).sum(1, dtype=torch.float64)
+        return Spectrum(XT[:, ::step].t(), diag / XT.shape[1])
+
+
+def preconditioner(
+    stats: torch.Tensor | Spectrum, lam: float, dtype: torch.dtype
+) -> Preconditioner | LowRankPreconditioner:
+    """``M^{-1}`` for ``lam`` from what :meth:`InMemory.statistics` gave (a covariance: the full
+    one; a :class:`Spectrum`: the low-rank + diagonal one)."""
+    if isinstance(stats, Spectrum):
+        return LowRankPreconditioner(stats, lam, PRECOND_A, dtype)
+    return Preconditioner(stats, lam, dtype)
+
+
 def solve_path(
     XT: torch.Tensor,
     labels: np.ndarray,
@@ -268,17 +330,27 @@ def solve_path(
     max_iter: int,
     tol: float,
     refit: bool,
+    precond: str = "full",
 ) -> PathResult:
     """Solve the grid ``Cs`` (increasing: strong to weak regularization) with warm starts on the
     training part (the first ``n_train`` columns of the standardized ``XT``, labels in
     ``range(k)``), choose C by accuracy on the rest (the validation part, if any; ties go to the
-    stronger regularization), then refit on both with that C, warm-started."""
-    device = XT.device
-    y_all = torch.as_tensor(labels, device=device)
-    has_val = n_train < XT.shape[1]
-    obj = Multinomial(XT[:, :n_train], y_all[:n_train], k)
-    sigma = covariance(obj.XT)
-    Wt = torch.zeros(obj.d + 1, k, dtype=XT.dtype, device=device)
+    stronger regularization), then refit on both with that C, warm-started. ``precond``:
+    ``"full"``, ``"lowrank"`` or ``"auto"`` (:func:`choose_preconditioner`)."""
+    if precond == "auto":
+        precond = choose_preconditioner(XT.shape[0], n_train, k)
+    return solve_grid(InMemory(XT, labels, n_train, k), Cs, max_iter, tol, refit, precond)
+
+
+def solve_grid(
+    problem: Any, Cs: np.ndarray, max_iter: int, tol: float, refit: bool, precond: str
+) -> PathResult:
+    """:func:`solve_path` on a problem (:class:`InMemory`, or one streamed from disk: the same
+    ``d``, ``k``, ``dtype``, ``has_val``, ``objective``, ``val_accuracy`` and ``statistics``)."""
+    k, dtype = problem.k, problem.dtype
+    obj = problem.objective(False)
+    stats = problem.statistics(precond)
+    Wt = torch.zeros(problem.d + 1, k, dtype=dtype, device=problem.device)
     memory = LBFGSMemory()
     n_iter, scores, solutions, converged = [], [], [], True
     lam_prev = None
@@ -287,24 +359,25 @@ def solve_path(
         if lam_prev is not None:
             memory.shift_penalty(lam - lam_prev, obj.d * k)  # keep the pairs, corrected
         lam_prev = lam
-        precond = Preconditioner(sigma, lam, XT.dtype)
-        Wt, it, ok = minimize(obj, Wt, lam, precond, memory, max_iter, tol)
+        Wt, it, ok = minimize(
+            obj, Wt, lam, preconditioner(stats, lam, dtype), memory, max_iter, tol
+        )
         n_iter.append(it)
         converged &= ok
         solutions.append(Wt)
-        scores.append(_accuracy(XT[:, n_train:], y_all[n_train:], Wt) if has_val else math.nan)
-    best = int(np.argmax(scores)) if has_val else 0  # the first maximum: the strongest
+        scores.append(problem.val_accuracy(Wt) if problem.has_val else math.nan)
+    best = int(np.argmax(scores)) if problem.has_val else 0  # the first maximum: the strongest
     Wt, C_best = solutions[best], float(Cs[best])
     evals, flops = obj.evals, obj.flops
     del obj, solutions
 
     refit_iter = 0
-    if has_val and refit:
-        obj = Multinomial(XT, y_all, k)
+    if problem.has_val and refit:
+        obj = problem.objective(True)
         lam = 1.0 / (C_best * obj.n)
         # at least one step: the warm start solves a different (larger) problem
-        precond = Preconditioner(sigma, lam, XT.dtype)
-        Wt, refit_iter, ok = minimize(obj, Wt, lam, precond, LBFGSMemory(), max_iter, tol, 1)
+        precond_ = preconditioner(stats, lam, dtype)
+        Wt, refit_iter, ok = minimize(obj, Wt, lam, precond_, LBFGSMemory(), max_iter, tol, 1)
         converged &= ok
         evals, flops = evals + obj.evals, flops + obj.flops
     return PathResult(Wt, n_iter + [refit_iter], scores, C_best, converged, evals, flops)

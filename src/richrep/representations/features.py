@@ -6,13 +6,17 @@ data hash): in memory (least recently used dropped first) and, for a run, on dis
 folder's ``features/`` as safetensors with sha256 sidecars, so a resumed run, ``--only
 evaluate`` and ``richrep analyze`` never extract a member's features twice. A cached file that
 does not match its sha256 is moved to quarantine and recomputed.
+
+A split whose features would take more than a quarter of ``runtime.memory`` is extracted batch
+by batch straight into its cache file (never whole in memory), and handed to a caller that asks
+for it lazily (the transfer protocol's linear probe) as a row source read on demand.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +24,15 @@ import torch
 from torch import nn
 
 from richrep.data import Split
+from richrep.data.feature_rows import FileRows, RowSource, concat_columns
 from richrep.data.images import is_lazy
 from richrep.data.task import Rows
 from richrep.errors import StoreError
 from richrep.representations import Representation
 from richrep.runtime.device import autocast
+from richrep.runtime.memory import MemoryBudget
 from richrep.store import load_tensors, quarantine, save_tensors, sidecar
+from richrep.store.tensor_file import TensorFileWriter
 from richrep.training.loop import uses_channels_last
 
 
@@ -91,9 +98,59 @@ class FeatureCache:
                 _, old = self._mem.popitem(last=False)
                 self._bytes -= old.numel() * old.element_size()
 
+    def on_disk(self, key: str) -> bool:
+        """Whether ``key`` has a file (or a sidecar) in the cache folder."""
+        if self.directory is None:
+            return False
+        path = self._path(key)
+        return path.exists() or sidecar(path).exists()
+
+    def source(self, key: str, count: bool = True) -> FileRows | None:
+        """The cached features of ``key`` on disk as a row source, read on demand (checked
+        against the sidecar first; a bad file is quarantined), or None."""
+        if not self.on_disk(key):
+            return None
+        path = self._path(key)
+        try:
+            rows = FileRows(path)
+        except StoreError as e:
+            quarantine(path, f"cached features: {e}")
+            return None
+        if count:
+            self.count_disk_hit()
+        return rows
+
+    def count_disk_hit(self) -> None:
+        with self._lock:
+            self.hits += 1
+            self.disk_hits += 1
+
+    def write(
+        self, key: str, shape: tuple[int, int], batches: Iterable[torch.Tensor], bf16: bool
+    ) -> FileRows:
+        """Write the features of ``key`` batch by batch (never the whole matrix in memory):
+        as bfloat16 when ``bf16`` and every batch is exactly that (features extracted under bf16
+        autocast), else float32 (a batch that is not restarts the file in float32)."""
+        assert self.directory is not None
+        with self._lock:
+            self.misses += 1
+        path = self._path(key)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        with TensorFileWriter(path, "features", shape, dtype, {"key": key}) as w:
+            for batch in batches:
+                if dtype == torch.bfloat16 and not torch.equal(batch.to(dtype).float(), batch):
+                    raise _NotBf16
+                w.write(batch)
+            w.close()
+        return FileRows(path)
+
     def _path(self, key: str) -> Path:
         assert self.directory is not None
         return self.directory / f"{key}.safetensors"
+
+
+class _NotBf16(Exception):
+    """A batch of features is not exactly bfloat16: the file is written again in float32."""
 
 
 def _compact(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +186,6 @@ def batch_size_for(encoder: nn.Module, x: torch.Tensor, device: torch.device) ->
     return int(min(4096, max(64, 1 << max(fit, 1).bit_length() - 1)))
 
 
-@torch.no_grad()
 def extract(
     encoder: nn.Module,
     x: torch.Tensor,
@@ -142,22 +198,37 @@ def extract(
     (``batch_size_for`` unless given), channels_last for convolutions, autocast to ``dtype``."""
     if len(x) == 0:
         return torch.zeros(0, 0)
+    return torch.cat(
+        list(extract_batches(encoder, x, device=device, dtype=dtype, batch_size=batch_size))
+    )
+
+
+@torch.no_grad()
+def extract_batches(
+    encoder: nn.Module,
+    x: Any,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """:func:`extract`, one batch of features at a time (float32, on CPU)."""
     encoder.eval()
     bs = batch_size or batch_size_for(encoder, x, device)
     encoder.to(device)
     channels_last = uses_channels_last(encoder, x)
     if channels_last:
         encoder.to(memory_format=torch.channels_last)
-    out = []
-    for xb in x.split(bs):
-        xb = xb.to(device, non_blocking=True)
+    try:
+        for xb in x.split(bs):
+            xb = xb.to(device, non_blocking=True)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                yield encoder(xb).float().cpu()
+    finally:
         if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            out.append(encoder(xb).float().cpu())
-    if channels_last:
-        encoder.to(memory_format=torch.contiguous_format)
-    return torch.cat(out)
+            encoder.to(memory_format=torch.contiguous_format)
 
 
 class Featurizer:
@@ -195,12 +266,27 @@ class Featurizer:
         dt = str(self.dtype).replace("torch.", "")
         return f"{part}-{fp}-{split.hash}-{dt}" if fp else f"{part}-{split.hash}-{dt}"
 
-    def part(self, name: str, split: Split) -> torch.Tensor:
+    def part(self, name: str, split: Split, lazy: bool = False) -> torch.Tensor | RowSource:
+        """Features of representation part ``name`` on ``split``. A split whose features
+        would take more than a quarter of ``runtime.memory`` (:mod:`richrep.runtime.memory`) is
+        extracted batch by batch straight into the cache file; ``lazy`` then gets it as a row
+        source read on demand (the linear probe streams it) instead of a tensor."""
         key = self.key(name, split)
+        quarter = MemoryBudget.here().bytes // 4
+        if lazy and self.cache.on_disk(key):  # a large cached file is not loaded whole
+            rows = self.cache.source(key, count=False)
+            if rows is not None and rows.nbytes > quarter:
+                self.cache.count_disk_hit()
+                return rows
         hit = self.cache.get(key)
         if hit is not None:
             return hit
         encoder = self.encoder(name)
+        d = getattr(encoder, "feature_dim", None)
+        large = isinstance(d, int) and len(split) * d * 4 > quarter
+        if large and self.cache.directory is not None and getattr(encoder, "cacheable", True):
+            rows = self._on_disk(name, key, encoder, split)
+            return rows if lazy else self.cache.get(key)
         if not getattr(encoder, "cacheable", True):
             x = torch.cat(list(split.x.split(1024))) if is_lazy(split.x) else split.x
             return encoder(x).float()
@@ -221,6 +307,26 @@ class Featurizer:
                 with self._locks_lock:
                     self._cut.setdefault((name, split.rows.root), []).append((split.rows, key))
             return feats
+
+    def _on_disk(self, name: str, key: str, encoder: nn.Module, split: Split) -> RowSource:
+        """The cache file of ``key``, extracted batch by batch if it is not there yet."""
+        with self.cache.claim(key):
+            rows = self.cache.source(key)
+            if rows is not None:
+                return rows
+            shape = (len(split), int(encoder.feature_dim))
+            with self._encoder_lock(name):
+                for bf16 in (self.dtype == torch.bfloat16, False):
+                    batches = extract_batches(
+                        encoder, split.x, device=self.device, dtype=self.dtype
+                    )
+                    try:
+                        return self.cache.write(key, shape, batches, bf16)
+                    except _NotBf16:
+                        continue
+                    finally:
+                        batches.close()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _extract(self, name: str, encoder: nn.Module, x: Any) -> torch.Tensor:
         with self._encoder_lock(name):  # ``extract`` moves the encoder between devices/formats
@@ -256,9 +362,12 @@ class Featurizer:
             out[mine] = feats[pos[mine]]
         return out, src < 0
 
-    def __call__(self, rep: Representation, split: Split) -> torch.Tensor:
-        parts = [self.part(p, split) for p in rep.parts]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    def __call__(
+        self, rep: Representation, split: Split, lazy: bool = False
+    ) -> torch.Tensor | RowSource:
+        """``rep``'s features on ``split`` (its parts side by side); ``lazy``: as in :meth:`part`."""
+        parts = [self.part(p, split, lazy) for p in rep.parts]
+        return parts[0] if len(parts) == 1 else concat_columns(parts)
 
 
 class Flatten(nn.Flatten):

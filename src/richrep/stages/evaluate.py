@@ -5,11 +5,8 @@ file is moved to quarantine and recomputed."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +14,23 @@ import torch
 
 from richrep.config import SuiteEntry
 from richrep.config.entries import merge_suite
-from richrep.data import Task, apply_shifts
+from richrep.data import apply_shifts
 from richrep.errors import StoreError
 from richrep.evaluation import stored
-from richrep.evaluation.protocols import Context, EstimatesWork, check_entries, protocol_of
+from richrep.evaluation.protocols import check_entries
 from richrep.plugins import PROTOCOLS
-from richrep.representations import Representation, build_floors
+from richrep.representations import build_floors
 from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import Row
 from richrep.run import Run
 from richrep.runtime.cpu_policy import threads_share_fast_matmul
+from richrep.runtime.memory import MemoryBudget
 from richrep.runtime.progress import Progress, plan
 from richrep.runtime.threads import ThreadBudget
+from richrep.stages.entry import EVAL_PREFIX, Log, entry_work, evaluate_entry
+from richrep.stages.remote import evaluate_remotely, remote_engine
 from richrep.store import quarantine, read_jsonl, write_jsonl
 from richrep.store.ledger import State, Status
-
-Log = Callable[[str], None]
-EVAL_PREFIX = "eval "  # progress of a suite entry: "eval <entry>" (its work done / total)
-Work = tuple[list[int], str]  # an entry's units of work per representation, and the unit
 
 
 def preflight(run: Run, entries: Sequence[SuiteEntry] | None = None) -> None:
@@ -91,7 +87,7 @@ def evaluate(
     gain nearly twice as much. The others (fine-tuning, few-shot, …) follow one at a time on every thread.
     The budget (``runtime.threads``) is applied here, this process's edge, for the stage."""
     budget = ThreadBudget.resolve(run.exp.runtime.threads)
-    with budget.applied():
+    with budget.applied(), MemoryBudget.resolve(run.exp.runtime.memory).applied():
         return _evaluate(run, budget, log, progress, allow_missing, extras)
 
 
@@ -146,7 +142,14 @@ def _evaluate(
 
         together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
         workers = eval_workers(exp.runtime.eval_workers, budget, len(together), run.device)
-        if workers > 1:
+        engine = remote_engine(run, log)
+        if engine is not None:  # each entry a task, with the share it would have here
+            alone = (budget.threads, 1, False)
+            side_by_side = (budget.split(workers)[0].threads, workers, True)
+            shares = [side_by_side if workers > 1 and p in together else alone for p in pending]
+            evaluate_remotely(run, engine, pending, shares, work, log, progress)
+            pending = []
+        elif workers > 1:
             share = budget.split(workers)[0].threads
             log(f"evaluating {len(together)} entries {workers} at a time, {share} thread(s) each")
             with threads_share_fast_matmul(run.device):
@@ -173,85 +176,6 @@ def _evaluate(
     return all_rows
 
 
-def evaluate_entry(
-    run: Run,
-    ctx: Context,
-    reps: Sequence[Representation],
-    entry: SuiteEntry,
-    path: Path,
-    *,
-    log: Log = print,
-    progress: Progress | None = None,
-    work: Work | None = None,
-) -> None:
-    """One suite entry's rows on every representation, written to ``path`` (atomically).
-    ``progress`` counts the protocol's units of work (``work``: per representation, and the
-    unit; default :func:`entry_work`)."""
-    t0 = time.perf_counter()
-    target = run.target(entry)
-    info = entry_facts(run, target, log, entry.name)
-    protocol = protocol_of(entry)
-    weights, _ = work or entry_work(run, ctx, reps, entry, protocol, target)
-    rows: list[Row] = []
-    counter = Counter(progress, f"{EVAL_PREFIX}{entry.name}", sum(weights))
-    for rep, units in zip(reps, weights, strict=True):
-        counter.expect(units)
-        rows += protocol.evaluate(replace(ctx, info=info, advance=counter), rep, target, entry)
-        counter.settle()
-    stored.write_entry(path, entry, rows)
-    log(f"{entry.name}: {len(rows)} rows in {time.perf_counter() - t0:.1f} s")
-
-
-def entry_work(
-    run: Run,
-    ctx: Context,
-    reps: Sequence[Representation],
-    entry: SuiteEntry,
-    protocol: Any = None,
-    target: Task | None = None,
-) -> Work:
-    """The units of work of ``entry`` on each representation and their name: the protocol's
-    own estimate (:class:`~richrep.evaluation.protocols.EstimatesWork`: probe fits,
-    episodes, steps), or one per representation."""
-    protocol = protocol or protocol_of(entry)
-    if not isinstance(protocol, EstimatesWork):
-        return [1] * len(reps), "representations"
-    target = target or run.target(entry)
-    return [max(0, int(protocol.work(ctx, r, target, entry))) for r in reps], protocol.unit
-
-
-class Counter:
-    """An entry's progress in units of work: the protocol advances it as it works
-    (``Context.advance``); each representation's units are capped at its estimate and made
-    up after it, so the count never passes the total, whatever a protocol reports."""
-
-    def __init__(self, progress: Progress | None, task: str, total: int) -> None:
-        self.progress, self.task, self.total = progress, task, total
-        self.done = self.cap = 0
-        self.lock = threading.Lock()
-        self.report()
-
-    def report(self) -> None:
-        if self.progress:
-            self.progress(self.task, self.done, self.total)
-
-    def expect(self, units: int) -> None:
-        self.cap = self.done + units
-
-    def __call__(self, n: int = 1) -> None:
-        with self.lock:
-            done = min(self.done + n, self.cap)
-            if done == self.done:
-                return
-            self.done = done
-        self.report()
-
-    def settle(self) -> None:
-        if self.done != self.cap:
-            self.done = self.cap
-            self.report()
-
-
 def eval_workers(asked: int, budget: ThreadBudget, entries: int, device: torch.device) -> int:
     """How many suite entries to evaluate at once: ``asked``, or (0) one per thread of the
     ``budget`` on a CPU and one on an accelerator; never more than there are entries."""
@@ -266,8 +190,13 @@ def in_threads(
     share of ``budget`` at their start (``torch.set_num_threads`` is the calling thread's
     budget: :mod:`richrep.runtime.threads`). The first error stops the items not yet started
     and is raised once the running ones finish (their results are written: no work is lost)."""
-    share = budget.split(workers)[0]
-    pool = ThreadPoolExecutor(workers, "richrep-eval", initializer=share.apply)
+    share, memory = budget.split(workers)[0], MemoryBudget.here().split(workers)
+
+    def start() -> None:
+        share.apply()
+        memory.apply()  # each worker's probes hold at most its share of runtime.memory
+
+    pool = ThreadPoolExecutor(workers, "richrep-eval", initializer=start)
     try:
         futures = [pool.submit(fn, item) for item in items]
         for f in futures:
@@ -275,15 +204,6 @@ def in_threads(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         budget.apply()  # the workers moved the default that threads started later begin with
-
-
-def entry_facts(run: Run, target: Task, log: Log, name: str) -> dict[str, Any]:
-    """What every row of a target records about it (how its test split was made), and a
-    warning when its inputs' range differs grossly from the source's."""
-    facts = stored.target_facts(run.source_stats, target, name)
-    if "warning" in facts:
-        log(f"WARNING: {facts['warning']}")
-    return facts
 
 
 def read_results(run: Run) -> list[Row]:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -173,6 +174,18 @@ class RayEngine:
         are planned for ``runtime.threads`` as set: the Ray nodes, not this machine, bound it
         (a task larger than every node is refused); 0 takes ``budget`` (default: this
         machine's cores)."""
+        with self.session() as ray:
+            threads = exp.runtime.threads
+            plan = ThreadBudget(threads) if threads else budget or ThreadBudget.resolve(0)
+            status: dict[str, Status] = {}
+            for wave in waves(members):
+                status.update(self._wave(ray, exp, task, wave, store, status, plan, progress))
+            return {m.name: status[m.name] for m in members}
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        """Ray, joined at ``address`` (checked first) or started locally with ``num_cpus``;
+        a Ray started here is shut down on exit, one already running is left as it is."""
         if self.address:
             check_address(self.address, self.connect_timeout)
         ray = _import_ray()
@@ -194,15 +207,63 @@ class RayEngine:
                 raise ConfigError(f"cannot start or join {where}: {e}; {HOW}") from None
             started = True
         try:
-            threads = exp.runtime.threads
-            plan = ThreadBudget(threads) if threads else budget or ThreadBudget.resolve(0)
-            status: dict[str, Status] = {}
-            for wave in waves(members):
-                status.update(self._wave(ray, exp, task, wave, store, status, plan, progress))
-            return {m.name: status[m.name] for m in members}
+            yield ray
         finally:
             if started:
                 ray.shutdown()
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        calls: Sequence[tuple[Any, ...]],
+        cpus: Sequence[int],
+        done: Callable[[int, Any], None] | None = None,
+    ) -> list[tuple[Any, str | None]]:
+        """``fn(*args)`` for each ``args`` of ``calls`` as Ray tasks of ``cpus[i]`` CPUs (and
+        ``gpus_per_task`` GPUs), each retried ``max_retries`` times if its worker dies; for
+        each call, in order, its result and None, or None and why it was lost after all
+        retries. ``done(i, result)`` is called as each task returns. An exception raised by
+        ``fn`` itself is raised here (after the other tasks finish: their work is kept)."""
+        with self.session() as ray:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            biggest = max((n.get("Resources", {}).get("CPU", 0) for n in nodes), default=0)
+            if nodes and cpus and max(cpus) > biggest:
+                raise ConfigError(
+                    f"runtime: a Ray task needs {max(cpus)} CPUs but the largest Ray node has "
+                    f"{biggest:g}; set runtime.threads to at most {biggest:g}"
+                )
+            remote = ray.remote(fn)
+            refs = {
+                remote.options(
+                    num_cpus=c,
+                    num_gpus=self.gpus_per_task,
+                    max_retries=self.max_retries,
+                    retry_exceptions=False,
+                ).remote(*args): i
+                for i, (args, c) in enumerate(zip(calls, cpus, strict=True))
+            }
+            out: list[tuple[Any, str | None]] = [(None, None)] * len(calls)
+            failed: BaseException | None = None
+            pending = list(refs)
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                i = refs[ready[0]]
+                try:
+                    out[i] = (ray.get(ready[0]), None)
+                except ray.exceptions.RayTaskError as e:  # fn raised: the caller's error
+                    failed = failed or getattr(e, "cause", None) or e.as_instanceof_cause()
+                    continue
+                except Exception as e:  # noqa: BLE001  (a worker that died after all retries)
+                    out[i] = (
+                        None,
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    )
+                    continue
+                if done:
+                    done(i, out[i][0])
+            if failed is not None:
+                raise failed
+            return out
 
     def _wave(
         self,
