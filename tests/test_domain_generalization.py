@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from richrep.config import SuiteEntry, parse_experiment
 from richrep.data import Split, load_task
@@ -344,6 +345,30 @@ def test_the_domainbed_table_has_a_row_per_method_and_a_column_per_domain(rows, 
 
     save(fig, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t.svg").exists()
+
+
+def test_each_method_records_its_time_and_the_view_sums_it(rows, run, capsys):
+    from richrep.cli import app
+    from richrep.report.figures.domain_generalization import method_seconds
+
+    dg = [r for r in rows if r["entry"] == "dg" and r["environment"] != "average"]
+    assert all(r["extra"]["seconds"] >= 0 for r in dg)
+    times = dict((lab, (t, n)) for lab, t, n in method_seconds(rows, "dg"))
+    assert set(times) == {lab.split(" · ")[0] for lab in {r["variant"] for r in dg}}
+    assert all(n == 3 for _, n in times.values())  # three test domains, one trial
+    ft = {
+        (r["extra"]["test_domain"], r["extra"]["seconds"])
+        for r in dg
+        if r["extra"]["method"] == "finetune"
+    }
+    assert times["finetune"][0] == pytest.approx(sum(s for _, s in ft))
+    result = CliRunner().invoke(app, ["results", str(run.store.root), "--dg"])
+    assert result.exit_code == 0, result.output
+    assert "| finetune |" in result.output and "Time (3 test domain" in result.output
+    plain = CliRunner().invoke(app, ["results", str(run.store.root)])
+    assert "--dg" in plain.output  # the usual table says where the DomainBed view is
+    both = CliRunner().invoke(app, ["results", str(run.store.root), "--dg", "--ood"])
+    assert both.exit_code != 0 and "one at a time" in both.output
 
 
 # -- domain folders ------------------------------------------------------------------------
