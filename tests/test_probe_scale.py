@@ -276,3 +276,14 @@ def _rows(run):
     import json
 
     return [json.loads(line) for line in run.store.results.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("d", [1, 64, 2048, 20480, 1 << 20])
+@pytest.mark.parametrize("budget", [64 << 20, 4 << 30, 64 << 30])
+def test_streamed_blocks_stay_below_the_allocators_fresh_page_size(d, budget):
+    """Blocks of at most 8 MB (one row at least), 1/32 of the budget below that: larger ones
+    are fresh pages from the kernel on every read, which bounded a pass."""
+    rows = stream.block_rows(d, budget)
+    assert rows >= 1
+    assert rows * d * 4 <= max(stream.MAX_BLOCK, 4 * d)
+    assert rows * d * 4 <= max(budget // 32, 4 * d)
