@@ -192,6 +192,7 @@ def child(spec: dict, what: str) -> dict:
 
 def run_part(part: str, args: argparse.Namespace) -> list[dict]:
     sizes, fixed, k, memory = PRESETS[args.preset][part]
+    sizes = args.sizes or sizes
     rows = []
     for size in sizes:
         if part == "d":
@@ -320,6 +321,12 @@ def main() -> None:
         help="scikit-learn only where n d k is at most this",
     )
     ap.add_argument("--sklearn-iter", type=int, default=300)
+    ap.add_argument(
+        "--sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=None,
+        help="the part's sizes instead of the preset's (comma-separated: K for d and catk, n for n)",
+    )
     ap.add_argument(
         "--results",
         type=Path,

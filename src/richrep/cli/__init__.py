@@ -19,6 +19,7 @@ from richrep.cli.data import data_app
 from richrep.cli.helptext import HelpGroup
 from richrep.cli.progress import progress_bar
 from richrep.cli.sweeps import OVERRIDES_HELP, SWEEP_HELP, print_sweeps, run_sweep
+from richrep.cli.views import print_dg, print_ood
 from richrep.errors import RichrepError
 from richrep.report.text import show
 
@@ -146,35 +147,6 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def _print_ood(rows: list[Any], run_dir: Path, metric: str | None) -> None:
-    """The ood entries as algorithm × initialization tables, one per selection rule."""
-    from richrep.report.ood_tables import MEANING, RULES, ood_entries, ood_markdown, ood_table
-
-    names = ood_entries(rows)
-    if not names:
-        raise RichrepError(f"{run_dir} has no entry evaluated by the ood protocol")
-    for e in names:
-        comp = ood_table(rows, e, metric or "worst_env_accuracy")
-        for rule in RULES:
-            print(f"**{e}** · {comp.metric} (%) · {rule} selection\n")
-            print(ood_markdown(comp, rule))
-            print(f"\n_{MEANING}_\n")
-
-
-def _print_dg(rows: list[Any], run_dir: Path, metric: str | None) -> None:
-    """The domain_generalization entries as DomainBed tables, one per selection rule."""
-    from richrep.report.figures.domain_generalization import dg_entries, markdown
-
-    dicts = [r.to_dict() for r in rows]
-    names = dg_entries(dicts)
-    if not names:
-        raise RichrepError(
-            f"{run_dir} has no entry evaluated by the domain_generalization protocol"
-        )
-    for e in names:
-        print(markdown(dicts, e, metric or "accuracy"))
-
-
 @app.command()
 def results(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<name>-<hash>).")],
@@ -251,10 +223,10 @@ def results(
         if left := left_out(r.store.results_dir, {e.name for e in r.suite}):
             say(left_out_message(left, r.store.root), style="yellow", to=err)
         if ood:
-            _print_ood(rows, run_dir, metric)
+            print_ood(rows, run_dir, metric)
             return
         if dg:
-            _print_dg(rows, run_dir, metric)
+            print_dg(rows, run_dir, metric)
             return
         if dgs := sorted({x.entry for x in rows if x.protocol == "domain_generalization"}):
             say(
