@@ -56,6 +56,7 @@ def _import(tiny, paths, out, **kw):
     return run, floor, logs
 
 
+@pytest.mark.slow  # end to end (seconds): CI's slow tier keeps it
 def test_checkpoints_of_an_earlier_run_become_the_seeds(tiny, tmp_path, earlier):
     paths = [earlier.ledger.final(f"single-s{i}") for i in (0, 1)]
     run, floor, logs = _import(tiny, paths, tmp_path)

@@ -72,6 +72,7 @@ def _rows(root) -> list[dict]:
     return [json.loads(line) for line in (root / "results.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # end to end (seconds): CI's slow tier keeps it
 def test_evaluate_a_run_on_my_npz_and_keep_it(run_copy):
     cfg, out, root, npz = run_copy
     r = _invoke("evaluate", root, "--entry", _mine(npz, sizes=[10, "all"]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import richrep.evaluation.probes as probes
+import richrep.evaluation.inputs as inputs
 import richrep.evaluation.protocols as protocols
 from richrep.cli import app
 from richrep.config import SuiteEntry, parse_experiment
@@ -85,14 +85,14 @@ def test_each_draw_seeds_its_own_validation_split_from_the_experiment_seed(targe
     """The resolved probe spec leaves ``random_state`` and ``device`` to the run: every draw's
     probe holds out its own validation split, seeded by the experiment's seed and the draw,
     each row records that seed, and the probe runs on the run's evaluation device."""
-    real = probes.stratified_val_split
+    real = inputs.stratified_val_split
     used = []
 
     def spy(y_idx, fraction, seed):
         used.append(seed)
         return real(y_idx, fraction, seed)
 
-    monkeypatch.setattr(probes, "stratified_val_split", spy)
+    monkeypatch.setattr(inputs, "stratified_val_split", spy)
     entry = SuiteEntry(name="t", sizes=[10], draws=3)
     rows = protocols.Transfer().evaluate(_ctx(target), INPUT, target, entry)
     seeds = [r["probe_seed"] for r in rows]

@@ -119,6 +119,7 @@ class Counting(ArrayRows):
         return super().read(start, stop)
 
 
+@pytest.mark.slow  # end to end (seconds): CI's slow tier keeps it
 def test_streamed_fit_matches_in_memory_and_keeps_blocks_small(data, tmp_path):
     X, y, Xt, yt = data
     ref = fit(X, y)
@@ -237,6 +238,7 @@ def test_runtime_memory_sizes(tiny):
     assert math.isclose(MemoryBudget.here().bytes, parse_memory(None), rel_tol=1e-9)
 
 
+@pytest.mark.slow  # end to end (seconds): CI's slow tier keeps it
 def test_extraction_writes_the_cache_in_chunks_and_transfer_streams_it(tiny, tmp_path, monkeypatch):
     """With a memory budget below the features, every cached split is extracted batch by batch
     into its file (``extract``, which returns a whole split, is never called) and the transfer

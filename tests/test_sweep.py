@@ -236,6 +236,7 @@ def _table(output: str, title: str) -> list[list[str]]:
     return rows
 
 
+@pytest.mark.slow  # end to end (seconds): CI's slow tier keeps it
 def test_a_two_by_two_sweep_lands_side_by_side_in_richrep_runs(tiny, tmp_path):
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(yaml.safe_dump(fast(tiny)))

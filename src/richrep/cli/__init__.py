@@ -19,7 +19,7 @@ from richrep.cli.data import data_app
 from richrep.cli.helptext import HelpGroup
 from richrep.cli.progress import progress_bar
 from richrep.cli.sweeps import OVERRIDES_HELP, SWEEP_HELP, print_sweeps, run_sweep
-from richrep.cli.views import print_dg, print_ood
+from richrep.cli.views import DG_HELP, OOD_HELP, print_dg, print_ood
 from richrep.errors import RichrepError
 from richrep.report.text import show
 
@@ -160,24 +160,8 @@ def results(
     metric: Annotated[
         str | None, typer.Option("--metric", help="Only this metric.", metavar="NAME")
     ] = None,
-    ood: Annotated[
-        bool,
-        typer.Option(
-            "--ood",
-            help="The ood entries as algorithm × initialization tables, one per selection "
-            "rule (markdown, in %: mean ± 95% half-width (n); --metric, default "
-            "worst_env_accuracy).",
-        ),
-    ] = False,
-    dg: Annotated[
-        bool,
-        typer.Option(
-            "--dg",
-            help="The domain_generalization entries as DomainBed tables: methods × test "
-            "domains and their average, one per selection rule (markdown, in %: mean ± 95% "
-            "half-width (n) over restarts; --metric, default accuracy), and each method's time.",
-        ),
-    ] = False,
+    ood: Annotated[bool, typer.Option("--ood", help=OOD_HELP)] = False,
+    dg: Annotated[bool, typer.Option("--dg", help=DG_HELP)] = False,
     columns: Annotated[
         list[str] | None,
         typer.Option(
@@ -209,9 +193,7 @@ def results(
     from richrep.stages.evaluate import read_results
 
     with guard():
-        _layout_options(fmt, ood or dg, columns, transpose)
-        if ood and dg:
-            raise RichrepError("--ood and --dg are two views: ask for one at a time")
+        _layout_options(fmt, ood, columns, transpose, dg)
         r = Run.open(run_dir)
         rows = _selected_rows(read_results(r), run_dir, entry, metric)
         if fmt == Format.csv:
@@ -290,9 +272,14 @@ def _selected_rows(
     return rows
 
 
-def _layout_options(fmt: Format, ood: bool, columns: Any, transpose: bool | None) -> None:
+def _layout_options(
+    fmt: Format, ood: bool, columns: Any, transpose: bool | None, dg: bool = False
+) -> None:
     """--columns and --transpose shape the table (--columns the markdown too): refused where
-    they would be ignored."""
+    they would be ignored; --ood and --dg are one view each."""
+    if ood and dg:
+        raise RichrepError("--ood and --dg are two views: ask for one at a time")
+    ood = ood or dg
     if columns and (fmt == Format.csv or ood):
         raise RichrepError(
             "--columns applies to the table and markdown formats (not csv, --ood, --dg)"

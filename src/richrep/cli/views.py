@@ -8,6 +8,16 @@ from typing import Any
 
 from richrep.errors import RichrepError
 
+OOD_HELP = (
+    "The ood entries as algorithm × initialization tables, one per selection rule (markdown, "
+    "in %: mean ± 95% half-width (n); --metric, default worst_env_accuracy)."
+)
+DG_HELP = (
+    "The domain_generalization entries as DomainBed tables: methods × test domains and their "
+    "average, one per selection rule (markdown, in %: mean ± 95% half-width (n) over "
+    "restarts; --metric, default accuracy), and each method's time."
+)
+
 
 def print_ood(rows: list[Any], run_dir: Path, metric: str | None) -> None:
     """The ood entries as algorithm × initialization tables, one per selection rule."""

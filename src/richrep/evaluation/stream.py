@@ -41,6 +41,7 @@ from richrep.evaluation.solver import (
     choose_preconditioner,
     solve_grid,
 )
+from richrep.runtime.threads import ThreadBudget, current_threads
 
 # bytes of float32 features per block, at most: a block above glibc's mmap threshold (32 MB at
 # most) is fresh pages on every read, and faulting them in bounded a pass; read + convert +
@@ -185,10 +186,8 @@ class Blocks:
         self.stats["passes"] += 1
         # the reader converts and standardizes on the caller's threads: while the solver waits
         # for it (a pass bound by reading), they would idle anyway
-        threads = torch.get_num_threads()
-        with ThreadPoolExecutor(
-            1, "richrep-stream", initializer=torch.set_num_threads, initargs=(threads,)
-        ) as pool:
+        budget = ThreadBudget.here() or ThreadBudget(current_threads())  # the caller's
+        with ThreadPoolExecutor(1, "richrep-stream", initializer=budget.apply) as pool:
             ahead = pool.submit(self._load, *todo[0])
             at = 0
             for j in range(len(todo)):

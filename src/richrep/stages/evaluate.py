@@ -19,7 +19,7 @@ from richrep.errors import StoreError
 from richrep.evaluation import stored
 from richrep.evaluation.protocols import check_entries
 from richrep.plugins import PROTOCOLS
-from richrep.representations import build_floors
+from richrep.representations import Representation, build_floors
 from richrep.representations.floor_check import check_seeds, warn_below_floor
 from richrep.results import Row
 from richrep.run import Run
@@ -131,32 +131,7 @@ def _evaluate(
                 log(f"{entry.name}: {e}; moved to {quarantine(path, str(e))}, evaluating again")
         pending.append((entry, path))
     if pending:
-        ctx = run.context(reps)
-        work = {e.name: entry_work(run, ctx, reps, e) for e, _ in pending}
-        for e, _ in pending:  # the whole stage's work, known before it starts
-            plan(progress, f"{EVAL_PREFIX}{e.name}", sum(work[e.name][0]), work[e.name][1])
-
-        def one(item: tuple[SuiteEntry, Path]) -> None:
-            w = work[item[0].name]
-            evaluate_entry(run, ctx, reps, *item, log=log, progress=progress, work=w)
-
-        together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
-        workers = eval_workers(exp.runtime.eval_workers, budget, len(together), run.device)
-        engine = remote_engine(run, log)
-        if engine is not None:  # each entry a task, with the share it would have here
-            alone = (budget.threads, 1, False)
-            side_by_side = (budget.split(workers)[0].threads, workers, True)
-            shares = [side_by_side if workers > 1 and p in together else alone for p in pending]
-            evaluate_remotely(run, engine, pending, shares, work, log, progress)
-            pending = []
-        elif workers > 1:
-            share = budget.split(workers)[0].threads
-            log(f"evaluating {len(together)} entries {workers} at a time, {share} thread(s) each")
-            with threads_share_fast_matmul(run.device):
-                in_threads(together, one, workers, budget)
-            pending = [p for p in pending if p not in together]
-        for item in pending:
-            one(item)
+        _evaluate_pending(run, reps, pending, budget, log, progress)
     all_rows = [Row.from_dict(d) for f in files for d in read_jsonl(f)]
     sources = {"sources": [f.name for f in files]}  # what a finished run's done vouches for
     write_jsonl(store.results, [r.to_dict() for r in all_rows], sources)
@@ -174,6 +149,44 @@ def _evaluate(
         else f"features: extracted {cache.misses}"
     )
     return all_rows
+
+
+def _evaluate_pending(
+    run: Run,
+    reps: Sequence[Representation],
+    pending: list[tuple[SuiteEntry, Path]],
+    budget: ThreadBudget,
+    log: Log,
+    progress: Progress | None,
+) -> None:
+    """Evaluate the ``pending`` entries into their files: as tasks of an engine that runs
+    them (:mod:`.remote`), else the parallel ones side by side in threads, then the others."""
+    ctx = run.context(reps)
+    work = {e.name: entry_work(run, ctx, reps, e) for e, _ in pending}
+    for e, _ in pending:  # the whole stage's work, known before it starts
+        plan(progress, f"{EVAL_PREFIX}{e.name}", sum(work[e.name][0]), work[e.name][1])
+
+    def one(item: tuple[SuiteEntry, Path]) -> None:
+        w = work[item[0].name]
+        evaluate_entry(run, ctx, reps, *item, log=log, progress=progress, work=w)
+
+    together = [p for p in pending if PROTOCOLS.meta(p[0].protocol.name, "parallel", False)]
+    workers = eval_workers(run.exp.runtime.eval_workers, budget, len(together), run.device)
+    engine = remote_engine(run, log)
+    if engine is not None:  # each entry a task, with the share it would have here
+        alone = (budget.threads, 1, False)
+        side_by_side = (budget.split(workers)[0].threads, workers, True)
+        shares = [side_by_side if workers > 1 and p in together else alone for p in pending]
+        evaluate_remotely(run, engine, pending, shares, work, log, progress)
+        return
+    if workers > 1:
+        share = budget.split(workers)[0].threads
+        log(f"evaluating {len(together)} entries {workers} at a time, {share} thread(s) each")
+        with threads_share_fast_matmul(run.device):
+            in_threads(together, one, workers, budget)
+        pending = [p for p in pending if p not in together]
+    for item in pending:
+        one(item)
 
 
 def eval_workers(asked: int, budget: ThreadBudget, entries: int, device: torch.device) -> int:
