@@ -27,8 +27,10 @@ demo: $(BIN)/.installed
 	$(BIN)/richrep run examples/quickstart.yaml
 	@echo "next: $(BIN)/richrep results runs/$$($(BIN)/python -c 'import richrep; print(richrep.load_experiment("examples/quickstart.yaml").run_id())')   (or: source $(BIN)/activate)"
 
+# The fast tier in one pytest worker per core (pytest-xdist), each on one torch thread: 119 s
+# on the 2-core machine, against 172-188 s in one process.
 test: $(BIN)/.dev
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 test-slow: $(BIN)/.dev
 	$(BIN)/python -m pytest -m slow -q
