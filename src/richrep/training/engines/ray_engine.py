@@ -1,4 +1,5 @@
-"""Train a run's members as Ray tasks, into the same run store.
+"""Train a run's members as Ray tasks, into the same run store; :meth:`RayEngine.map` runs
+other work there too (the evaluate stage's suite entries, ``stages/remote.py``).
 
 By default a task is one of the local engine's work units (:func:`work_units`: the same members
 folded together or not, on the same number of threads, planned from the experiment and the
