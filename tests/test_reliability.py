@@ -142,7 +142,7 @@ def test_sigkill_while_the_student_trains_then_resume(tiny, tmp_path):
 def test_concurrent_run_is_refused_or_waits(tiny, tmp_path):
     tiny = _small(tiny)
     tiny["data"]["params"]["num_samples"] = 3000
-    tiny["training"]["epochs"] = 15
+    tiny["training"]["epochs"] = 80  # long enough to still hold the run when the second starts
     tiny["runtime"] = {"threads": 1}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(tiny))
@@ -153,6 +153,7 @@ def test_concurrent_run_is_refused_or_waits(tiny, tmp_path):
         time.sleep(0.1)
     second = _cli(["run", str(cfg), "--out", str(tmp_path)])
     out = second.communicate(timeout=120)[0]
+    assert first.poll() is None, "the first run ended before the second tried: make it longer"
     assert second.returncode == 2 and "busy" in out, out
     waiter = _cli(["run", str(cfg), "--out", str(tmp_path), "--wait"])
     assert first.wait(timeout=300) == 0
