@@ -199,24 +199,22 @@ def files(tmp_path_factory) -> dict[str, str]:
     """A tiny image folder (two classes), a tiny .npz file and a tiny domain-folder tree."""
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
-    for split in ("train", "test"):
+
+    def classes(where, n):  # two class folders of n images, each class with its own colour
         for c in range(2):
-            d = root / "folder" / split / f"class{c}"
+            d = where / f"class{c}"
             d.mkdir(parents=True)
-            for i in range(6):
+            for i in range(n):
                 a = rng.integers(0, 256, (9, 10, 3), dtype=np.uint8)
                 a[..., c] = 255
                 Image.fromarray(a).save(d / f"{i}.png")
+
+    for split in ("train", "test"):
+        classes(root / "folder" / split, 6)
     x = rng.normal(size=(60, 5)).astype(np.float32)
     np.savez(root / "tiny.npz", x=x, y=np.arange(60) % 3)
     for domain in ("art", "photo"):  # root/<domain>/<class>/<image>
-        for c in range(2):
-            d = root / "domains" / domain / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(8):
-                a = rng.integers(0, 256, (9, 10, 3), dtype=np.uint8)
-                a[..., c] = 255
-                Image.fromarray(a).save(d / f"{i}.png")
+        classes(root / "domains" / domain, 8)
     return {
         "folder": str(root / "folder"),
         "npz": str(root / "tiny.npz"),

@@ -33,15 +33,16 @@ def device_for(device: str | torch.device, X: Any) -> torch.device:
     return resolve_device(device)
 
 
-def check_finite(X: torch.Tensor, name: str) -> None:
-    """Raise :class:`DataError` naming the count and the first position of NaN/inf in ``X``."""
+def check_finite(X: torch.Tensor, name: str, start: int | None = None) -> None:
+    """Raise :class:`DataError` naming the count and the first position of NaN/inf in ``X``;
+    for a block of rows from ``start`` of a streamed matrix, the first position only."""
     bad = ~torch.isfinite(X)
     if bool(bad.any()):
-        count = int(bad.sum())
         row, col = (int(i) for i in bad.nonzero()[0])
+        count = f"{int(bad.sum())} " if start is None else ""
         raise DataError(
-            f"{name} contains {count} NaN or inf value(s) (first at row {row}, column {col}); "
-            f"probes need finite features"
+            f"{name} contains {count}NaN or inf value(s) (first at row {(start or 0) + row}, "
+            f"column {col}); probes need finite features"
         )
 
 

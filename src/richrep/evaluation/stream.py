@@ -28,6 +28,7 @@ from richrep.data.feature_rows import ArrayRows, RowSource, is_row_source
 from richrep.errors import DataError
 from richrep.evaluation.inputs import (
     as_labels,
+    check_finite,
     check_val_labels,
     class_indices,
     validation_rows,
@@ -92,17 +93,6 @@ def _file_bytes(source: RowSource, rows: int) -> int:
     return rows * (file.row_bytes if file is not None else 4 * source.shape[1])
 
 
-def check_block(block: torch.Tensor, name: str, start: int) -> None:
-    """:class:`DataError` naming the first NaN or inf of rows ``start ...`` of ``name``."""
-    bad = ~torch.isfinite(block)
-    if bool(bad.any()):
-        row, col = (int(i) for i in bad.nonzero()[0])
-        raise DataError(
-            f"{name} contains NaN or inf (first at row {start + row}, column {col}); probes need "
-            f"finite features"
-        )
-
-
 def stream_stats(
     source: RowSource, name: str, budget: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,7 +107,7 @@ def stream_stats(
     s2 = torch.zeros_like(s1)
     varies = torch.zeros(d, dtype=torch.bool)
     for start, block in source.blocks(step):
-        check_block(block, name, start)
+        check_finite(block, name, start)
         x0 = block[0].clone() if x0 is None else x0
         for i in range(0, block.shape[0], CHUNK):
             c = block[i : i + CHUNK] - x0
@@ -305,7 +295,7 @@ def _val_parts(
     yv = as_labels(y_val, source.shape[0], "y_val")
     check_val_labels(yv, classes)
     for start, block in source.blocks(block_rows(d, budget)):
-        check_block(block, "X_val", start)
+        check_finite(block, "X_val", start)
     return source, np.searchsorted(classes, yv)
 
 

@@ -8,6 +8,7 @@ task whose worker died, and the entries written before are kept."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def evaluate_remotely(
     exp_json = run.exp.model_dump(mode="json")
     root = str(run.store.root.resolve())
     calls = [
-        (exp_json, root, e.model_dump(mode="json"), str(path), *share)
+        (exp_json, root, e.model_dump(mode="json"), str(path), work[e.name], *share)
         for (e, path), share in zip(pending, shares, strict=True)
     ]
     log(f"evaluating {len(calls)} entries as tasks of runtime.engine {run.exp.runtime.engine.name}")
@@ -84,13 +85,14 @@ def entry_task(
     root: str,
     entry_json: dict[str, Any],
     path: str,
+    work: Work,
     threads: int,
     memory_share: int,
     shared_fast: bool,
 ) -> list[str]:
     """Runs in a worker: one entry on every representation of the run at ``root``, written to
-    ``path``, on ``threads`` threads and ``1/memory_share`` of ``runtime.memory``; returns its
-    log lines."""
+    ``path``, on ``threads`` threads and ``1/memory_share`` of ``runtime.memory``, its units of
+    work as the driver estimated them (``work``); returns its log lines."""
     load_plugins()  # a fresh worker process has imported none of the registries' entries
     exp = Experiment.model_validate(exp_json)
     run = Run(exp, RunStore(Path(root)))
@@ -100,9 +102,8 @@ def entry_task(
     with ThreadBudget(threads).applied(), memory.applied():
         reps = run.representations()
         ctx = run.context(reps)
-        if shared_fast:  # as the local stage runs entries side by side in threads
-            with threads_share_fast_matmul(run.device):
-                evaluate_entry(run, ctx, reps, entry, Path(path), log=lines.append)
-        else:
-            evaluate_entry(run, ctx, reps, entry, Path(path), log=lines.append)
+        # as the local stage runs entries side by side in threads, or one at a time
+        policy = threads_share_fast_matmul(run.device) if shared_fast else nullcontext()
+        with policy:
+            evaluate_entry(run, ctx, reps, entry, Path(path), log=lines.append, work=work)
     return lines
